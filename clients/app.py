@@ -1,0 +1,75 @@
+"""Flower ClientApp: one simulated institution training on its own partition."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.client import ClientApp, NumPyClient
+
+from fedmem.config import Config, from_run_config, to_run_config
+from fedmem.dataset import build_federated_data
+from fedmem.models import (
+    build_model,
+    get_trainable_state,
+    load_tokenizer,
+    set_trainable_state,
+    state_nbytes,
+)
+from fedmem.training import encode_samples, train_local
+
+
+@lru_cache(maxsize=8)
+def client_rows(config: Config, client: int) -> tuple[list[int], ...]:
+    tokenizer = load_tokenizer(config)
+    texts = build_federated_data(config).client_texts[client]
+    return tuple(encode_samples(tokenizer, texts, config.training.max_seq_len))
+
+
+def training_seed(config: Config, server_round: int, client: int) -> int:
+    return (config.seed * 1_000_003 + server_round * 1_009 + client) % 2**31
+
+
+class FedmemClient(NumPyClient):
+    def __init__(self, config: Config, client: int) -> None:
+        self.config = config
+        self.client = client
+
+    def get_parameters(self, config) -> list[np.ndarray]:
+        return get_trainable_state(build_model(self.config, seed=self.config.seed))
+
+    def fit(self, parameters, config):
+        server_round = int(config["server_round"])
+        model = build_model(self.config, seed=self.config.seed)
+        set_trainable_state(model, parameters)
+        rows = client_rows(self.config, self.client)
+        pad_id = load_tokenizer(self.config).pad_token_id
+        seed = training_seed(self.config, server_round, self.client)
+        result = train_local(model, rows, self.config.training, pad_id, seed)
+        update = get_trainable_state(model)
+        metrics = {
+            "client": self.client,
+            "train_loss": result.mean_loss,
+            "steps": result.steps,
+            "examples": result.examples,
+            "bytes_sent": state_nbytes(update),
+        }
+        return update, len(rows), metrics
+
+
+def make_client_app(config: Config | None = None) -> ClientApp:
+    """The ClientApp; with `config` given it overrides the run config Flower passes in."""
+    preset = to_run_config(config) if config is not None else {}
+
+    def client_fn(context: Context):
+        cfg = from_run_config({**context.run_config, **preset})
+        torch.set_num_threads(max(1, int(cfg.federation.client_cpus)))
+        client = int(context.node_config["partition-id"])
+        return FedmemClient(cfg, client).to_client()
+
+    return ClientApp(client_fn=client_fn)
+
+
+app = make_client_app()

@@ -1,0 +1,99 @@
+"""`fedmem` command line: run a federated (or centralized) fine-tuning with audits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from fedmem.config import Config, ConfigError, load_config
+
+USAGE_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmem", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="fine-tune and audit as a config describes")
+    run.add_argument("config", help="TOML config file, e.g. configs/quickstart.toml")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set federation.rounds=5 (repeatable)",
+    )
+    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    show = sub.add_parser("config", help="print the resolved config as JSON")
+    show.add_argument("config")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def run(config: Config, verbose: bool = False) -> dict:
+    from fedmem.dataset import build_federated_data
+    from fedmem.models import load_tokenizer
+    from fedmem.report import console, print_summary, round_line
+
+    rounds = config.federation.rounds
+    with console.status("preparing data and the base model (built once, then cached)"):
+        data = build_federated_data(config)
+        load_tokenizer(config)
+    injected = sum(1 for c in data.canaries if c.replicas)
+    console.print(
+        f"[bold]{config.name}[/]: {config.mode}, {config.model.name} ({config.model.finetuning}), "
+        f"{config.federation.num_clients} clients x {rounds} rounds, "
+        f"{sum(len(t) for t in data.client_texts)} training samples, "
+        f"{injected} canaries injected (+{len(data.canaries) - injected} twins)"
+    )
+
+    def on_round(row: dict) -> None:
+        console.print(round_line(row, rounds))
+
+    if config.mode == "centralized":
+        from fedmem.centralized import run_centralized
+
+        run_centralized(config, on_round=on_round)
+    else:
+        if not verbose:
+            logging.getLogger("flwr").setLevel(logging.WARNING)
+            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        from fedmem.federation import run_federated
+
+        run_federated(config, on_round=on_round)
+    summary_path = config.run_dir / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
+    summary = json.loads(summary_path.read_text())
+    print_summary(summary, config.run_dir)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.command == "config":
+            from fedmem.config import to_dict
+
+            print(json.dumps(to_dict(config), indent=2))
+            return 0
+        run(config, verbose=args.verbose)
+    except ConfigError as err:
+        print(f"fedmem: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    except ValueError as err:
+        from fedmem.qa import DataError
+
+        if isinstance(err, DataError):
+            print(f"fedmem: error: {err}", file=sys.stderr)
+            return USAGE_ERROR
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

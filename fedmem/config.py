@@ -1,0 +1,343 @@
+"""The typed, frozen configuration tree of a fedmem run.
+
+A run is described by one `Config`, built from TOML plus `--set a.b=value` overrides and
+validated once here. Every error is a `ConfigError` whose one-line message names the key.
+Flower's flat run config is derived from it in `to_run_config` and turned back in
+`from_run_config`; nothing else converts between the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line naming the key or file."""
+
+
+def _choices(*allowed: str) -> dict[str, Any]:
+    return {"choices": allowed}
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
+    return {"min": lo, "max": hi, "lo_open": lo_open}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "tiny-llama" builds a small LlamaConfig model warm-started on public text; anything
+    # else is a hub id or a local path loaded with AutoModelForCausalLM.
+    name: str = "tiny-llama"
+    finetuning: str = field(default="full", metadata=_choices("full", "lora"))
+    hidden_size: int = field(default=256, metadata=_range(8))
+    num_layers: int = field(default=4, metadata=_range(1))
+    num_heads: int = field(default=4, metadata=_range(1))
+    intermediate_size: int = field(default=512, metadata=_range(8))
+    vocab_size: int = field(default=2048, metadata=_range(300))
+    pretrain_steps: int = field(default=300, metadata=_range(0))
+    pretrain_lr: float = field(default=3e-3, metadata=_range(0.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int = field(default=16, metadata=_range(1))
+    alpha: float = field(default=32.0, metadata=_range(0.0, lo_open=True))
+    dropout: float = field(default=0.05, metadata=_range(0.0, 0.9))
+    target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "generated": seeded medical QA from the disease table and ICD-10-CM;
+    # "jsonl": the user's own file of {"question", "answer"} objects at `path`.
+    source: str = field(default="generated", metadata=_choices("generated", "jsonl"))
+    path: str = ""
+    num_samples: int = field(default=1200, metadata=_range(1))
+    partition: str = field(default="iid", metadata=_choices("iid", "by-source", "dirichlet"))
+    dirichlet_alpha: float = field(default=0.5, metadata=_range(0.0, lo_open=True))
+    heldout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5, lo_open=True))
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    replica_counts: tuple[int, ...] = (1, 2, 4, 8)
+    per_count: int = field(default=8, metadata=_range(1))
+    # Client indices that receive canaries; empty means every client.
+    clients: tuple[int, ...] = ()
+    placement: str = field(default="single", metadata=_choices("single", "spread"))
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_clients: int = field(default=3, metadata=_range(1))
+    rounds: int = field(default=3, metadata=_range(1))
+    fraction_fit: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+    client_cpus: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    lr: float = field(default=1e-3, metadata=_range(0.0, lo_open=True))
+    local_epochs: int = field(default=1, metadata=_range(1))
+    # When > 0, each client takes exactly this many optimizer steps per round instead.
+    local_steps: int = field(default=0, metadata=_range(0))
+    batch_size: int = field(default=16, metadata=_range(1))
+    max_seq_len: int = field(default=160, metadata=_range(8))
+    grad_clip: float = field(default=1.0, metadata=_range(0.0))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    # Tokens of the canary prefix given to the attacker, ending at the secret's start
+    # (the whole known header when it is shorter).
+    prefix_tokens: int = field(default=64, metadata=_range(1))
+    # Tokens of the secret suffix to reproduce (fewer when the suffix is shorter).
+    suffix_tokens: int = field(default=48, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    seed: int = 0
+    mode: str = field(default="federated", metadata=_choices("federated", "centralized"))
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    data: DataConfig = DataConfig()
+    canaries: CanaryConfig = CanaryConfig()
+    federation: FederationConfig = FederationConfig()
+    training: TrainingConfig = TrainingConfig()
+    attack: AttackConfig = AttackConfig()
+    output: OutputConfig = OutputConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / self.name
+
+    def canary_clients(self) -> tuple[int, ...]:
+        return self.canaries.clients or tuple(range(self.federation.num_clients))
+
+
+# --------------------------------------------------------------------------- building
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a TOML file, apply `a.b=value` overrides, and validate."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return build_config(raw)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value); value is read as a TOML literal, else as a string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. federation.rounds=5")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parents[: i + 1])}: is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def build_config(raw: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping into a `Config`; errors name the offending key."""
+    config = _build(Config, raw, prefix="")
+    _check_cross_fields(config)
+    return config
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a table of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown key '{prefix}{key}' (allowed here: {allowed})")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], prefix=key + ".")
+        else:
+            values[name] = _coerce(key, hint, raw[name], f.metadata)
+    return cls(**values)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {typing.get_args(hint)[0].__name__}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[hint]
+
+
+def _coerce(key: str, hint: Any, value: Any, meta: Mapping[str, Any]) -> Any:
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{key} = {value!r}: {why}")
+
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            raise bad(f"expected {_type_name(hint)}")
+        item_type = typing.get_args(hint)[0]
+        return tuple(_coerce(f"{key}[{i}]", item_type, v, meta) for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("expected an integer")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("expected a number")
+        value = float(value)
+    elif hint is str and not isinstance(value, str):
+        raise bad("expected a string")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise bad("must be one of " + ", ".join(repr(c) for c in choices))
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        raise bad(f"must be {'>' if meta.get('lo_open') else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise bad(f"must be <= {hi}")
+    return value
+
+
+def _check_cross_fields(config: Config) -> None:
+    n = config.federation.num_clients
+    for c in config.canaries.clients:
+        if not 0 <= c < n:
+            raise ConfigError(
+                f"canaries.clients contains {c}: client indices are 0..{n - 1} "
+                f"(federation.num_clients = {n})"
+            )
+    for r in config.canaries.replica_counts:
+        if r < 1:
+            raise ConfigError(f"canaries.replica_counts contains {r}: counts must be >= 1")
+    if not config.canaries.replica_counts:
+        raise ConfigError("canaries.replica_counts: give at least one replica count")
+    if config.data.source == "jsonl" and not config.data.path:
+        raise ConfigError("data.path: required when data.source = 'jsonl'")
+    m = config.model
+    if m.name == "tiny-llama" and m.hidden_size % m.num_heads:
+        raise ConfigError(
+            f"model.hidden_size = {m.hidden_size}: must be divisible by "
+            f"model.num_heads = {m.num_heads}"
+        )
+    if not config.name or "/" in config.name or config.name.startswith("."):
+        raise ConfigError(f"name = {config.name!r}: must be a plain folder name")
+
+
+# ------------------------------------------------------------------ flat run config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Nested plain dict (lists for tuples), as written to the run folder."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    def walk(obj: Any) -> dict[str, Any]:
+        return {
+            f.name: walk(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else plain(v)
+            for f in dataclasses.fields(obj)
+        }
+
+    return walk(config)
+
+
+def to_run_config(config: Config) -> dict[str, bool | int | float | str]:
+    """Flower's flat run config: dotted keys; lists travel as JSON strings."""
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, list):
+                flat[prefix + key] = json.dumps(value)
+            else:
+                flat[prefix + key] = value
+
+    walk(to_dict(config), "")
+    return flat
+
+
+def from_run_config(flat: Mapping[str, Any]) -> Config:
+    """Inverse of `to_run_config`."""
+    hints = _flat_hints()
+    raw: dict[str, Any] = {}
+    for key, value in flat.items():
+        hint = hints.get(key)
+        if hint is not None and typing.get_origin(hint) is tuple and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{key} = {value!r}: expected a JSON list") from None
+        _set_dotted(raw, key, value)
+    return build_config(raw)
+
+
+def _flat_hints() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, hint in typing.get_type_hints(cls).items():
+            if dataclasses.is_dataclass(hint):
+                walk(hint, f"{prefix}{name}.")
+            else:
+                out[prefix + name] = hint
+
+    walk(Config, "")
+    return out
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable short hash of JSON-able parts (used for on-disk caches)."""
+    import hashlib
+
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,57 @@
+"""What a person reads in the terminal: a line per round and the final summary table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False, highlight=False)
+
+
+def round_line(row: dict, rounds: int) -> str:
+    ext = row["extraction"]["injected"]
+    train = [c["train_loss"] for c in row["clients"].values() if "train_loss" in c]
+    train_txt = f"train loss {sum(train) / len(train):.3f}  " if train else ""
+    return (
+        f"round {row['round']}/{rounds}  {train_txt}held-out ppl {row['heldout_perplexity']:.2f}  "
+        f"exact {ext['exact_rate']:.1%}  token acc {ext['token_accuracy']:.1%}  "
+        f"({row['elapsed_s']:.0f}s)"
+    )
+
+
+def summary_table(summary: dict) -> Table:
+    before = summary["before"]["extraction"]["by_replicas"]
+    final = summary["final"]["extraction"]["by_replicas"]
+    table = Table(
+        title=(
+            f"{summary['name']}: {summary['mode']}, {summary['finetuning']} fine-tuning, "
+            f"{summary['rounds']} rounds — canary extraction (greedy, prefix -> secret)"
+        )
+    )
+    for col in ("replicas", "canaries", "exact (before)", "exact", "token acc", "longest run"):
+        table.add_column(col, justify="right")
+    for replicas in sorted(final, key=int):
+        f = final[replicas]
+        label = "0 (twins, never injected)" if replicas == "0" else f"{replicas}x"
+        table.add_row(
+            label,
+            str(f["n"]),
+            f"{before[replicas]['exact_rate']:.1%}",
+            f"{f['exact_rate']:.1%}",
+            f"{f['token_accuracy']:.1%}",
+            f"{f['longest_match']:.1f}",
+        )
+    return table
+
+
+def print_summary(summary: dict, run_dir) -> None:
+    final = summary["final"]
+    console.print(summary_table(summary))
+    console.print(
+        f"held-out loss {summary['before']['heldout_loss']:.3f} -> {final['heldout_loss']:.3f} "
+        f"(perplexity {final['heldout_perplexity']:.2f}); "
+        f"trainable {summary['trainable_parameters']:,} of {summary['parameters']:,} parameters; "
+        f"{final['bytes_sent']:,} bytes sent by clients in the last round; "
+        f"{summary['wall_time_s']:.0f}s"
+    )
+    console.print(f"run folder: {run_dir}")

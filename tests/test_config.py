@@ -1,0 +1,111 @@
+"""Config: typed, frozen, validated once; errors name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedmem.config import (
+    Config,
+    ConfigError,
+    build_config,
+    from_run_config,
+    load_config,
+    parse_override,
+    to_run_config,
+)
+
+
+def test_defaults_build_a_valid_config():
+    assert build_config({}) == Config()
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().seed = 3  # type: ignore[misc]
+
+
+def test_unknown_key_is_rejected_with_its_dotted_name():
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.hiden_size'.*hidden_size"):
+        build_config({"model": {"hiden_size": 3}})
+
+
+def test_bad_choice_names_key_and_allowed_values():
+    with pytest.raises(
+        ConfigError, match=r"model\.finetuning = 'qlora': must be one of 'full', 'lora'"
+    ):
+        build_config({"model": {"finetuning": "qlora"}})
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"federation\.rounds = '3': expected an integer"):
+        build_config({"federation": {"rounds": "3"}})
+
+
+def test_out_of_range_value_names_bound():
+    with pytest.raises(ConfigError, match=r"training\.lr = 0\.0: must be > 0"):
+        build_config({"training": {"lr": 0.0}})
+
+
+def test_list_items_are_typed():
+    with pytest.raises(ConfigError, match=r"canaries\.replica_counts\[1\]"):
+        build_config({"canaries": {"replica_counts": [1, "x"]}})
+
+
+def test_canary_client_index_must_exist():
+    with pytest.raises(ConfigError, match=r"canaries\.clients contains 5"):
+        build_config({"canaries": {"clients": [5]}, "federation": {"num_clients": 3}})
+
+
+def test_section_given_a_value_is_rejected():
+    with pytest.raises(ConfigError, match="model: expected a table"):
+        build_config({"model": 3})
+
+
+def test_integers_are_accepted_for_float_fields():
+    assert build_config({"training": {"lr": 1}}).training.lr == 1.0
+
+
+def test_overrides_are_parsed_as_toml_literals_or_strings():
+    assert parse_override("federation.rounds=5") == ("federation.rounds", 5)
+    assert parse_override("model.finetuning=lora") == ("model.finetuning", "lora")
+    assert parse_override("canaries.replica_counts=[1, 3]") == ("canaries.replica_counts", [1, 3])
+
+
+def test_override_without_equals_is_rejected():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_override("federation.rounds")
+
+
+def test_load_applies_overrides_over_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('name = "x"\n[federation]\nrounds = 2\n')
+    cfg = load_config(path, ["federation.rounds=7", "model.finetuning=lora"])
+    assert (cfg.name, cfg.federation.rounds, cfg.model.finetuning) == ("x", 7, "lora")
+
+
+def test_load_reports_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
+        load_config(bad)
+
+
+def test_flat_run_config_round_trips():
+    cfg = build_config(
+        {"model": {"finetuning": "lora"}, "canaries": {"replica_counts": [2, 16], "clients": [1]}}
+    )
+    flat = to_run_config(cfg)
+    assert all(isinstance(v, bool | int | float | str) for v in flat.values())
+    assert flat["model.finetuning"] == "lora"
+    assert from_run_config(flat) == cfg
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.toml")):
+        load_config(path)
