@@ -220,9 +220,8 @@ def _open_dose(rng: random.Random, t: _Tables) -> QAPair:
     d = rng.choice(t.dosed_diseases)
     dosing = rng.choice(d.dosing)
     q = rng.choice(_MEDICATION_TO_DOSE).format(medication=dosing.medication)
-    answer = (
-        f"{_join(dosing.strengths(), 'or')} {dosing.route}, {_join(dosing.frequencies, 'or')}"
-    )
+    strengths, frequencies = _join(dosing.strengths(), "or"), _join(dosing.frequencies, "or")
+    answer = f"{strengths} {dosing.route}, {frequencies}"
     return QAPair(q, answer, "open", d.specialty)
 
 
@@ -557,9 +556,7 @@ def load_qa_jsonl(path: str | Path) -> list[QAPair]:
     return pairs
 
 
-def public_corpus(
-    seed: int, n_qa: int, *, n_icd: int = 20_000, n_records: int = 500
-) -> list[str]:
+def public_corpus(seed: int, n_qa: int, *, n_icd: int = 20_000, n_records: int = 500) -> list[str]:
     """Canary-free public text for tokenizer training and warm-starting a tiny model.
 
     Holds, shuffled: ``n_icd`` ICD-10-CM codes sampled as ``"CODE: description"`` lines,
