@@ -1,0 +1,239 @@
+"""Canaries: synthetic clinical records injected into client data to audit memorization.
+
+Each record is split into a prefix the attacker is assumed to know (record number, patient
+name and address) and a secret suffix (birth date, SSN, diagnosis, prescription, clinician,
+visit date). Every injected canary has a never-injected twin drawn from the same generator,
+the reference population for exposure and membership-inference scores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from faker import Faker
+
+from fedmem.resources.diseases import Disease, load_diseases
+
+PLACEMENTS = ("single", "spread")
+DEFAULT_REPLICA_COUNTS = (1, 2, 4, 8)
+MIN_SECRET_FRACTION = 0.6  # share of each record's characters that lie in the secret suffix
+
+_BIRTH_RANGE = (dt.date(1935, 1, 1), dt.date(2005, 12, 31))
+_VISIT_RANGE = (dt.date(2019, 1, 1), dt.date(2025, 12, 31))
+_GENERIC_STRENGTHS = ("5 mg", "10 mg", "20 mg", "25 mg", "50 mg", "100 mg", "250 mg", "500 mg")
+_GENERIC_FREQUENCIES = (
+    "once daily",
+    "twice daily",
+    "three times daily",
+    "every 8 hours",
+    "at bedtime",
+    "as needed",
+)
+
+# (prefix, secret suffix) layouts. Each prefix ends with a newline, where the split goes.
+_TEMPLATES = (
+    (
+        "Medical Note: MRN {mrn}\nPatient: {name}, {address}.\n",
+        "DOB {dob}. SSN {ssn}. Diagnosis: {disease} ({icd}). Presenting with {symptoms}. "
+        "Prescribed {drug} {strength} {frequency}. Attending: Dr. {doctor}, {specialty}. "
+        "Visit {visit}.",
+    ),
+    (
+        "Clinical Record {mrn}\nName: {name}\nAddress: {address}\n",
+        "Date of birth: {dob}\nSSN: {ssn}\nAssessment: {disease}, ICD-10 {icd}; "
+        "reports {symptoms}.\nPlan: start {drug} {strength} {frequency}.\n"
+        "Seen by Dr. {doctor} ({specialty}) on {visit}.",
+    ),
+    (
+        "Discharge Summary, MRN {mrn}\nPatient {name} of {address}\n",
+        "born {dob}, SSN {ssn}, was treated for {disease} [{icd}] after presenting with "
+        "{symptoms}. Discharged on {drug} {strength} {frequency}. "
+        "Physician: Dr. {doctor}, {specialty}. Date: {visit}.",
+    ),
+    (
+        "Outpatient Visit Note (MRN {mrn})\nPatient: {name}\nHome address: {address}\n",
+        "Born {dob}; SSN {ssn}. Complaints: {symptoms}. Impression: {disease}, code {icd}. "
+        "Medication: {drug} {strength}, {frequency}. Clinician: Dr. {doctor}, {specialty}. "
+        "Seen {visit}.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Canary:
+    canary_id: str  # e.g. "c0007"
+    text: str  # the whole record
+    split: int  # text[:split] is the prefix known to the attacker, text[split:] the secret
+    replicas: int  # copies injected into training data; 0 for a never-injected twin
+    clients: tuple[int, ...]  # client index of each injected copy; () for twins
+    twin_id: str  # the paired canary: injected <-> twin
+
+    @property
+    def prefix(self) -> str:
+        return self.text[: self.split]
+
+    @property
+    def suffix(self) -> str:
+        return self.text[self.split :]
+
+    @property
+    def injected(self) -> bool:
+        return self.replicas > 0
+
+
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _prescription(rng: random.Random, disease: Disease) -> tuple[str, str, str]:
+    """(drug, strength, frequency), from the drug's dose ladder where the table has one."""
+    dosed = [d.medication for d in disease.dosing]
+    drug = rng.choice(dosed or list(disease.medications))
+    dosing = disease.dosing_for(drug)
+    if dosing is None:
+        return drug, rng.choice(_GENERIC_STRENGTHS), rng.choice(_GENERIC_FREQUENCIES)
+    return drug, rng.choice(dosing.strengths()), rng.choice(dosing.frequencies)
+
+
+def _record(rng: random.Random, fake: Faker, mrn: str, ssn: str) -> tuple[str, int]:
+    disease = rng.choice(load_diseases())
+    drug, strength, frequency = _prescription(rng, disease)
+    symptoms = rng.sample(disease.symptoms, min(len(disease.symptoms), rng.randint(2, 3)))
+    prefix, suffix = rng.choice(_TEMPLATES)
+    fields = {
+        "mrn": mrn,
+        "name": f"{fake.first_name()} {fake.last_name()}",
+        "address": f"{fake.street_address()}, {fake.city()}, {fake.state_abbr()} {fake.zipcode()}",
+        "dob": fake.date_between(*_BIRTH_RANGE).isoformat(),
+        "ssn": ssn,
+        "disease": disease.name,
+        "icd": disease.icd10,
+        "symptoms": _join([s.lower() for s in symptoms]),
+        "drug": drug,
+        "strength": strength,
+        "frequency": frequency,
+        "doctor": f"{fake.first_name()} {fake.last_name()}",
+        "specialty": disease.specialty,
+        "visit": fake.date_between(*_VISIT_RANGE).isoformat(),
+    }
+    head = prefix.format(**fields)
+    return head + suffix.format(**fields), len(head)
+
+
+def generate_records(n: int, seed: int) -> list[tuple[str, int]]:
+    """``n`` distinct synthetic clinical records as ``(text, split)``, deterministic in seed.
+
+    Record numbers and SSNs are unique within one call. ``text[:split]`` (record number,
+    name, address) ends with a newline; the secret ``text[split:]`` holds at least
+    MIN_SECRET_FRACTION of the characters (the rare record with a longer prefix is redrawn).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    mrns: set[str] = set()
+    ssns: set[str] = set()
+    records: list[tuple[str, int]] = []
+    while len(records) < n:
+        mrn = f"{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
+        ssn = fake.ssn()
+        if mrn in mrns or ssn in ssns:
+            continue
+        text, split = _record(rng, fake, mrn, ssn)
+        if len(text) - split < MIN_SECRET_FRACTION * len(text):
+            continue
+        mrns.add(mrn)
+        ssns.add(ssn)
+        records.append((text, split))
+    return records
+
+
+def _check_canary_args(
+    replica_counts: Sequence[int], per_count: int, target_clients: Sequence[int], placement: str
+) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
+    if not replica_counts:
+        raise ValueError("replica_counts must not be empty")
+    if bad := [r for r in replica_counts if r < 1]:
+        raise ValueError(f"replica counts must be >= 1, got {bad[0]}")
+    if per_count < 1:
+        raise ValueError(f"per_count must be >= 1, got {per_count}")
+    if not target_clients:
+        raise ValueError("target_clients must not be empty")
+    if bad := [c for c in target_clients if c < 0]:
+        raise ValueError(f"client indices must be >= 0, got {bad[0]}")
+
+
+def make_canaries(
+    replica_counts: Sequence[int],
+    per_count: int,
+    target_clients: Sequence[int],
+    placement: str,
+    seed: int,
+) -> list[Canary]:
+    """``per_count`` injected canaries per replica count, each followed by its twin.
+
+    ``placement="single"`` puts all copies of a canary on one client, taking target clients
+    round-robin; ``"spread"`` sends each copy to a target client drawn uniformly at random.
+    Ids run ``c0000, c0001, ...``: even ids are injected, the next odd id is the twin.
+    """
+    _check_canary_args(replica_counts, per_count, target_clients, placement)
+    records = iter(generate_records(2 * len(replica_counts) * per_count, seed))
+    rng = random.Random(seed)
+    canaries: list[Canary] = []
+    for replicas in replica_counts:
+        for _ in range(per_count):
+            if placement == "single":
+                client = target_clients[(len(canaries) // 2) % len(target_clients)]
+                clients = (client,) * replicas
+            else:
+                clients = tuple(rng.choice(target_clients) for _ in range(replicas))
+            own_id, twin_id = f"c{len(canaries):04d}", f"c{len(canaries) + 1:04d}"
+            text, split = next(records)
+            canaries.append(Canary(own_id, text, split, replicas, clients, twin_id))
+            text, split = next(records)
+            canaries.append(Canary(twin_id, text, split, 0, (), own_id))
+    return canaries
+
+
+def inject(
+    client_samples: Sequence[Sequence[str]], canaries: Sequence[Canary], seed: int
+) -> list[list[str]]:
+    """New per-client sample lists, each canary copy inserted at a uniformly random position.
+
+    The other samples keep their order; the input is not modified.
+    """
+    rng = random.Random(seed)
+    samples = [list(client) for client in client_samples]
+    for canary in canaries:
+        for client in canary.clients:
+            if not 0 <= client < len(samples):
+                raise ValueError(
+                    f"canary {canary.canary_id} targets client {client}, "
+                    f"but there are {len(samples)} clients"
+                )
+            samples[client].insert(rng.randint(0, len(samples[client])), canary.text)
+    return samples
+
+
+def to_jsonl_rows(canaries: Sequence[Canary]) -> list[dict]:
+    """One JSON-ready dict per canary, with ``injected``, ``prefix`` and ``suffix`` spelt out."""
+    return [
+        {
+            "canary_id": c.canary_id,
+            "text": c.text,
+            "split": c.split,
+            "prefix": c.prefix,
+            "suffix": c.suffix,
+            "replicas": c.replicas,
+            "clients": list(c.clients),
+            "twin_id": c.twin_id,
+            "injected": c.injected,
+        }
+        for c in canaries
+    ]

@@ -1,0 +1,1 @@
+"""Static reference data: the disease table and the ICD-10-CM code list."""
