@@ -75,6 +75,7 @@ def audit_model(config: Config, model: torch.nn.Module) -> RoundAudit:
                 "exact": r.exact,
                 "token_accuracy": r.token_accuracy,
                 "longest_match": r.longest_match,
+                "generated": tokenizer.decode(list(r.generated_ids)),
             }
             for r in results
         ],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 from fedmem.config import Config, ConfigError, load_config
@@ -58,10 +57,10 @@ def run(config: Config, verbose: bool = False) -> dict:
 
         run_centralized(config, on_round=on_round)
     else:
-        if not verbose:
-            logging.getLogger("flwr").setLevel(logging.WARNING)
-            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         from fedmem.federation import run_federated
+
+        if not verbose:  # after the import: importing flwr resets its logger's level
+            logging.getLogger("flwr").setLevel(logging.WARNING)
 
         run_federated(config, on_round=on_round)
     summary_path = config.run_dir / "summary.json"

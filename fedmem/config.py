@@ -73,7 +73,9 @@ class CanaryConfig:
     per_count: int = field(default=8, metadata=_range(1))
     # Client indices that receive canaries; empty means every client.
     clients: tuple[int, ...] = ()
-    placement: str = field(default="single", metadata=_choices("single", "spread"))
+    # "spread": each copy goes to a random target client (as in the reference study);
+    # "single": all copies of one canary go to one client.
+    placement: str = field(default="spread", metadata=_choices("spread", "single"))
 
 
 @dataclass(frozen=True)

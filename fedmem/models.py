@@ -20,10 +20,14 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from fedmem.config import Config, ConfigError, ModelConfig
 
 TINY_LLAMA = "tiny-llama"
+
+# Weight-loading progress bars would print once per client per round.
+hf_logging.disable_progress_bar()
 
 
 def cache_root() -> Path:

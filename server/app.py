@@ -16,13 +16,15 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid
 
-from fedmem.config import Config, from_run_config, to_run_config
+from fedmem.config import Config, ConfigError, from_run_config, to_run_config
 from fedmem.models import build_model, get_trainable_state, set_trainable_state
 from fedmem.results import RunRecorder
 from server.strategy import AuditedFedAvg
 
 
 def run_server(grid: Grid, context: Context, config: Config, recorder: RunRecorder) -> dict:
+    if config.mode != "federated":
+        raise ConfigError(f"mode = {config.mode!r}: the ServerApp runs federated mode only")
     random.seed(config.seed)  # Flower's client sampling draws from `random`
     recorder.start()
     model = build_model(config, seed=config.seed)

@@ -30,13 +30,15 @@ def test_lora_trains_only_adapters_and_full_trains_everything(tiny_raw):
     )
     names = trainable_names(lora)
     assert names and all("lora_" in n for n in names)
-    assert {n.split(".")[-2] for n in names} == {"lora_A", "lora_B"}
+    assert {n.split(".")[-3] for n in names} == {"lora_A", "lora_B"}
     full = build_model(build_config(tiny_raw))
     assert len(trainable_names(full)) == len(list(full.parameters()))
 
 
 def test_lora_state_is_much_smaller_than_full_state(tiny_raw):
-    lora_cfg = build_config({**tiny_raw, "model": {**tiny_raw["model"], "finetuning": "lora"}})
+    lora_cfg = build_config(
+        {**tiny_raw, "model": {**tiny_raw["model"], "finetuning": "lora"}, "lora": {"rank": 2}}
+    )
     n_lora = sum(a.size for a in get_trainable_state(build_model(lora_cfg)))
     n_full = sum(a.size for a in get_trainable_state(build_model(build_config(tiny_raw))))
     assert n_lora < n_full / 4

@@ -1,0 +1,120 @@
+"""`flwr run .`: Flower's own CLI drives the same ServerApp/ClientApp (local simulation).
+
+The test isolates Flower completely (temporary HOME and FLWR_HOME, a free SuperLink port) and
+stops the SuperLink daemon that `flwr run` leaves behind, with everything it spawned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedmem.config import load_config, to_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_pyproject_app_config_is_the_quickstart_run_config():
+    app_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app_config["config"] == to_run_config(load_config(REPO / "configs/quickstart.toml"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_mentioning(token: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if token in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+def _stop_processes_mentioning(token: str, timeout: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _pids_mentioning(token)
+        if not pids:
+            return
+        for pid in pids:
+            # superlink and superexec lead their own process groups
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pids_mentioning(token):
+            time.sleep(0.2)
+
+
+def _run_config_arg(flat: dict) -> str:
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in flat.items())
+
+
+@pytest.mark.slow
+def test_flwr_run_drives_the_app_to_a_complete_run_folder(tiny_raw, tmp_path):
+    from fedmem.config import build_config
+
+    cfg = build_config(tiny_raw)
+    flwr_home, port = tmp_path / "flwr-home", _free_port()
+    (tmp_path / "home").mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    overrides = {k: v for k, v in to_run_config(cfg).items() if k != "mode"}
+    cmd = [
+        str(BIN / "flwr"),
+        "run",
+        str(REPO),
+        "--stream",
+        "--federation-config",
+        "num-supernodes=2 client-resources-num-cpus=1",
+        "--run-config",
+        _run_config_arg(overrides),
+    ]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out
+        run_id = re.search(r"Successfully started run (\d+)", out)
+        assert run_id, out
+        status = subprocess.run(
+            [str(BIN / "flwr"), "list", "--run-id", run_id.group(1), "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert '"status": "finished:completed"' in status, status + "\n" + out
+    finally:
+        _stop_processes_mentioning(str(flwr_home))
+        _stop_processes_mentioning(f"127.0.0.1:{port} ")
+    assert not _pids_mentioning(str(flwr_home))
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2
+    metrics = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in metrics] == [0, 1, 2]
