@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-from fedmem.config import Config, ConfigError, load_config
+from fedmem.config import Config, ConfigError, load_config, to_dict, to_run_config
+from fedmem.qa import DataError
 
 USAGE_ERROR = 2
 
@@ -26,16 +27,21 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set federation.rounds=5 (repeatable)",
     )
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
-    show = sub.add_parser("config", help="print the resolved config as JSON")
+    show = sub.add_parser("config", help="print the resolved config")
     show.add_argument("config")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show.add_argument(
+        "--flower",
+        action="store_true",
+        help="print it as Flower's flat run config ([tool.flwr.app.config] in pyproject.toml)",
+    )
     return parser
 
 
 def run(config: Config, verbose: bool = False) -> dict:
     from fedmem.dataset import build_federated_data
     from fedmem.models import load_tokenizer
-    from fedmem.report import console, print_summary, round_line
+    from fedmem.report import console, print_summary, round_progress
 
     rounds = config.federation.rounds
     with console.status("preparing data and the base model (built once, then cached)"):
@@ -49,20 +55,17 @@ def run(config: Config, verbose: bool = False) -> dict:
         f"{injected} canaries injected (+{len(data.canaries) - injected} twins)"
     )
 
-    def on_round(row: dict) -> None:
-        console.print(round_line(row, rounds))
+    with round_progress(rounds) as on_round:
+        if config.mode == "centralized":
+            from fedmem.centralized import run_centralized
 
-    if config.mode == "centralized":
-        from fedmem.centralized import run_centralized
+            run_centralized(config, on_round=on_round)
+        else:
+            from fedmem.federation import run_federated
 
-        run_centralized(config, on_round=on_round)
-    else:
-        from fedmem.federation import run_federated
-
-        if not verbose:  # after the import: importing flwr resets its logger's level
-            logging.getLogger("flwr").setLevel(logging.WARNING)
-
-        run_federated(config, on_round=on_round)
+            if not verbose:  # after the import: importing flwr resets its logger's level
+                logging.getLogger("flwr").setLevel(logging.ERROR)
+            run_federated(config, on_round=on_round)
     summary_path = config.run_dir / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
@@ -71,26 +74,23 @@ def run(config: Config, verbose: bool = False) -> dict:
     return summary
 
 
+def flower_table(config: Config) -> str:
+    lines = ["[tool.flwr.app.config]"]
+    lines += [f'"{key}" = {json.dumps(value)}' for key, value in to_run_config(config).items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
         if args.command == "config":
-            from fedmem.config import to_dict
-
-            print(json.dumps(to_dict(config), indent=2))
+            print(flower_table(config) if args.flower else json.dumps(to_dict(config), indent=2))
             return 0
         run(config, verbose=args.verbose)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         print(f"fedmem: error: {err}", file=sys.stderr)
         return USAGE_ERROR
-    except ValueError as err:
-        from fedmem.qa import DataError
-
-        if isinstance(err, DataError):
-            print(f"fedmem: error: {err}", file=sys.stderr)
-            return USAGE_ERROR
-        raise
     return 0
 
 

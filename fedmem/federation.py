@@ -28,6 +28,8 @@ def backend_config(config: Config) -> dict:
 
 
 def run_federated(config: Config, on_round=None) -> None:
+    # Keep Ray's current behaviour for CPU-only actors, without its FutureWarning.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
     run_simulation(

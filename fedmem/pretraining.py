@@ -23,7 +23,7 @@ from fedmem.config import ModelConfig, config_hash
 from fedmem.models import cache_root, new_tiny_llama
 
 # Bump when the recipe below changes, so stale caches are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 PRETRAIN_SEED = 0
 PRETRAIN_BLOCK = 128
 PRETRAIN_BATCH = 16
@@ -65,7 +65,9 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
 def build_tiny_base(model: ModelConfig, out_dir: Path) -> None:
     from fedmem.qa import public_corpus
 
-    corpus = public_corpus(seed=PRETRAIN_SEED, n_qa=4000)
+    # Mostly QA and note-shaped records, so the base model knows the formats and fine-tuning
+    # has only the canaries' contents left to memorize (as with a real pretrained model).
+    corpus = public_corpus(seed=PRETRAIN_SEED, n_qa=4000, n_icd=5000, n_records=3000)
     tokenizer = train_tokenizer(corpus, model.vocab_size)
     lm = new_tiny_llama(model, tokenizer, seed=PRETRAIN_SEED)
     if model.pretrain_steps:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console(highlight=False, soft_wrap=True)
@@ -17,6 +21,20 @@ def round_line(row: dict, rounds: int) -> str:
         f"exact {ext['exact_rate']:.1%}  token acc {ext['token_accuracy']:.1%}  "
         f"({row['elapsed_s']:.0f}s)"
     )
+
+
+@contextmanager
+def round_progress(rounds: int) -> Iterator[Callable[[dict], None]]:
+    """A progress bar over rounds; yields the callback that reports each audited round."""
+    columns = (TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("rounds", total=rounds)
+
+        def on_round(row: dict) -> None:
+            progress.console.print(round_line(row, rounds))
+            progress.update(task, completed=row["round"])
+
+        yield on_round
 
 
 def summary_table(summary: dict) -> Table:

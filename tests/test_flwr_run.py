@@ -65,8 +65,10 @@ def _stop_processes_mentioning(token: str, timeout: float = 10.0) -> None:
             time.sleep(0.2)
 
 
-def _run_config_arg(flat: dict) -> str:
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in flat.items())
+def _run_config_file(flat: dict, path: Path) -> str:
+    # A TOML file, because list values travel as JSON strings with quotes inside.
+    path.write_text("".join(f'"{k}" = {json.dumps(v)}\n' for k, v in flat.items()))
+    return str(path)
 
 
 @pytest.mark.slow
@@ -94,7 +96,7 @@ def test_flwr_run_drives_the_app_to_a_complete_run_folder(tiny_raw, tmp_path):
         "--federation-config",
         "num-supernodes=2 client-resources-num-cpus=1",
         "--run-config",
-        _run_config_arg(overrides),
+        _run_config_file(overrides, tmp_path / "run-config.toml"),
     ]
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,8 +21,11 @@ def load_icd10_codes() -> tuple[IcdCode, ...]:
     Seventh-character extensions are left out: they repeat their parent's description with
     an encounter suffix, and would make up more than half of the list.
     """
-    # Imported here because importing the package parses its XML (about 1.5 s).
-    import simple_icd_10_cm as icd
+    # Imported here because importing the package parses its XML (about 1.5 s); it still
+    # reads its data through importlib's deprecated text API.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import simple_icd_10_cm as icd
 
     codes: list[IcdCode] = []
     chapter = ""
