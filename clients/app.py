@@ -11,6 +11,7 @@ from flwr.client import ClientApp, NumPyClient
 
 from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.dataset import build_federated_data
+from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import (
     build_model,
     get_trainable_state,
@@ -47,7 +48,8 @@ class FedmemClient(NumPyClient):
         rows = client_rows(self.config, self.client)
         pad_id = load_tokenizer(self.config).pad_token_id
         seed = training_seed(self.config, server_round, self.client)
-        result = train_local(model, rows, self.config.training, pad_id, seed)
+        label_mask = goldfish_label_mask(self.config.goldfish)
+        result = train_local(model, rows, self.config.training, pad_id, seed, label_mask=label_mask)
         update = get_trainable_state(model)
         metrics = {
             "client": self.client,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedmem.config import Config
 from fedmem.dataset import build_federated_data
+from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import build_model, load_tokenizer
 from fedmem.results import RunRecorder
 from fedmem.training import encode_samples, train_local
@@ -17,9 +18,12 @@ def run_centralized(config: Config, on_round=None) -> dict:
     texts = build_federated_data(config).pooled_texts
     rows = encode_samples(tokenizer, texts, config.training.max_seq_len)
     recorder.record(0, model)
+    label_mask = goldfish_label_mask(config.goldfish)
     for epoch in range(1, config.federation.rounds + 1):
         seed = (config.seed * 1_000_003 + epoch * 1_009) % 2**31
-        result = train_local(model, rows, config.training, tokenizer.pad_token_id, seed)
+        result = train_local(
+            model, rows, config.training, tokenizer.pad_token_id, seed, label_mask=label_mask
+        )
         recorder.record(
             epoch,
             model,

@@ -114,6 +114,25 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class GoldfishConfig:
+    """Goldfish loss (Hans et al. 2024): about 1/k of the training tokens carry no loss."""
+
+    enabled: bool = False
+    k: int = field(default=4, metadata=_range(2))
+    # "hashed": the drop decision is a hash of the h token ids before the position, so
+    # identical text drops identical tokens wherever it appears; "static": every k-th position.
+    h: int = field(default=13, metadata=_range(1))
+    variant: str = field(default="hashed", metadata=_choices("hashed", "static"))
+
+
+@dataclass(frozen=True)
+class WeightNoiseConfig:
+    # Std of the Gaussian noise added to the trainable weights of every audited fine-tuned
+    # model (never to the training state, never to the round-0 base model); 0 = off.
+    sigma: float = field(default=0.0, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -126,6 +145,8 @@ class Config:
     training: TrainingConfig = TrainingConfig()
     attack: AttackConfig = AttackConfig()
     output: OutputConfig = OutputConfig()
+    goldfish: GoldfishConfig = GoldfishConfig()
+    weight_noise: WeightNoiseConfig = WeightNoiseConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -3,7 +3,8 @@
 runs/<name>/
   config.json       the resolved configuration
   canaries.jsonl    every canary, with its `injected` flag, replica count and clients
-  metrics.jsonl     one line per round (round 0 = before fine-tuning)
+  metrics.jsonl     one line per round (round 0 = before fine-tuning), with the weight-noise
+                    sigma the audited model carried
   extraction.jsonl  one line per round and canary
   summary.json      the final round and run facts, written last
   checkpoint/       the final trainable state (adapter or full weights) as safetensors
@@ -24,6 +25,7 @@ from fedmem.audit import audit_model
 from fedmem.canaries import to_jsonl_rows
 from fedmem.config import Config, to_dict
 from fedmem.dataset import build_federated_data
+from fedmem.mitigations.weight_noise import audit_sigma, noise_seed, noised_weights
 from fedmem.models import get_trainable_state, trainable_names
 
 
@@ -88,14 +90,18 @@ class RunRecorder:
         self, server_round: int, model: torch.nn.Module, clients: dict | None = None
     ) -> dict:
         """Audit `model` as the global model after `server_round`; `clients` holds the
-        round's per-client training facts keyed by client index."""
-        audit = audit_model(self.config, model)
+        round's per-client training facts keyed by client index. With weight noise on, the
+        audit sees a noised model and `model` is left exactly as it was."""
+        sigma = audit_sigma(self.config.weight_noise, server_round)
+        with noised_weights(model, sigma, noise_seed(self.config.seed, server_round)):
+            audit = audit_model(self.config, model)
         clients = clients or {}
         row = {
             "round": server_round,
             "elapsed_s": round(time.perf_counter() - self.started, 3),
             "clients": {str(k): clients[k] for k in sorted(clients)},
             "bytes_sent": sum(c.get("bytes_sent", 0) for c in clients.values()),
+            "weight_noise_sigma": sigma,
             **audit.metrics,
         }
         self.rows.append(row)

@@ -1,14 +1,15 @@
 """The one local training loop (FL clients and the centralized baseline) and held-out loss.
 
 Each sample is one row (never packed with others), so a canary copy is a training record of
-its own; rows are padded per batch to the longest row and pads carry no loss.
+its own; rows are padded per batch to the longest row and pads carry no loss. A label mask
+(goldfish) can take further training positions out of the loss; evaluation never uses one.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,9 @@ from transformers import PreTrainedTokenizerBase
 from fedmem.config import TrainingConfig
 
 IGNORE_INDEX = -100
+
+# A row's token ids -> one flag per position, True = the position's label stays in the loss.
+LabelMask = Callable[[Sequence[int]], list[bool]]
 
 
 def encode_samples(
@@ -32,27 +36,33 @@ def encode_samples(
 class Batch:
     input_ids: torch.Tensor  # [B, T] token ids, right-padded
     attention_mask: torch.Tensor  # [B, T] 1 for real tokens
-    labels: torch.Tensor  # [B, T] input_ids with pads set to IGNORE_INDEX
+    labels: torch.Tensor  # [B, T] input_ids with pads (and masked positions) = IGNORE_INDEX
 
 
-def collate(rows: Sequence[list[int]], pad_id: int) -> Batch:
+def collate(rows: Sequence[list[int]], pad_id: int, label_mask: LabelMask | None = None) -> Batch:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1
-    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        keep[i, : len(r)] = torch.tensor(label_mask(r) if label_mask else [True] * len(r))
+    labels = ids.masked_fill(~keep, IGNORE_INDEX)
     return Batch(ids, mask, labels)
 
 
 def shuffled_batches(
-    rows: Sequence[list[int]], batch_size: int, rng: random.Random, pad_id: int
+    rows: Sequence[list[int]],
+    batch_size: int,
+    rng: random.Random,
+    pad_id: int,
+    label_mask: LabelMask | None = None,
 ) -> Iterator[Batch]:
     order = list(range(len(rows)))
     rng.shuffle(order)
     for start in range(0, len(order), batch_size):
-        yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+        yield collate([rows[i] for i in order[start : start + batch_size]], pad_id, label_mask)
 
 
 @dataclass(frozen=True)
@@ -68,8 +78,11 @@ def train_local(
     cfg: TrainingConfig,
     pad_id: int,
     seed: int,
+    *,
+    label_mask: LabelMask | None = None,
 ) -> TrainResult:
-    """Train in place for `local_steps` steps, or `local_epochs` epochs when that is 0."""
+    """Train in place for `local_steps` steps, or `local_epochs` epochs when that is 0;
+    `label_mask` takes training positions out of the loss (None: every real token counts)."""
     if not rows:
         raise ValueError("train_local: no training rows")
     torch.manual_seed(seed)
@@ -82,7 +95,7 @@ def train_local(
     losses: list[float] = []
     examples = 0
     while len(losses) < total_steps:
-        for batch in shuffled_batches(rows, cfg.batch_size, rng, pad_id):
+        for batch in shuffled_batches(rows, cfg.batch_size, rng, pad_id, label_mask):
             out = model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
             )
