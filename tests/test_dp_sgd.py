@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from flwr.app import ConfigRecord
-from opacus.accountants import RDPAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedmem.cli import main
@@ -116,6 +116,14 @@ def test_target_epsilon_derives_sigma_for_every_planned_step_of_the_run(tiny_raw
     accountant = RDPAccountant()
     accountant.history = [(private.noise_multiplier, 1 / 4, total)]
     assert 3.9 < accountant.get_epsilon(delta=1e-5) <= 4.0
+
+
+def test_prv_accountant_when_chosen(tiny_raw):
+    private = private_training(_config(tiny_raw, accountant="prv"), n_rows=16)
+    private.accountant.step(noise_multiplier=1.0, sample_rate=1 / 4)
+    reference = PRVAccountant()
+    reference.history = [(1.0, 1 / 4, 1)]
+    assert private.epsilon() == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
 
 
 def test_sample_rate_follows_opacus_loader_of_the_batch_size():
