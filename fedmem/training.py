@@ -54,13 +54,6 @@ def shuffled_index_batches(n_rows: int, batch_size: int, rng: random.Random) -> 
         yield order[start : start + batch_size]
 
 
-def shuffled_batches(
-    rows: Sequence[list[int]], batch_size: int, rng: random.Random, pad_id: int
-) -> Iterator[Batch]:
-    for indices in shuffled_index_batches(len(rows), batch_size, rng):
-        yield collate([rows[i] for i in indices], pad_id)
-
-
 def record_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[B] mean next-token loss of each row over its own real tokens (0 for a row without
     targets): a row's loss depends on that row alone, as per-record clipping requires."""
