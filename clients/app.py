@@ -6,11 +6,12 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import Context
+from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.client import ClientApp, NumPyClient
 
 from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.dataset import build_federated_data
+from fedmem.mitigations.dp_sgd import history_to_record, private_training
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import (
     build_model,
@@ -19,7 +20,7 @@ from fedmem.models import (
     set_trainable_state,
     state_nbytes,
 )
-from fedmem.training import encode_samples, train_local
+from fedmem.training import StepVariant, encode_samples, train_local
 
 
 @lru_cache(maxsize=8)
@@ -33,10 +34,17 @@ def training_seed(config: Config, server_round: int, client: int) -> int:
     return (config.seed * 1_000_003 + server_round * 1_009 + client) % 2**31
 
 
+# Key in the node's persistent state under which the client's DP accountant history lives.
+DP_HISTORY = "dp_sgd.accountant_history"
+
+
 class FedmemClient(NumPyClient):
-    def __init__(self, config: Config, client: int) -> None:
+    def __init__(self, config: Config, client: int, state: RecordDict | None = None) -> None:
         self.config = config
         self.client = client
+        # Flower keeps a node's `context.state` across rounds (the simulation engine stores
+        # the context each ClientApp call returns), while this object is rebuilt every round.
+        self.state = state if state is not None else RecordDict()
 
     def get_parameters(self, config) -> list[np.ndarray]:
         return get_trainable_state(build_model(self.config, seed=self.config.seed))
@@ -48,8 +56,12 @@ class FedmemClient(NumPyClient):
         rows = client_rows(self.config, self.client)
         pad_id = load_tokenizer(self.config).pad_token_id
         seed = training_seed(self.config, server_round, self.client)
+        private = private_training(self.config, len(rows), self.state.get(DP_HISTORY))
+        variant = private.variant if private else StepVariant
         label_mask = goldfish_label_mask(self.config.goldfish)
-        result = train_local(model, rows, self.config.training, pad_id, seed, label_mask=label_mask)
+        result = train_local(
+            model, rows, self.config.training, pad_id, seed, variant, label_mask=label_mask
+        )
         update = get_trainable_state(model)
         metrics = {
             "client": self.client,
@@ -58,6 +70,9 @@ class FedmemClient(NumPyClient):
             "examples": result.examples,
             "bytes_sent": state_nbytes(update),
         }
+        if private:
+            self.state[DP_HISTORY] = ConfigRecord(history_to_record(private.accountant))
+            metrics.update(private.metrics())
         return update, len(rows), metrics
 
 
@@ -69,7 +84,7 @@ def make_client_app(config: Config | None = None) -> ClientApp:
         cfg = from_run_config({**context.run_config, **preset})
         torch.set_num_threads(max(1, int(cfg.federation.client_cpus)))
         client = int(context.node_config["partition-id"])
-        return FedmemClient(cfg, client).to_client()
+        return FedmemClient(cfg, client, context.state).to_client()
 
     return ClientApp(client_fn=client_fn)
 

@@ -133,6 +133,23 @@ class WeightNoiseConfig:
 
 
 @dataclass(frozen=True)
+class DPSGDConfig:
+    """Record-level DP-SGD (opacus): per-row gradients clipped to `max_grad_norm`, plus noise."""
+
+    enabled: bool = False
+    # Noise standard deviation over `max_grad_norm` (sigma); ignored when target_epsilon > 0.
+    noise_multiplier: float = field(default=1.0, metadata=_range(0.0))
+    # When > 0, sigma is derived so that the run's planned steps (all rounds) spend this
+    # epsilon at `delta`; 0 means sigma = noise_multiplier.
+    target_epsilon: float = field(default=0.0, metadata=_range(0.0))
+    delta: float = field(default=1e-5, metadata=_range(0.0, 1.0, lo_open=True))
+    max_grad_norm: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # Poisson sampling of each batch; without it the reported epsilon is no valid guarantee.
+    poisson: bool = True
+    accountant: str = field(default="rdp", metadata=_choices("rdp", "prv"))
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -147,6 +164,7 @@ class Config:
     output: OutputConfig = OutputConfig()
     goldfish: GoldfishConfig = GoldfishConfig()
     weight_noise: WeightNoiseConfig = WeightNoiseConfig()
+    dp_sgd: DPSGDConfig = DPSGDConfig()
 
     @property
     def run_dir(self) -> Path:
@@ -288,6 +306,8 @@ def _check_cross_fields(config: Config) -> None:
             f"model.hidden_size = {m.hidden_size}: must be divisible by "
             f"model.num_heads = {m.num_heads}"
         )
+    if config.dp_sgd.delta >= 1:
+        raise ConfigError(f"dp_sgd.delta = {config.dp_sgd.delta!r}: must be < 1")
     if not config.name or "/" in config.name or config.name.startswith("."):
         raise ConfigError(f"name = {config.name!r}: must be a plain folder name")
 

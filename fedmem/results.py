@@ -104,6 +104,8 @@ class RunRecorder:
             "weight_noise_sigma": sigma,
             **audit.metrics,
         }
+        if self.config.dp_sgd.enabled:
+            row["dp_epsilon_max"] = self._epsilon_max(clients)
         self.rows.append(row)
         self.canary_rows.extend({"round": server_round, **r} for r in audit.canary_results)
         write_jsonl(self.folder / "metrics.jsonl", self.rows)
@@ -111,6 +113,12 @@ class RunRecorder:
         if self.on_round:
             self.on_round(row)
         return row
+
+    def _epsilon_max(self, clients: dict) -> float:
+        """Largest epsilon any client has spent so far: a client's epsilon only grows, and
+        a client sampled out of this round keeps the one it reported before."""
+        before = self.rows[-1].get("dp_epsilon_max", 0.0) if self.rows else 0.0
+        return max([before, *(c["dp_epsilon"] for c in clients.values() if "dp_epsilon" in c)])
 
     def finish(self, model: torch.nn.Module) -> dict:
         params = sum(p.numel() for p in model.parameters())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,22 +52,83 @@ def collate(rows: Sequence[list[int]], pad_id: int, label_mask: LabelMask | None
     return Batch(ids, mask, labels)
 
 
-def shuffled_batches(
-    rows: Sequence[list[int]],
-    batch_size: int,
-    rng: random.Random,
-    pad_id: int,
-    label_mask: LabelMask | None = None,
-) -> Iterator[Batch]:
-    order = list(range(len(rows)))
+def shuffled_index_batches(n_rows: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """One epoch of row indices: shuffled, then cut into batches of `batch_size`."""
+    order = list(range(n_rows))
     rng.shuffle(order)
-    for start in range(0, len(order), batch_size):
-        yield collate([rows[i] for i in order[start : start + batch_size]], pad_id, label_mask)
+    for start in range(0, n_rows, batch_size):
+        yield order[start : start + batch_size]
+
+
+def record_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] mean next-token loss of each row over its own real tokens (0 for a row without
+    targets): a row's loss depends on that row alone, as per-record clipping requires."""
+    targets = labels[:, 1:]
+    tokens = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(),
+        targets,
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return tokens.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+
+
+def planned_steps(cfg: TrainingConfig, n_rows: int) -> int:
+    """Optimizer steps one call of `train_local` takes on `n_rows` rows."""
+    return cfg.local_steps or cfg.local_epochs * math.ceil(n_rows / cfg.batch_size)
+
+
+class StepVariant:
+    """How the one loop samples batches, computes the loss and steps: the plain variant
+    (shuffled fixed-size batches, the batch's token-mean loss, a global grad-norm clip).
+    Mitigations that change these (DP-SGD) subclass it; the loop itself stays the same."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        n_rows: int,
+        cfg: TrainingConfig,
+    ) -> None:
+        self.module = module
+        self.optimizer = optimizer
+        self.n_rows = n_rows
+        self.batch_size = cfg.batch_size
+        self.grad_clip = cfg.grad_clip
+
+    def epoch(self, rng: random.Random) -> Iterable[list[int]]:
+        """Row indices of each step of one epoch."""
+        return shuffled_index_batches(self.n_rows, self.batch_size, rng)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return self.module(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+        ).loss
+
+    def empty_batch(self) -> None:
+        """Prepare a step on a batch that sampled no row (only sampled batches can be empty)."""
+        raise RuntimeError("the plain variant never draws an empty batch")
+
+    def step(self) -> None:
+        if self.grad_clip > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        """Leave the trained model as an ordinary module again."""
+
+
+# (model, its optimizer, number of rows, training config) -> the variant for one call
+VariantFactory = Callable[
+    [torch.nn.Module, torch.optim.Optimizer, int, TrainingConfig], StepVariant
+]
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    mean_loss: float
+    mean_loss: float  # over the steps whose batch was not empty
     steps: int
     examples: int
 
@@ -78,6 +139,7 @@ def train_local(
     cfg: TrainingConfig,
     pad_id: int,
     seed: int,
+    variant: VariantFactory = StepVariant,
     *,
     label_mask: LabelMask | None = None,
 ) -> TrainResult:
@@ -89,27 +151,30 @@ def train_local(
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    total_steps = cfg.local_steps or cfg.local_epochs * steps_per_epoch
+    total_steps = planned_steps(cfg, len(rows))
     model.train()
+    steps = variant(model, optimizer, len(rows), cfg)
     losses: list[float] = []
-    examples = 0
-    while len(losses) < total_steps:
-        for batch in shuffled_batches(rows, cfg.batch_size, rng, pad_id, label_mask):
-            out = model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
-            )
-            out.loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(out.loss.detach()))
-            examples += len(batch.input_ids)
-            if len(losses) == total_steps:
-                break
+    examples = done = 0
+    try:
+        while done < total_steps:
+            for indices in steps.epoch(rng):
+                if indices:
+                    loss = steps.loss(collate([rows[i] for i in indices], pad_id, label_mask))
+                    loss.backward()
+                    losses.append(float(loss.detach()))
+                else:
+                    steps.empty_batch()
+                steps.step()
+                done += 1
+                examples += len(indices)
+                if done == total_steps:
+                    break
+    finally:
+        steps.close()
     model.eval()
-    return TrainResult(mean_loss=sum(losses) / len(losses), steps=len(losses), examples=examples)
+    mean_loss = sum(losses) / len(losses) if losses else math.nan
+    return TrainResult(mean_loss=mean_loss, steps=done, examples=examples)
 
 
 @torch.no_grad()

@@ -1,0 +1,179 @@
+"""Record-level DP-SGD with opacus, as a variant of the one training loop.
+
+Each row is one record, so opacus' per-sample gradients are per-record gradients. Each is
+clipped to `max_grad_norm`, Gaussian noise of std `sigma * max_grad_norm` is added to their
+sum, and the step is taken by the same optimizer the plain loop uses. Batches are Poisson
+sampled (opacus' sampler): an empty batch still takes a noise-only step that the accountant
+counts, as opacus does. Without Poisson sampling the loop's shuffled batches are kept and the
+reported epsilon is no valid guarantee.
+
+One accountant covers a whole run for one client (or the centralized baseline): its history
+is a list of (sigma, sample rate, steps) that the client keeps between rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import IAccountant, create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedmem.config import Config, DPSGDConfig, TrainingConfig
+from fedmem.training import Batch, StepVariant, planned_steps, record_losses
+
+HISTORY_FIELDS = ("noise_multiplier", "sample_rate", "steps")
+
+
+def sample_rate(n_rows: int, batch_size: int) -> float:
+    """Poisson sampling rate, as opacus derives it from a loader of `batch_size` batches."""
+    return 1 / math.ceil(n_rows / batch_size)
+
+
+@lru_cache(maxsize=64)
+def noise_multiplier(cfg: DPSGDConfig, rate: float, total_steps: int) -> float:
+    """sigma: the configured one, or the smallest that keeps `total_steps` steps at `rate`
+    within (target_epsilon, delta)."""
+    if cfg.target_epsilon == 0:
+        return cfg.noise_multiplier
+    return get_noise_multiplier(
+        target_epsilon=cfg.target_epsilon,
+        target_delta=cfg.delta,
+        sample_rate=rate,
+        steps=total_steps,
+        accountant=cfg.accountant,
+    )
+
+
+def history_to_record(accountant: IAccountant) -> dict[str, list]:
+    """The accountant's history as flat lists (a Flower `ConfigRecord` holds these)."""
+    columns = list(zip(*accountant.history, strict=True)) or [(), (), ()]
+    sigmas, rates, steps = columns
+    return {
+        "noise_multiplier": [float(s) for s in sigmas],
+        "sample_rate": [float(q) for q in rates],
+        "steps": [int(n) for n in steps],
+    }
+
+
+def accountant_from_record(kind: str, record: Mapping[str, Any] | None) -> IAccountant:
+    accountant = create_accountant(mechanism=kind)
+    if record:
+        columns = [record[f] for f in HISTORY_FIELDS]
+        accountant.history = [
+            (float(s), float(q), int(n)) for s, q, n in zip(*columns, strict=True)
+        ]
+    return accountant
+
+
+@dataclass
+class PrivateTraining:
+    """DP-SGD for one client (or the centralized baseline) over a whole run."""
+
+    cfg: DPSGDConfig
+    noise_multiplier: float
+    sample_rate: float
+    accountant: IAccountant
+
+    def variant(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        n_rows: int,
+        cfg: TrainingConfig,
+    ) -> StepVariant:
+        return DPSteps(model, optimizer, n_rows, cfg, self)
+
+    def epsilon(self) -> float:
+        if not self.accountant.history:
+            return 0.0
+        if self.noise_multiplier == 0:
+            return math.inf
+        return float(self.accountant.get_epsilon(delta=self.cfg.delta))
+
+    def metrics(self) -> dict[str, bool | float | int]:
+        """Fit metrics; `dp_poisson = False` marks an epsilon that is no valid guarantee."""
+        return {
+            "dp_epsilon": self.epsilon(),
+            "dp_delta": self.cfg.delta,
+            "dp_noise_multiplier": self.noise_multiplier,
+            "dp_sample_rate": self.sample_rate,
+            "dp_steps": sum(n for _, _, n in self.accountant.history),
+            "dp_poisson": self.cfg.poisson,
+        }
+
+
+def private_training(
+    config: Config, n_rows: int, history: Mapping[str, Any] | None = None
+) -> PrivateTraining | None:
+    """DP-SGD for `n_rows` rows per round and all of the run's rounds, resuming `history`;
+    None when `dp_sgd.enabled` is off."""
+    cfg = config.dp_sgd
+    if not cfg.enabled:
+        return None
+    rate = sample_rate(n_rows, config.training.batch_size)
+    total = config.federation.rounds * planned_steps(config.training, n_rows)
+    return PrivateTraining(
+        cfg=cfg,
+        noise_multiplier=noise_multiplier(cfg, rate, total),
+        sample_rate=rate,
+        accountant=accountant_from_record(cfg.accountant, history),
+    )
+
+
+class DPSteps(StepVariant):
+    """Poisson batches, per-record losses, per-record clipping and noise in the optimizer."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        n_rows: int,
+        cfg: TrainingConfig,
+        private: PrivateTraining,
+    ) -> None:
+        engine = PrivacyEngine(accountant=private.cfg.accountant)
+        engine.accountant = private.accountant  # its step hook then extends the run's history
+        # The loader only tells opacus the row count and batch size (and gives its sampler).
+        loader = DataLoader(TensorDataset(torch.arange(n_rows)), batch_size=cfg.batch_size)
+        module, dp_optimizer, dp_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=private.noise_multiplier,
+            max_grad_norm=private.cfg.max_grad_norm,
+            poisson_sampling=private.cfg.poisson,
+            loss_reduction="mean",
+            grad_sample_mode="hooks",
+        )
+        if not math.isclose(1 / len(dp_loader), private.sample_rate):
+            raise RuntimeError("opacus' sample rate differs from the one sigma was derived for")
+        # Clipping happens per record inside the DP optimizer, never on the noisy sum.
+        super().__init__(module, dp_optimizer, n_rows, cfg)
+        self.grad_clip = 0.0
+        self.sampler = dp_loader.batch_sampler if private.cfg.poisson else None
+
+    def epoch(self, rng: random.Random) -> Iterable[list[int]]:
+        if self.sampler is None:
+            return super().epoch(rng)
+        return self.sampler
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        logits = self.module(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return record_losses(logits, batch.labels).mean()
+
+    def empty_batch(self) -> None:
+        # opacus' shape for "no record sampled": the step adds noise only, and is counted.
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad_sample = p.new_zeros((0, *p.shape))
+
+    def close(self) -> None:
+        self.module.to_standard_module()
