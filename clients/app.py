@@ -11,6 +11,8 @@ from flwr.client import ClientApp, NumPyClient
 
 from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.dataset import build_federated_data
+from fedmem.mitigations.client_dp import client_weight
+from fedmem.mitigations.client_mods import mitigation_mod
 from fedmem.models import (
     build_model,
     get_trainable_state,
@@ -56,7 +58,7 @@ class FedmemClient(NumPyClient):
             "examples": result.examples,
             "bytes_sent": state_nbytes(update),
         }
-        return update, len(rows), metrics
+        return update, client_weight(self.config, len(rows)), metrics
 
 
 def make_client_app(config: Config | None = None) -> ClientApp:
@@ -69,7 +71,7 @@ def make_client_app(config: Config | None = None) -> ClientApp:
         client = int(context.node_config["partition-id"])
         return FedmemClient(cfg, client).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    return ClientApp(client_fn=client_fn, mods=[mitigation_mod(preset)])
 
 
 app = make_client_app()

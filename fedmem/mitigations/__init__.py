@@ -1,0 +1,1 @@
+"""Memorization mitigations; each is switched on and tuned from the config."""
