@@ -52,7 +52,8 @@ class InProcessGrid:
             except Exception as err:  # a failing node answers with an error
                 reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
             replies.append(_wire(reply))
-        self.replies += replies
+        # a copy: the workflow consumes the arrays of the replies it is given
+        self.replies += [_wire(r) for r in replies]
         return replies
 
 
