@@ -11,6 +11,8 @@ from flwr.client import ClientApp, NumPyClient
 
 from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.dataset import build_federated_data
+from fedmem.mitigations.client_dp import client_weight
+from fedmem.mitigations.client_mods import mitigation_mod
 from fedmem.mitigations.dp_sgd import history_to_record, private_training
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import (
@@ -73,7 +75,7 @@ class FedmemClient(NumPyClient):
         if private:
             self.state[DP_HISTORY] = ConfigRecord(history_to_record(private.accountant))
             metrics.update(private.metrics())
-        return update, len(rows), metrics
+        return update, client_weight(self.config, len(rows)), metrics
 
 
 def make_client_app(config: Config | None = None) -> ClientApp:
@@ -86,7 +88,7 @@ def make_client_app(config: Config | None = None) -> ClientApp:
         client = int(context.node_config["partition-id"])
         return FedmemClient(cfg, client, context.state).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    return ClientApp(client_fn=client_fn, mods=[mitigation_mod(preset)])
 
 
 app = make_client_app()

@@ -150,6 +150,51 @@ class DPSGDConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """Flower's SecAgg+: the server only ever sees the sum of masked, quantized updates."""
+
+    enabled: bool = False
+    # A number <= 1 is a fraction of the sampled clients, a whole number > 2 a count
+    # (Flower's `num_shares` / `reconstruction_threshold` semantics).
+    num_shares: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    reconstruction_threshold: float = field(default=0.67, metadata=_range(0.0, lo_open=True))
+    # Values are clipped to [-clipping_range, clipping_range] before quantization.
+    clipping_range: float = field(default=8.0, metadata=_range(0.0, lo_open=True))
+    quantization_range: int = field(default=2**22, metadata=_range(2))
+    # Largest client weight (num_examples); 0 derives it from the federated data.
+    max_weight: float = field(default=0.0, metadata=_range(0.0))
+    # Seconds to wait for replies at each stage (includes local training); Flower's
+    # `None` would wait forever for a dropped client.
+    timeout: float = field(default=1800.0, metadata=_range(0.0, lo_open=True))
+    # Fault injection: this client index fails at `drop_stage` (-1 = nobody).
+    drop_client: int = field(default=-1, metadata=_range(-1))
+    drop_stage: str = field(
+        default="collect_masked_vectors",
+        metadata=_choices("setup", "share_keys", "collect_masked_vectors", "unmask"),
+    )
+
+
+@dataclass(frozen=True)
+class ClientDPConfig:
+    """DP-FedAvg: each client's update (new - old trainable state) is clipped to a norm and
+    the server adds Gaussian noise of std noise_multiplier * clip / sampled clients."""
+
+    enabled: bool = False
+    clipping: str = field(
+        default="client-fixed",
+        metadata=_choices("server-fixed", "client-fixed", "server-adaptive", "client-adaptive"),
+    )
+    noise_multiplier: float = field(default=1.0, metadata=_range(0.0))
+    # The clipping norm; the initial one under adaptive clipping.
+    clip_norm: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # Adaptive clipping (Andrew et al. 2021): the norm tracks this quantile of update norms.
+    target_quantile: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    clip_norm_lr: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
+    # Std of the noise on the clipped-count; 0 = Flower's default, sampled clients / 20.
+    clipped_count_stddev: float = field(default=0.0, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -165,6 +210,8 @@ class Config:
     goldfish: GoldfishConfig = GoldfishConfig()
     weight_noise: WeightNoiseConfig = WeightNoiseConfig()
     dp_sgd: DPSGDConfig = DPSGDConfig()
+    secagg: SecAggConfig = SecAggConfig()
+    client_dp: ClientDPConfig = ClientDPConfig()
 
     @property
     def run_dir(self) -> Path:
@@ -172,6 +219,10 @@ class Config:
 
     def canary_clients(self) -> tuple[int, ...]:
         return self.canaries.clients or tuple(range(self.federation.num_clients))
+
+    def sampled_clients(self) -> int:
+        """Clients sampled per round, as Flower's FedAvg computes it (min_fit_clients=1)."""
+        return max(int(self.federation.num_clients * self.federation.fraction_fit), 1)
 
 
 # --------------------------------------------------------------------------- building
@@ -310,6 +361,68 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError(f"dp_sgd.delta = {config.dp_sgd.delta!r}: must be < 1")
     if not config.name or "/" in config.name or config.name.startswith("."):
         raise ConfigError(f"name = {config.name!r}: must be a plain folder name")
+    if config.secagg.enabled:
+        _check_secagg(config)
+    if config.client_dp.enabled:
+        _check_client_dp(config)
+
+
+def _share_count(key: str, value: float, sampled: int) -> int:
+    """Flower's reading of a count-or-fraction; whole numbers > 1 are counts."""
+    if value <= 1:
+        return max(round(value * sampled), 1)
+    if value != int(value):
+        raise ConfigError(f"{key} = {value}: a count must be a whole number (or <= 1)")
+    return int(value)
+
+
+def _check_secagg(config: Config) -> None:
+    s, n = config.secagg, config.sampled_clients()
+    if n < 2:
+        raise ConfigError(
+            f"secagg.enabled = true needs >= 2 sampled clients per round "
+            f"(federation.num_clients * federation.fraction_fit = {n})"
+        )
+    shares = _share_count("secagg.num_shares", s.num_shares, n)
+    if s.num_shares > 1 and not 2 < shares <= n:
+        raise ConfigError(
+            f"secagg.num_shares = {shares}: a count must be in 3..{n} (sampled clients)"
+        )
+    if s.reconstruction_threshold > 1:
+        threshold = _share_count("secagg.reconstruction_threshold", s.reconstruction_threshold, n)
+        if threshold >= shares:
+            raise ConfigError(
+                f"secagg.reconstruction_threshold = {threshold}: must be < "
+                f"secagg.num_shares ({shares})"
+            )
+    if config.federation.num_clients * s.quantization_range >= 2**32:
+        raise ConfigError(
+            f"secagg.quantization_range = {s.quantization_range}: times "
+            f"federation.num_clients must stay below 2**32 (the masking modulus)"
+        )
+    if s.drop_client >= config.federation.num_clients:
+        raise ConfigError(
+            f"secagg.drop_client = {s.drop_client}: client indices are "
+            f"0..{config.federation.num_clients - 1}"
+        )
+
+
+def _check_client_dp(config: Config) -> None:
+    dp = config.client_dp
+    if config.secagg.enabled and dp.clipping.startswith("server-"):
+        raise ConfigError(
+            f"client_dp.clipping = {dp.clipping!r} with secagg.enabled = true: the server "
+            "never sees single updates under SecAgg+, clip on the client "
+            "('client-fixed' or 'client-adaptive')"
+        )
+    if dp.clipping.endswith("-adaptive") and dp.noise_multiplier > 0:
+        stddev = dp.clipped_count_stddev or config.sampled_clients() / 20
+        if dp.noise_multiplier >= 2 * stddev:
+            raise ConfigError(
+                f"client_dp.noise_multiplier = {dp.noise_multiplier}: adaptive clipping needs "
+                f"it below 2 * client_dp.clipped_count_stddev ({stddev:g}; 0 means "
+                "sampled clients / 20)"
+            )
 
 
 # ------------------------------------------------------------------ flat run config

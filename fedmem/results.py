@@ -87,11 +87,20 @@ class RunRecorder:
         write_jsonl(self.folder / "canaries.jsonl", to_jsonl_rows(data.canaries))
 
     def record(
-        self, server_round: int, model: torch.nn.Module, clients: dict | None = None
+        self,
+        server_round: int,
+        model: torch.nn.Module,
+        clients: dict | None = None,
+        fit_stage: dict | None = None,
+        client_dp: dict | None = None,
     ) -> dict:
-        """Audit `model` as the global model after `server_round`; `clients` holds the
-        round's per-client training facts keyed by client index. With weight noise on, the
-        audit sees a noised model and `model` is left exactly as it was."""
+        """Audit `model` as the global model after `server_round`.
+
+        `clients`: the round's per-client training facts keyed by client index, as the
+        server received them (under SecAgg+ these metrics are not masked, the update is);
+        `fit_stage`: the fit stage's wall time and message bytes measured at the server;
+        `client_dp`: the clipping norm and noise std the DP wrapper used. With weight noise
+        on, the audit sees a noised model and `model` is left exactly as it was."""
         sigma = audit_sigma(self.config.weight_noise, server_round)
         with noised_weights(model, sigma, noise_seed(self.config.seed, server_round)):
             audit = audit_model(self.config, model)
@@ -99,9 +108,12 @@ class RunRecorder:
         row = {
             "round": server_round,
             "elapsed_s": round(time.perf_counter() - self.started, 3),
+            "secure_aggregation": self.config.secagg.enabled,
             "clients": {str(k): clients[k] for k in sorted(clients)},
             "bytes_sent": sum(c.get("bytes_sent", 0) for c in clients.values()),
             "weight_noise_sigma": sigma,
+            **({"fit_stage": fit_stage} if fit_stage else {}),
+            **({"client_dp": client_dp} if client_dp else {}),
             **audit.metrics,
         }
         if self.config.dp_sgd.enabled:

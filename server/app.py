@@ -17,8 +17,10 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid
 
 from fedmem.config import Config, ConfigError, from_run_config, to_run_config
+from fedmem.mitigations import client_dp, secure_aggregation
 from fedmem.models import build_model, get_trainable_state, set_trainable_state
 from fedmem.results import RunRecorder
+from server.measure import MeasuredFitWorkflow
 from server.strategy import AuditedFedAvg
 
 
@@ -28,7 +30,8 @@ def run_server(grid: Grid, context: Context, config: Config, recorder: RunRecord
     random.seed(config.seed)  # Flower's client sampling draws from `random`
     recorder.start()
     model = build_model(config, seed=config.seed)
-    strategy = AuditedFedAvg(
+    audited = AuditedFedAvg(
+        secure_aggregation=config.secagg.enabled,
         fraction_fit=config.federation.fraction_fit,
         min_fit_clients=1,
         min_available_clients=config.federation.num_clients,
@@ -38,19 +41,27 @@ def run_server(grid: Grid, context: Context, config: Config, recorder: RunRecord
         on_fit_config_fn=lambda server_round: {"server_round": server_round},
     )
 
+    strategy = client_dp.wrap_strategy(config, audited)
+    fit_stage = MeasuredFitWorkflow(secure_aggregation.fit_workflow(config))
+
     def audit(server_round: int, arrays, _config):
         set_trainable_state(model, arrays)
-        clients = strategy.round_clients.pop(server_round, {})
-        row = recorder.record(server_round, model, clients)
+        row = recorder.record(
+            server_round,
+            model,
+            audited.round_clients.pop(server_round, {}),
+            fit_stage=fit_stage.rounds.pop(server_round, None),
+            client_dp=client_dp.round_facts(strategy) if server_round else None,
+        )
         return row["heldout_loss"], {"exact_rate": row["extraction"]["injected"]["exact_rate"]}
 
-    strategy.evaluate_fn = audit
+    audited.evaluate_fn = audit
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=config.federation.rounds),
         strategy=strategy,
     )
-    DefaultWorkflow()(grid, legacy)
+    DefaultWorkflow(fit_workflow=fit_stage)(grid, legacy)
     final = arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], True)
     set_trainable_state(model, parameters_to_ndarrays(final))
     return recorder.finish(model)

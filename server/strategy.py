@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flwr.common import FitRes, Parameters, Scalar
+import numpy as np
+from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
@@ -12,10 +13,15 @@ class AuditedFedAvg(FedAvg):
 
     Results are aggregated in client order, not arrival order, so the float sums (and the
     run's metrics) do not depend on which client finished first.
+
+    With `secure_aggregation`, SecAgg+ has already averaged the masked updates: Flower hands
+    every client's result the same aggregate as its parameters, with the client's own
+    metrics (which travel unmasked). The aggregate is passed through, never re-averaged.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *, secure_aggregation: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.secure_aggregation = secure_aggregation
         self.round_clients: dict[int, dict[int, dict[str, Scalar]]] = {}
         self.round_failures: dict[int, int] = {}
 
@@ -31,4 +37,14 @@ class AuditedFedAvg(FedAvg):
             for _, res in results
         }
         self.round_failures[server_round] = len(failures)
+        if self.secure_aggregation and results:
+            return _secure_aggregate(results), {}
         return super().aggregate_fit(server_round, results, failures)
+
+
+def _secure_aggregate(results: list[tuple[ClientProxy, FitRes]]) -> Parameters:
+    aggregate = results[0][1].parameters
+    if any(res.parameters is not aggregate for _, res in results):
+        raise RuntimeError("secure aggregation: results carry distinct parameters")
+    # SecAgg+ dequantizes to float64; the global state travels as fp32 everywhere else.
+    return ndarrays_to_parameters([a.astype(np.float32) for a in parameters_to_ndarrays(aggregate)])

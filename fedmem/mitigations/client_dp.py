@@ -1,0 +1,83 @@
+"""Client-level DP (DP-FedAvg) with Flower's legacy DP strategy wrappers and clipping mods.
+
+Each client's update is its new trainable state (LoRA adapter or all weights) minus the
+global one it received. It is clipped to `clip_norm` (on the server, or on the client by
+`fixedclipping_mod` / `adaptiveclipping_mod`), and the server adds Gaussian noise of std
+noise_multiplier * clip_norm / sampled clients to the average. Under SecAgg+ clipping must
+happen on the client: the server only ever sees the sum.
+"""
+
+from __future__ import annotations
+
+from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import Mod
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+
+from fedmem.config import Config
+
+DPStrategy = (
+    DifferentialPrivacyServerSideFixedClipping
+    | DifferentialPrivacyClientSideFixedClipping
+    | DifferentialPrivacyServerSideAdaptiveClipping
+    | DifferentialPrivacyClientSideAdaptiveClipping
+)
+
+
+def client_weight(config: Config, num_examples: int) -> int:
+    """The FedAvg weight a client reports. DP-FedAvg averages uniformly: its noise
+    (noise_multiplier * clip / n) assumes no client moves the mean by more than clip / n."""
+    return 1 if config.client_dp.enabled else num_examples
+
+
+def wrap_strategy(config: Config, strategy: Strategy) -> Strategy:
+    """`strategy` wrapped in the configured DP wrapper (unchanged when DP is off)."""
+    dp = config.client_dp
+    if not dp.enabled:
+        return strategy
+    n = config.sampled_clients()
+    if dp.clipping == "server-fixed":
+        return DifferentialPrivacyServerSideFixedClipping(
+            strategy, dp.noise_multiplier, dp.clip_norm, n
+        )
+    if dp.clipping == "client-fixed":
+        return DifferentialPrivacyClientSideFixedClipping(
+            strategy, dp.noise_multiplier, dp.clip_norm, n
+        )
+    adaptive = {
+        "server-adaptive": DifferentialPrivacyServerSideAdaptiveClipping,
+        "client-adaptive": DifferentialPrivacyClientSideAdaptiveClipping,
+    }[dp.clipping]
+    return adaptive(
+        strategy,
+        dp.noise_multiplier,
+        n,
+        initial_clipping_norm=dp.clip_norm,
+        target_clipped_quantile=dp.target_quantile,
+        clip_norm_lr=dp.clip_norm_lr,
+        clipped_count_stddev=dp.clipped_count_stddev or None,
+    )
+
+
+def round_facts(strategy: Strategy) -> dict[str, float] | None:
+    """The clipping norm and noise std the wrapper uses now (None when not a DP wrapper).
+    Adaptive wrappers update the norm in aggregate_fit, before adding the noise."""
+    if not isinstance(strategy, DPStrategy):
+        return None
+    norm = float(strategy.clipping_norm)
+    std = strategy.noise_multiplier * norm / strategy.num_sampled_clients
+    return {"clip_norm": norm, "noise_std": float(std)}
+
+
+def client_mods(config: Config) -> list[Mod]:
+    """Clipping mods for client-side clipping; they go after (inside) `secaggplus_mod`, so
+    the update is clipped before it is quantized and masked."""
+    dp = config.client_dp
+    if not dp.enabled or not dp.clipping.startswith("client-"):
+        return []
+    return [fixedclipping_mod if dp.clipping == "client-fixed" else adaptiveclipping_mod]

@@ -1,0 +1,33 @@
+"""The one mod every fedmem ClientApp runs: it applies the configured mitigation mods.
+
+Flower takes mods when the ClientApp is built, but fedmem reads its config from the run
+config at message time (`fedmem run` presets it, `flwr run .` passes it in). So the ClientApp
+gets this single mod, which reads the config from the context and chains, outermost first,
+the SecAgg+ mods and then the client-side DP clipping mods (clip, then quantize and mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flwr.app import Context, Message
+from flwr.client.mod.utils import make_ffn
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from fedmem.config import Config, from_run_config
+from fedmem.mitigations import client_dp, secure_aggregation
+
+
+def configured_mods(config: Config, client: int) -> list[Mod]:
+    return secure_aggregation.client_mods(config, client) + client_dp.client_mods(config)
+
+
+def mitigation_mod(preset: Mapping[str, bool | int | float | str]) -> Mod:
+    """A mod applying `configured_mods` for the config in the context, `preset` on top."""
+
+    def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        config = from_run_config({**ctxt.run_config, **preset})
+        client = int(ctxt.node_config["partition-id"])
+        return make_ffn(call_next, configured_mods(config, client))(msg, ctxt)
+
+    return mod
