@@ -1,9 +1,16 @@
-"""Verbatim extraction: prompt with a canary's prefix, greedy-decode, compare to the secret.
+"""Verbatim extraction: prompt with a canary's prefix, decode, compare to the secret.
 
 Targets are cut from the tokenization of the *whole* record (as it was trained), at the
 first token that reaches past the record's split character, so prefix and suffix tokens are
 exactly the ones the model saw in training. Generation is batched with left padding and a
 KV cache; every prompt decodes exactly as many tokens as its suffix is long.
+
+Decoding strategies live in `DECODERS` (greedy, beam search, top-k/top-p sampling). Greedy
+gives the attacker one guess; beam search returns its n beams and sampling n samples, and a
+canary counts as extracted when any of them reproduces the secret (partial scores take the
+best candidate). Partial memorization is measured in tokens: the fraction of secret
+positions reproduced, the correct run from the start, and the normalized Levenshtein
+similarity of the generated token sequence to the secret (rapidfuzz).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
+from rapidfuzz.distance import Levenshtein
 from transformers import PreTrainedTokenizerBase
 
 
@@ -30,6 +38,8 @@ class ExtractionResult:
     exact: bool  # every suffix token reproduced
     token_accuracy: float  # fraction of suffix positions where the generated token is right
     longest_match: int  # length of the correct run from the first suffix token
+    # 1 - (token-level Levenshtein distance) / max(len), 1.0 for an exact reproduction
+    edit_similarity: float = 0.0
 
 
 def split_record(
@@ -62,17 +72,85 @@ def score(target: ExtractionTarget, generated: Sequence[int]) -> ExtractionResul
         exact=all(hits),
         token_accuracy=sum(hits) / len(truth),
         longest_match=longest,
+        edit_similarity=edit_similarity(truth, gen),
     )
 
 
+def edit_similarity(truth: Sequence[int], generated: Sequence[int]) -> float:
+    """Normalized Levenshtein similarity of two token sequences, in [0, 1]; unit: tokens."""
+    return float(Levenshtein.normalized_similarity(list(truth), list(generated)))
+
+
+def best_of(target: ExtractionTarget, candidates: Sequence[Sequence[int]]) -> ExtractionResult:
+    """An attacker with several guesses: exact if any candidate is, and each partial score
+    the best over candidates; `generated_ids` is the best candidate (exact, then accuracy)."""
+    scored = [score(target, c) for c in candidates]
+    best = max(scored, key=lambda r: (r.exact, r.token_accuracy, r.edit_similarity))
+    return ExtractionResult(
+        canary_id=target.canary_id,
+        generated_ids=best.generated_ids,
+        exact=any(r.exact for r in scored),
+        token_accuracy=max(r.token_accuracy for r in scored),
+        longest_match=max(r.longest_match for r in scored),
+        edit_similarity=max(r.edit_similarity for r in scored),
+    )
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How continuations are decoded; `name` is a key of DECODERS."""
+
+    name: str = "greedy"
+    num_beams: int = 4
+    num_samples: int = 8
+    top_k: int = 40
+    top_p: float = 0.95
+    temperature: float = 1.0
+    seed: int = 0
+
+
+def _greedy(d: Decoding) -> tuple[dict, int]:
+    return {"do_sample": False, "num_beams": 1}, 1
+
+
+def _beam(d: Decoding) -> tuple[dict, int]:
+    return {"do_sample": False, "num_beams": d.num_beams, "num_return_sequences": d.num_beams}, (
+        d.num_beams
+    )
+
+
+def _sampling(d: Decoding) -> tuple[dict, int]:
+    kwargs = {
+        "do_sample": True,
+        "num_beams": 1,
+        "top_k": d.top_k,
+        "top_p": d.top_p,
+        "temperature": d.temperature,
+        "num_return_sequences": d.num_samples,
+    }
+    return kwargs, d.num_samples
+
+
+# name -> (generate() keyword arguments, candidates returned per prompt)
+DECODERS: dict[str, Callable[[Decoding], tuple[dict, int]]] = {
+    "greedy": _greedy,
+    "beam": _beam,
+    "sampling": _sampling,
+}
+GREEDY = Decoding()
+
+
 @torch.no_grad()
-def greedy_continuations(
+def continuations(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     new_tokens: int,
     pad_id: int,
-) -> list[list[int]]:
-    """Greedy continuation of each prompt, `new_tokens` long, in one left-padded batch."""
+    decoding: Decoding = GREEDY,
+) -> list[list[list[int]]]:
+    """Candidate continuations of each prompt (one for greedy, n for beam or sampling),
+    each `new_tokens` long, from one left-padded batched `generate`."""
+    kwargs, n = DECODERS[decoding.name](decoding)
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -81,17 +159,26 @@ def greedy_continuations(
         mask[i, width - len(p) :] = 1
     device = next(model.parameters()).device
     model.eval()
-    out = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=pad_id,
-        use_cache=True,
-    )
-    return out[:, width:].tolist()
+    with torch.random.fork_rng(devices=[]):  # sampling is seeded, the caller's RNG untouched
+        torch.manual_seed(decoding.seed)
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=pad_id,
+            use_cache=True,
+            **kwargs,
+        )
+    flat = out[:, width:].tolist()  # [len(prompts) * n, new_tokens], a prompt's n together
+    return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def greedy_continuations(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], new_tokens: int, pad_id: int
+) -> list[list[int]]:
+    """Greedy continuation of each prompt, `new_tokens` long, in one left-padded batch."""
+    return [c[0] for c in continuations(model, prompts, new_tokens, pad_id)]
 
 
 def extract(
@@ -99,18 +186,23 @@ def extract(
     targets: Sequence[ExtractionTarget],
     pad_id: int,
     batch_size: int = 64,
+    decoding: Decoding = GREEDY,
 ) -> list[ExtractionResult]:
-    """Greedy extraction of every target; batches group targets of equal suffix length."""
+    """Extraction of every target. Batches group targets of equal suffix length; under
+    greedy decoding, whose first n tokens never depend on how many follow, all targets
+    share batches decoded to the longest suffix and each is scored on its own length."""
     by_length: dict[int, list[ExtractionTarget]] = defaultdict(list)
+    longest = max((len(t.suffix_ids) for t in targets), default=0)
     for t in targets:
-        by_length[len(t.suffix_ids)].append(t)
+        by_length[longest if decoding.name == "greedy" else len(t.suffix_ids)].append(t)
     results: dict[str, ExtractionResult] = {}
     for length, group in by_length.items():
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            outs = greedy_continuations(model, [t.prefix_ids for t in chunk], length, pad_id)
-            for t, gen in zip(chunk, outs, strict=True):
-                results[t.canary_id] = score(t, gen)
+            prompts = [t.prefix_ids for t in chunk]
+            outs = continuations(model, prompts, length, pad_id, decoding)
+            for t, candidates in zip(chunk, outs, strict=True):
+                results[t.canary_id] = best_of(t, candidates)
     return [results[t.canary_id] for t in targets]
 
 
@@ -120,6 +212,7 @@ class ExtractionSummary:
     exact_rate: float
     token_accuracy: float
     longest_match: float
+    edit_similarity: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -127,19 +220,37 @@ class ExtractionSummary:
             "exact_rate": self.exact_rate,
             "token_accuracy": self.token_accuracy,
             "longest_match": self.longest_match,
+            "edit_similarity": self.edit_similarity,
         }
 
 
 def summarize(results: Sequence[ExtractionResult]) -> ExtractionSummary:
     n = len(results)
     if n == 0:
-        return ExtractionSummary(0, 0.0, 0.0, 0.0)
+        return ExtractionSummary(0, 0.0, 0.0, 0.0, 0.0)
     return ExtractionSummary(
         n=n,
         exact_rate=sum(r.exact for r in results) / n,
         token_accuracy=sum(r.token_accuracy for r in results) / n,
         longest_match=sum(r.longest_match for r in results) / n,
+        edit_similarity=sum(r.edit_similarity for r in results) / n,
     )
+
+
+def worst_case(per_setting: Sequence[Sequence[ExtractionResult]]) -> list[ExtractionResult]:
+    """Per canary, the attacker's best over several settings (e.g. prefix lengths): the
+    worst case for the defender. Each inner sequence holds the same canaries in order."""
+    return [
+        ExtractionResult(
+            canary_id=rs[0].canary_id,
+            generated_ids=max(rs, key=lambda r: (r.exact, r.token_accuracy)).generated_ids,
+            exact=any(r.exact for r in rs),
+            token_accuracy=max(r.token_accuracy for r in rs),
+            longest_match=max(r.longest_match for r in rs),
+            edit_similarity=max(r.edit_similarity for r in rs),
+        )
+        for rs in zip(*per_setting, strict=True)
+    ]
 
 
 def summarize_by(

@@ -201,6 +201,61 @@ def make_canaries(
     return canaries
 
 
+# Exposure-canary layouts: a short record ending in a digit secret (the split goes before
+# the digits' leading space, so a tokenizer that joins a space to the next word keeps it
+# with the secret in training and in every candidate alike).
+_EXPOSURE_TEMPLATES = (
+    "Pharmacy refill PIN for {name}, MRN {mrn}: {secret}",
+    "Patient portal access code of {name} (MRN {mrn}): {secret}",
+    "Lab results line for {name}, record {mrn}, verification code {secret}",
+)
+
+
+def make_exposure_canaries(
+    replica_counts: Sequence[int],
+    per_count: int,
+    digits: int,
+    target_clients: Sequence[int],
+    placement: str,
+    seed: int,
+) -> list[Canary]:
+    """Canaries for exposure: ``per_count`` per replica count, each followed by its twin.
+
+    The secret ``text[split:]`` is a space and a uniformly drawn ``digits``-digit string
+    (so the candidate space is every d-digit string); ids run ``e0000, e0001, ...`` with the
+    same even/odd injected/twin pairing and placement as ``make_canaries``."""
+    if per_count == 0:
+        return []
+    _check_canary_args(replica_counts, per_count, target_clients, placement)
+    rng = random.Random(seed)
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    canaries: list[Canary] = []
+    mrns: set[str] = set()
+
+    def record() -> tuple[str, int]:
+        while (mrn := f"{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}") in mrns:
+            pass
+        mrns.add(mrn)
+        head = rng.choice(_EXPOSURE_TEMPLATES).format(
+            name=f"{fake.first_name()} {fake.last_name()}", mrn=mrn, secret="\0"
+        )
+        head = head.removesuffix(" \0")
+        return f"{head} {rng.randrange(10**digits):0{digits}d}", len(head)
+
+    for replicas in replica_counts:
+        for _ in range(per_count):
+            if placement == "single":
+                client = target_clients[(len(canaries) // 2) % len(target_clients)]
+                clients = (client,) * replicas
+            else:
+                clients = tuple(rng.choice(target_clients) for _ in range(replicas))
+            own_id, twin_id = f"e{len(canaries):04d}", f"e{len(canaries) + 1:04d}"
+            canaries.append(Canary(own_id, *record(), replicas, clients, twin_id))
+            canaries.append(Canary(twin_id, *record(), 0, (), own_id))
+    return canaries
+
+
 def inject(
     client_samples: Sequence[Sequence[str]], canaries: Sequence[Canary], seed: int
 ) -> list[list[str]]:

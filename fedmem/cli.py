@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from fedmem.config import Config, ConfigError, load_config, to_dict, to_run_config
 from fedmem.qa import DataError
@@ -27,6 +28,28 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set federation.rounds=5 (repeatable)",
     )
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    audit = sub.add_parser(
+        "audit", help="re-audit a finished run's saved rounds with other attack settings"
+    )
+    audit.add_argument("run_dir", help="a run folder, e.g. runs/quickstart")
+    audit.add_argument(
+        "--round",
+        dest="rounds",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="audit only this saved round (repeatable; default: every saved round)",
+    )
+    audit.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an attack.* key, e.g. --set 'attack.decoding=[\"greedy\", \"beam\"]'",
+    )
+    audit.add_argument("--name", default=None, help="output folder under RUN_DIR/audits/")
     show = sub.add_parser("config", help="print the resolved config")
     show.add_argument("config")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -74,6 +97,18 @@ def run(config: Config, verbose: bool = False) -> dict:
     return summary
 
 
+def run_reaudit(args: argparse.Namespace) -> Path:
+    from fedmem.reaudit import reaudit, reaudit_config
+    from fedmem.report import console, print_summary, round_progress
+
+    rounds = reaudit_config(args.run_dir, args.overrides).federation.rounds
+    with round_progress(rounds) as on_round:
+        folder = reaudit(args.run_dir, args.overrides, args.rounds, args.name, on_round)
+    print_summary(json.loads((folder / "summary.json").read_text()), folder)
+    console.print(f"re-audit written to {folder} (the run's own audit files are unchanged)")
+    return folder
+
+
 def flower_table(config: Config) -> str:
     lines = ["[tool.flwr.app.config]"]
     lines += [f'"{key}" = {json.dumps(value)}' for key, value in to_run_config(config).items()]
@@ -83,6 +118,9 @@ def flower_table(config: Config) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "audit":
+            run_reaudit(args)
+            return 0
         config = load_config(args.config, args.overrides)
         if args.command == "config":
             print(flower_table(config) if args.flower else json.dumps(to_dict(config), indent=2))

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,11 @@ class CanaryConfig:
     # "spread": each copy goes to a random target client (as in the reference study);
     # "single": all copies of one canary go to one client.
     placement: str = field(default="spread", metadata=_choices("spread", "single"))
+    # Exposure canaries (a separate group, ids e0000...): short records whose secret is a
+    # string of `exposure_digits` digits, `exposure_per_count` per replica count, each with
+    # a never-injected twin; 0 = none.
+    exposure_per_count: int = field(default=1, metadata=_range(0))
+    exposure_digits: int = field(default=3, metadata=_range(1, 12))
 
 
 @dataclass(frozen=True)
@@ -98,19 +103,68 @@ class TrainingConfig:
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
 
 
+DECODINGS = ("greedy", "beam", "sampling")
+MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference")
+
+
+@dataclass(frozen=True)
+class ExposureConfig:
+    """Exposure of the exposure canaries' digit secrets (Carlini et al. 2019)."""
+
+    enabled: bool = True
+    # Spaces of at most this many candidates are enumerated (exact rank); larger ones are
+    # estimated from `sample_size` sampled candidates with a fitted skew-normal.
+    max_enumerate: int = field(default=10_000, metadata=_range(1))
+    sample_size: int = field(default=2_000, metadata=_range(10))
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    """Membership inference: members = injected canaries and training QA samples,
+    non-members = never-injected twins and held-out QA samples."""
+
+    enabled: bool = True
+    scores: tuple[str, ...] = field(default=MIA_SCORES, metadata=_choices(*MIA_SCORES))
+    # Fraction of least likely tokens min-k% and min-k%++ average over.
+    min_k: float = field(default=0.2, metadata=_range(0.0, 1.0, lo_open=True))
+    # Training QA samples scored as members; 0 = as many as there are held-out samples.
+    qa_members: int = field(default=0, metadata=_range(0))
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     # Tokens of the canary prefix given to the attacker, ending at the secret's start
     # (the whole known header when it is shorter).
     prefix_tokens: int = field(default=64, metadata=_range(1))
+    # Further prefix lengths to audit as well (a sweep, e.g. [10, 50, 100, 200, 500]).
+    prefix_sweep: tuple[int, ...] = field(default=(), metadata=_range(1))
     # Tokens of the secret suffix to reproduce (fewer when the suffix is shorter).
     suffix_tokens: int = field(default=48, metadata=_range(1))
     batch_size: int = field(default=64, metadata=_range(1))
+    # Decoding strategies; the first one is the headline (round line, summary table).
+    decoding: tuple[str, ...] = field(default=("greedy",), metadata=_choices(*DECODINGS))
+    num_beams: int = field(default=4, metadata=_range(2))
+    num_samples: int = field(default=8, metadata=_range(1))
+    top_k: int = field(default=40, metadata=_range(0))
+    top_p: float = field(default=0.95, metadata=_range(0.0, 1.0, lo_open=True))
+    temperature: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # Also audit each client's returned state (the view of a server without SecAgg+).
+    client_view: bool = False
+    exposure: ExposureConfig = ExposureConfig()
+    membership: MembershipConfig = MembershipConfig()
+
+    def prefix_lengths(self) -> tuple[int, ...]:
+        """The headline prefix length first, then the sweep's other lengths, ascending."""
+        rest = sorted(set(self.prefix_sweep) - {self.prefix_tokens})
+        return (self.prefix_tokens, *rest)
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"
+    # Save the global trainable state every this many rounds under checkpoints/round-NNN/
+    # (round 0 and the last round included); 0 = only the final checkpoint/.
+    checkpoint_every: int = field(default=1, metadata=_range(0))
 
 
 @dataclass(frozen=True)
@@ -237,10 +291,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    return build_config(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each `a.b=value` override in the nested mapping `raw` (in place); returns it."""
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    return build_config(raw)
+    return raw
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -349,6 +408,12 @@ def _check_cross_fields(config: Config) -> None:
             raise ConfigError(f"canaries.replica_counts contains {r}: counts must be >= 1")
     if not config.canaries.replica_counts:
         raise ConfigError("canaries.replica_counts: give at least one replica count")
+    if not config.attack.decoding:
+        raise ConfigError("attack.decoding: give at least one decoding strategy")
+    if len(set(config.attack.decoding)) != len(config.attack.decoding):
+        raise ConfigError(f"attack.decoding = {list(config.attack.decoding)}: repeats a strategy")
+    if config.attack.membership.enabled and not config.attack.membership.scores:
+        raise ConfigError("attack.membership.scores: give at least one score (or enabled = false)")
     if config.data.source == "jsonl" and not config.data.path:
         raise ConfigError("data.path: required when data.source = 'jsonl'")
     m = config.model

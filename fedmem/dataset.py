@@ -12,13 +12,14 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from fedmem.canaries import Canary, inject, make_canaries
+from fedmem.canaries import Canary, inject, make_canaries, make_exposure_canaries
 from fedmem.config import Config
 from fedmem.partition import partition_by_source, partition_dirichlet, partition_iid
 from fedmem.qa import QAPair, format_qa, generate_qa, load_qa_jsonl
 
 # Independent seed streams, so changing e.g. the canaries leaves the QA split untouched.
 _SPLIT_STREAM, _PARTITION_STREAM, _CANARY_STREAM, _INJECT_STREAM = 1, 2, 3, 4
+_EXPOSURE_STREAM, _EXPOSURE_INJECT_STREAM = 5, 6
 
 
 def _seed(config: Config, stream: int) -> int:
@@ -30,6 +31,7 @@ class FederatedData:
     client_texts: tuple[tuple[str, ...], ...]  # training samples per client, canaries inside
     heldout: tuple[QAPair, ...]  # never trained on, canary-free
     canaries: tuple[Canary, ...]  # injected ones and their never-injected twins
+    exposure_canaries: tuple[Canary, ...] = ()  # digit secrets, injected ones and twins
 
     @property
     def pooled_texts(self) -> tuple[str, ...]:
@@ -82,8 +84,18 @@ def build_federated_data(config: Config) -> FederatedData:
         seed=_seed(config, _CANARY_STREAM),
     )
     injected = inject(client_texts, canaries, seed=_seed(config, _INJECT_STREAM))
+    exposure = make_exposure_canaries(
+        config.canaries.replica_counts,
+        config.canaries.exposure_per_count,
+        config.canaries.exposure_digits,
+        config.canary_clients(),
+        config.canaries.placement,
+        seed=_seed(config, _EXPOSURE_STREAM),
+    )
+    injected = inject(injected, exposure, seed=_seed(config, _EXPOSURE_INJECT_STREAM))
     return FederatedData(
         client_texts=tuple(tuple(t) for t in injected),
         heldout=tuple(heldout),
         canaries=tuple(canaries),
+        exposure_canaries=tuple(exposure),
     )

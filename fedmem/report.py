@@ -12,15 +12,26 @@ from rich.table import Table
 console = Console(highlight=False, soft_wrap=True)
 
 
+def headline_score(membership: dict) -> str:
+    """The MIA score the terminal shows: the reference ratio when it was computed."""
+    scores = membership["scores"]
+    return "reference" if "reference" in scores else next(iter(scores))
+
+
 def round_line(row: dict, rounds: int) -> str:
     ext = row["extraction"]["injected"]
     train = [c["train_loss"] for c in row["clients"].values() if "train_loss" in c]
     train_txt = f"train loss {sum(train) / len(train):.3f}  " if train else ""
-    return (
-        f"round {row['round']}/{rounds}  {train_txt}held-out ppl {row['heldout_perplexity']:.2f}  "
-        f"exact {ext['exact_rate']:.1%}  token acc {ext['token_accuracy']:.1%}  "
-        f"({row['elapsed_s']:.0f}s)"
-    )
+    parts = [
+        f"round {row['round']}/{rounds}  {train_txt}held-out ppl {row['heldout_perplexity']:.2f}",
+        f"exact {ext['exact_rate']:.1%}  token acc {ext['token_accuracy']:.1%}",
+    ]
+    if exposure := row.get("exposure"):
+        parts.append(f"exposure {exposure['injected']['mean']:.1f} bits")
+    if membership := row.get("membership"):
+        score = headline_score(membership)
+        parts.append(f"MIA AUC {membership['scores'][score]['all']['auc']:.2f} ({score})")
+    return "  ".join(parts) + f"  ({row['elapsed_s']:.0f}s)"
 
 
 @contextmanager
@@ -38,33 +49,85 @@ def round_progress(rounds: int) -> Iterator[Callable[[dict], None]]:
 
 
 def summary_table(summary: dict) -> Table:
+    final_row = summary["final"]
+    extraction = final_row["extraction"]
     before = summary["before"]["extraction"]["by_replicas"]
-    final = summary["final"]["extraction"]["by_replicas"]
+    final = extraction["by_replicas"]
+    exposure = final_row.get("exposure", {}).get("by_replicas", {})
+    membership = final_row.get("membership")
+    score = headline_score(membership) if membership else None
+    decoding = extraction.get("decoding", "greedy")
     table = Table(
         title=(
             f"{summary['name']}: {summary['mode']}, {summary['finetuning']} fine-tuning, "
-            f"{summary['rounds']} rounds — canary extraction (greedy, prefix -> secret)"
+            f"{summary['rounds']} rounds — canary extraction ({decoding}, "
+            f"{extraction.get('prefix_tokens', '')} prefix tokens -> secret)"
         )
     )
-    for col in ("replicas", "canaries", "exact (before)", "exact", "token acc", "longest run"):
+    columns = ["replicas", "canaries", "exact (before)", "exact", "token acc", "edit sim"]
+    columns += ["longest run", "exposure (bits)", f"MIA AUC ({score})" if score else "MIA AUC"]
+    for col in columns:
         table.add_column(col, justify="right")
     for replicas in sorted(final, key=int):
         f = final[replicas]
         label = "0 (twins, never injected)" if replicas == "0" else f"{replicas}x"
+        exp = exposure.get(replicas, {}).get("mean")
+        auc = membership["scores"][score]["by_replicas"].get(replicas) if score else None
         table.add_row(
             label,
             str(f["n"]),
             f"{before[replicas]['exact_rate']:.1%}",
             f"{f['exact_rate']:.1%}",
             f"{f['token_accuracy']:.1%}",
+            f"{f.get('edit_similarity', 0.0):.1%}",
             f"{f['longest_match']:.1f}",
+            "-" if exp is None else f"{exp:.1f}",
+            "-" if auc is None else f"{auc:.2f}",
         )
     return table
+
+
+def membership_table(row: dict) -> Table:
+    """Each MIA score: AUC and TPR at 1% and 0.1% FPR over all members vs non-members."""
+    m = row["membership"]
+    table = Table(
+        title=(
+            f"membership inference, round {row['round']}: {m['members']} members "
+            f"(injected canaries, training QA) vs {m['nonmembers']} non-members "
+            "(twins, held-out QA)"
+        )
+    )
+    for col in ("score", "AUC", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "AUC canaries", "AUC QA"):
+        table.add_column(col, justify="right")
+    for name, entry in m["scores"].items():
+        table.add_row(
+            name,
+            f"{entry['all']['auc']:.3f}",
+            f"{entry['all']['tpr_at_fpr_0.01']:.1%}",
+            f"{entry['all']['tpr_at_fpr_0.001']:.1%}",
+            f"{entry['canaries']['auc']:.3f}" if "canaries" in entry else "-",
+            f"{entry['qa']['auc']:.3f}" if "qa" in entry else "-",
+        )
+    return table
+
+
+def utility_line(row: dict) -> str:
+    u = row.get("utility")
+    if not u:
+        return ""
+    mcq = f"{u['mcq_accuracy']:.1%} of {u['mcq_n']}" if u["mcq_n"] else "no MCQ held out"
+    return f"held-out QA answer match {u['qa_accuracy']:.1%}; multiple choice {mcq}"
 
 
 def print_summary(summary: dict, run_dir) -> None:
     final = summary["final"]
     console.print(summary_table(summary))
+    if "membership" in final:
+        console.print(membership_table(final))
+    if line := utility_line(final):
+        console.print(line)
+    if (view := final.get("client_view", {})).get("status") == "unavailable":
+        console.print(f"client vantage point: unavailable ({view['reason']})")
     console.print(
         f"held-out loss {summary['before']['heldout_loss']:.3f} -> {final['heldout_loss']:.3f} "
         f"(perplexity {final['heldout_perplexity']:.2f}); "

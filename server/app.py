@@ -32,6 +32,7 @@ def run_server(grid: Grid, context: Context, config: Config, recorder: RunRecord
     model = build_model(config, seed=config.seed)
     audited = AuditedFedAvg(
         secure_aggregation=config.secagg.enabled,
+        audit_client=client_view_auditor(config, recorder),
         fraction_fit=config.federation.fraction_fit,
         min_fit_clients=1,
         min_available_clients=config.federation.num_clients,
@@ -65,6 +66,20 @@ def run_server(grid: Grid, context: Context, config: Config, recorder: RunRecord
     final = arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], True)
     set_trainable_state(model, parameters_to_ndarrays(final))
     return recorder.finish(model)
+
+
+def client_view_auditor(config: Config, recorder: RunRecorder):
+    """What audits one client's returned state (a separate model, so the global one is
+    untouched), or None when `attack.client_view` is off or SecAgg+ makes it impossible."""
+    if not config.attack.client_view or config.secagg.enabled:
+        return None
+    client_model = build_model(config, seed=config.seed)
+
+    def audit_client(server_round: int, client: int, arrays) -> None:
+        set_trainable_state(client_model, arrays)
+        recorder.record_client_view(server_round, client, client_model)
+
+    return audit_client
 
 
 def make_server_app(config: Config | None = None, on_round=None) -> ServerApp:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
@@ -17,11 +19,22 @@ class AuditedFedAvg(FedAvg):
     With `secure_aggregation`, SecAgg+ has already averaged the masked updates: Flower hands
     every client's result the same aggregate as its parameters, with the client's own
     metrics (which travel unmasked). The aggregate is passed through, never re-averaged.
+
+    `audit_client(server_round, client, arrays)`, when set, is called with each client's
+    returned trainable state before averaging: the view of a server without secure
+    aggregation. Under SecAgg+ no such state exists, and it is never called.
     """
 
-    def __init__(self, *, secure_aggregation: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        secure_aggregation: bool = False,
+        audit_client: Callable[[int, int, list[np.ndarray]], object] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.secure_aggregation = secure_aggregation
+        self.audit_client = audit_client
         self.round_clients: dict[int, dict[int, dict[str, Scalar]]] = {}
         self.round_failures: dict[int, int] = {}
 
@@ -39,6 +52,10 @@ class AuditedFedAvg(FedAvg):
         self.round_failures[server_round] = len(failures)
         if self.secure_aggregation and results:
             return _secure_aggregate(results), {}
+        if self.audit_client is not None:
+            for _, res in results:
+                client = int(res.metrics["client"])
+                self.audit_client(server_round, client, parameters_to_ndarrays(res.parameters))
         return super().aggregate_fit(server_round, results, failures)
 
 
