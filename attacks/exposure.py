@@ -9,9 +9,12 @@ candidate by the model's likelihood of it after the prefix (teacher-forced, see
 
 so a secret the model prefers over every other candidate has the maximum exposure log2 |R|,
 and one ranked in the middle about 1 bit. When R is too large to enumerate, exposure is
-estimated as the paper does: the log-perplexities (-log2 p) of a uniform sample of candidates
-are fitted with a skew-normal distribution, and exposure = -log2 F(log-perplexity of the
-secret), F the fitted CDF (the fraction of R expected to be at least as likely).
+estimated from the log-perplexities (-log2 p) of a uniform sample of candidates: a
+distribution is fitted to them and exposure = -log2 F(log-perplexity of the secret), F the
+fitted CDF (the fraction of R expected to be at least as likely). `ESTIMATORS` holds the
+paper's skew-normal fit and a Gaussian kernel density (scipy). With a BPE tokenizer that
+merges digit runs, candidates differ in token count and their log-perplexities are
+multi-modal, which a skew-normal fits poorly (README, the audit, gives measured errors).
 """
 
 from __future__ import annotations
@@ -54,12 +57,29 @@ def exposure_from_rank(rank: int, space: int) -> float:
     return math.log2(space) - math.log2(rank)
 
 
-def estimated_exposure(true_logprob: float, sample_logprobs: Sequence[float]) -> float:
-    """-log2 of the skew-normal CDF, fitted to the sample's log-perplexities, at the
-    secret's log-perplexity. Unbounded above: an outlier secret can exceed log2 |R|."""
+def _skewnorm_log_cdf(sample: np.ndarray, x: float) -> float:
+    shape, loc, scale = stats.skewnorm.fit(sample)
+    return float(stats.skewnorm.logcdf(x, shape, loc, scale))
+
+
+def _kde_log_cdf(sample: np.ndarray, x: float) -> float:
+    kde = stats.gaussian_kde(sample)
+    # The mixture's CDF, in logs so a far tail does not underflow to log(0).
+    log_cdfs = stats.norm.logcdf(x, loc=kde.dataset[0], scale=math.sqrt(kde.covariance[0, 0]))
+    return float(np.logaddexp.reduce(log_cdfs) - math.log(len(sample)))
+
+
+# name -> (sample of log-perplexities in bits, x) -> log F(x) of the fitted distribution
+ESTIMATORS = {"skewnorm": _skewnorm_log_cdf, "kde": _kde_log_cdf}
+
+
+def estimated_exposure(
+    true_logprob: float, sample_logprobs: Sequence[float], estimator: str = "kde"
+) -> float:
+    """-log2 of the fitted CDF of the sample's log-perplexities at the secret's. Unbounded
+    above: an outlier secret can exceed log2 |R|."""
     perplexities = -np.asarray(sample_logprobs, dtype=np.float64) / math.log(2)
-    shape, loc, scale = stats.skewnorm.fit(perplexities)
-    log_cdf = stats.skewnorm.logcdf(-true_logprob / math.log(2), shape, loc, scale)
+    log_cdf = ESTIMATORS[estimator](perplexities, -true_logprob / math.log(2))
     return float(-log_cdf / math.log(2))
 
 
@@ -67,7 +87,7 @@ def estimated_exposure(true_logprob: float, sample_logprobs: Sequence[float]) ->
 class ExposureResult:
     canary_id: str
     exposure: float  # bits
-    method: str  # "exact" (enumerated) or "estimated" (skew-normal over a sample)
+    method: str  # "exact" (enumerated) or "estimated" (a distribution fitted to a sample)
     space: int  # |R|
     rank: int | None  # exact rank among all of R (None when estimated)
     candidates: int  # candidates scored
@@ -83,6 +103,7 @@ def measure_exposure(
     max_enumerate: int,
     sample_size: int,
     seed: int,
+    estimator: str = "kde",
     batch_size: int = 256,
 ) -> ExposureResult:
     """Exposure of a digit-string `secret` after `prefix`: exact by enumerating R when
@@ -101,5 +122,5 @@ def measure_exposure(
         )
     sample = [c for c in sample_candidates(digits, sample_size, seed) if c != secret]
     logprobs = continuation_logprobs(model, tokenizer, prefix, [secret, *sample], batch_size)
-    exposure = estimated_exposure(float(logprobs[0]), logprobs[1:])
+    exposure = estimated_exposure(float(logprobs[0]), logprobs[1:], estimator)
     return ExposureResult(canary_id, exposure, "estimated", space, None, len(sample))

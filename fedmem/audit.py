@@ -283,6 +283,7 @@ def audit_exposure(config: Config, model: torch.nn.Module) -> AuditPart:
             max_enumerate=ex.max_enumerate,
             sample_size=ex.sample_size,
             seed=config.seed * 1_000_003 + i,
+            estimator=ex.estimator,
         )
         rows.append(
             {

@@ -113,9 +113,11 @@ class ExposureConfig:
 
     enabled: bool = True
     # Spaces of at most this many candidates are enumerated (exact rank); larger ones are
-    # estimated from `sample_size` sampled candidates with a fitted skew-normal.
+    # estimated from `sample_size` sampled candidates with a fitted distribution:
+    # "kde" (Gaussian kernel density) or "skewnorm" (Carlini et al.'s choice).
     max_enumerate: int = field(default=10_000, metadata=_range(1))
     sample_size: int = field(default=2_000, metadata=_range(10))
+    estimator: str = field(default="kde", metadata=_choices("kde", "skewnorm"))
 
 
 @dataclass(frozen=True)

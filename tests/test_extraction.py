@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from attacks.extraction import (
+    DECODERS,
+    Decoding,
     ExtractionTarget,
+    best_of,
+    edit_similarity,
     extract,
     score,
     split_record,
     summarize,
+    worst_case,
 )
 from fedmem.config import ModelConfig
 from fedmem.models import new_tiny_llama
@@ -39,6 +45,7 @@ def test_summary_averages_over_canaries():
     t = ExtractionTarget("a", (1,), (5, 6))
     s = summarize([score(t, [5, 6]), score(t, [0, 0])])
     assert (s.n, s.exact_rate, s.token_accuracy, s.longest_match) == (2, 0.5, 0.5, 1.0)
+    assert s.edit_similarity == 0.5
 
 
 def _tokenizer():
@@ -97,3 +104,59 @@ def test_batched_left_padded_extraction_equals_one_prompt_at_a_time():
     batched = extract(model, targets, tok.pad_token_id, batch_size=8)
     single = [extract(model, [t], tok.pad_token_id)[0] for t in targets]
     assert [r.generated_ids for r in batched] == [r.generated_ids for r in single]
+
+
+def test_edit_similarity_is_one_for_an_exact_match_and_falls_with_each_edit():
+    truth = (5, 6, 7, 8, 9, 10)
+    assert edit_similarity(truth, truth) == 1.0
+    one = edit_similarity(truth, (5, 6, 0, 8, 9, 10))
+    two = edit_similarity(truth, (5, 6, 0, 8, 0, 10))
+    assert 1.0 > one > two > edit_similarity(truth, (0,) * 6) == 0.0
+    assert one == pytest.approx(1 - 1 / 6)  # unit: tokens, normalized by the longer length
+    # A shifted copy keeps most of its similarity, while position-wise accuracy drops to 0.
+    shifted = score(ExtractionTarget("c", (1,), truth), (4, 5, 6, 7, 8, 9))
+    assert shifted.token_accuracy == 0.0 and shifted.edit_similarity == pytest.approx(4 / 6)
+
+
+def test_best_of_several_guesses_is_exact_if_any_guess_is():
+    target = ExtractionTarget("c", (1,), (5, 6, 7))
+    r = best_of(target, [[0, 0, 0], [5, 6, 7], [5, 0, 0]])
+    assert r.exact and r.generated_ids == (5, 6, 7) and r.token_accuracy == 1.0
+
+
+def test_worst_case_over_prefix_lengths_takes_each_canarys_best_length():
+    a, b = ExtractionTarget("a", (1,), (5, 6)), ExtractionTarget("b", (1,), (5, 6))
+    short = [score(a, [5, 6]), score(b, [0, 0])]
+    long = [score(a, [0, 0]), score(b, [5, 0])]
+    worst = worst_case([short, long])
+    assert [r.exact for r in worst] == [True, False]
+    assert [r.token_accuracy for r in worst] == [1.0, 0.5]
+
+
+def test_beam_search_and_sampling_find_at_least_what_greedy_finds_on_a_memorized_record():
+    tok = _tokenizer()
+    shape = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+    model = new_tiny_llama(shape, tok, seed=0)
+    _memorize(model, tok(RECORD)["input_ids"], steps=150)
+    target = split_record(tok, "c", RECORD, SPLIT, prefix_tokens=1000, suffix_tokens=24)
+    pad = tok.pad_token_id
+    greedy = extract(model, [target], pad)[0]
+    assert greedy.exact
+    for decoding in (Decoding("beam", num_beams=3), Decoding("sampling", num_samples=4, seed=1)):
+        found = extract(model, [target], pad, decoding=decoding)[0]
+        assert found.exact and found.token_accuracy >= greedy.token_accuracy, decoding.name
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone():
+    tok = _tokenizer()
+    shape = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+    model = new_tiny_llama(shape, tok, seed=0)
+    target = split_record(tok, "c", RECORD, SPLIT, prefix_tokens=8, suffix_tokens=8)
+    decoding = Decoding("sampling", num_samples=2, seed=3)
+    torch.manual_seed(0)
+    first = extract(model, [target], tok.pad_token_id, decoding=decoding)[0]
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    again = extract(model, [target], tok.pad_token_id, decoding=decoding)[0]
+    assert first.generated_ids == again.generated_ids and torch.equal(after, torch.rand(1))
+    assert set(DECODERS) == {"greedy", "beam", "sampling"}
