@@ -186,7 +186,7 @@ class RunRecorder:
             )
         sigma = audit_sigma(self.config.weight_noise, server_round)
         with noised_weights(model, sigma, noise_seed(self.config.seed, server_round)):
-            audit = audit_model(self.config, model, GLOBAL)
+            audit = audit_model(self.config, model)  # vantage: GLOBAL
         clients = clients or {}
         row = {
             "round": server_round,

@@ -11,6 +11,7 @@ from fedmem.canaries import (
     generate_records,
     inject,
     make_canaries,
+    make_exposure_canaries,
     to_jsonl_rows,
 )
 
@@ -248,3 +249,14 @@ def test_jsonl_rows_carry_all_fields_and_the_injected_flag():
 def test_jsonl_rows_are_json_serializable():
     rows = to_jsonl_rows(make_canaries([1], 1, [0], "single", seed=0))
     assert json.loads(json.dumps(rows)) == rows
+
+
+def test_exposure_canaries_end_in_a_digit_secret_and_pair_with_twins():
+    canaries = make_exposure_canaries((1, 4), 2, 5, (0, 1), "single", seed=3)
+    assert [c.canary_id for c in canaries[:2]] == ["e0000", "e0001"]
+    assert [c.replicas for c in canaries] == [1, 0, 1, 0, 4, 0, 4, 0]
+    for c in canaries:
+        assert c.suffix[0] == " " and c.suffix[1:].isdigit() and len(c.suffix) == 6
+        assert c.text == c.prefix + c.suffix
+    assert canaries[0].twin_id == "e0001" and canaries[1].twin_id == "e0000"
+    assert make_exposure_canaries((1,), 0, 3, (0,), "spread", seed=3) == []

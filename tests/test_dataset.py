@@ -24,7 +24,8 @@ def test_seed_changes_data(tiny_raw):
 
 def test_every_copy_lands_in_its_clients_and_twins_nowhere(tiny_raw):
     data = build_federated_data(build_config(tiny_raw))
-    for canary in data.canaries:
+    assert len(data.exposure_canaries) == 4  # one per replica count, each with a twin
+    for canary in (*data.canaries, *data.exposure_canaries):
         found = Counter(
             client
             for client, texts in enumerate(data.client_texts)
@@ -54,7 +55,7 @@ def test_canaries_go_only_to_the_chosen_clients(tiny_raw):
 
 def test_every_qa_sample_is_trained_by_exactly_one_client(tiny_raw):
     data = build_federated_data(build_config(tiny_raw))
-    canary_texts = {c.text for c in data.canaries}
+    canary_texts = {c.text for c in (*data.canaries, *data.exposure_canaries)}
     qa = [t for t in data.pooled_texts if t not in canary_texts]
     assert len(qa) == 120 - len(data.heldout)
     sizes = [len([t for t in texts if t not in canary_texts]) for texts in data.client_texts]

@@ -87,7 +87,7 @@ def test_audit_sees_noise_while_the_training_state_is_untouched(tmp_path, monkey
 
     def fake_audit(config, model):
         seen.append(snapshot(model))
-        return RoundAudit(metrics={}, canary_results=[])
+        return RoundAudit(metrics={})
 
     monkeypatch.setattr(fedmem.results, "audit_model", fake_audit)
     config = build_config({"weight_noise": {"sigma": 0.1}, "output": {"dir": str(tmp_path)}})
