@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -27,6 +28,7 @@ def _write_toml(path, raw: dict) -> None:
 def test_two_clients_two_rounds_on_ray(tiny_raw, tmp_path, monkeypatch):
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     raw = {**tiny_raw, "model": {**tiny_raw["model"], "finetuning": "lora"}}
+    raw["attack"] = {**tiny_raw["attack"], "client_view": True}
     _write_toml(tmp_path / "c.toml", raw)
     assert main(["run", str(tmp_path / "c.toml")]) == 0
     run_dir = build_config(raw).run_dir
@@ -38,10 +40,19 @@ def test_two_clients_two_rounds_on_ray(tiny_raw, tmp_path, monkeypatch):
         assert set(row["clients"]) == {"0", "1"}
         assert row["bytes_sent"] == sum(c["bytes_sent"] for c in row["clients"].values()) > 0
         assert set(row["extraction"]["by_replicas"]) == {"0", "1", "4"}
+        # The server's view of each client's returned adapter, audited before averaging.
+        views = row["client_view"]["clients"]
+        assert set(views) == {"0", "1"} and views["1"]["vantage"] == "client-1"
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == [
+        "round-000",
+        "round-001",
+        "round-002",
+    ]
     canaries = read_jsonl(run_dir / "canaries.jsonl")
     assert sum(c["injected"] for c in canaries) == len(canaries) // 2 == 4
     extraction = read_jsonl(run_dir / "extraction.jsonl")
-    assert len(extraction) == 3 * len(canaries)
+    by_vantage = Counter(r["vantage"] for r in extraction)
+    assert by_vantage == {"global": 3 * 8, "client-0": 2 * 8, "client-1": 2 * 8}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["finetuning"] == "lora"
     assert 0 < summary["trainable_parameters"] < summary["parameters"]
