@@ -126,8 +126,16 @@ def print_summary(summary: dict, run_dir) -> None:
         console.print(membership_table(final))
     if line := utility_line(final):
         console.print(line)
-    if (view := final.get("client_view", {})).get("status") == "unavailable":
+    view = final.get("client_view", {})
+    if view.get("status") == "unavailable":
         console.print(f"client vantage point: unavailable ({view['reason']})")
+    for client, metrics in view.get("clients", {}).items():
+        ext = metrics["extraction"]["injected"]
+        console.print(
+            f"server's view of client {client}'s update: exact {ext['exact_rate']:.1%}, "
+            f"token acc {ext['token_accuracy']:.1%} (global model: "
+            f"{final['extraction']['injected']['exact_rate']:.1%})"
+        )
     console.print(
         f"held-out loss {summary['before']['heldout_loss']:.3f} -> {final['heldout_loss']:.3f} "
         f"(perplexity {final['heldout_perplexity']:.2f}); "
