@@ -254,7 +254,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a TOML file, apply `a.b=value` overrides, and validate."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))  # no newline translation
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as err:
@@ -399,7 +399,12 @@ def _check_cross_fields(config: Config) -> None:
         )
     if config.dp_sgd.delta >= 1:
         raise ConfigError(f"dp_sgd.delta = {config.dp_sgd.delta!r}: must be < 1")
-    if not config.name or "/" in config.name or config.name.startswith("."):
+    if (
+        not config.name
+        or "/" in config.name
+        or config.name.startswith(".")
+        or len(config.name.encode()) > 255
+    ):
         raise ConfigError(f"name = {config.name!r}: must be a plain folder name")
     f = config.federation
     if f.min_fit_clients > n:

@@ -208,3 +208,10 @@ def test_resume_continues_a_run_moved_to_another_folder(tiny_raw, tmp_path):
     _crash_after(moved, last_complete=0)
     assert main(["run", "--resume", str(moved)]) == 0
     assert _rows(moved) == finished
+
+
+def test_run_without_config_or_resume_is_a_one_line_error(capsys):
+    assert main(["run"]) == 2
+    assert capsys.readouterr().err == (
+        "fedmem: error: fedmem run: give a CONFIG file, or --resume RUN_DIR\n"
+    )
