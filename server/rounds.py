@@ -36,6 +36,12 @@ def _stage(message: Message) -> str:
     return str(configs[Key.STAGE]) if configs is not None and Key.STAGE in configs else PLAIN_FIT
 
 
+def _short(error: str, limit: int = 300) -> str:
+    """The error's first line, at most `limit` characters (Ray's run to kilobytes)."""
+    line = error.strip().splitlines()[0] if error.strip() else error
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class WatchingGrid:
     """Forwards to a Grid and notes what the replies say about the clients."""
 
@@ -87,7 +93,7 @@ class WatchingGrid:
             self.node_clients[node] = client
         if node not in self.failed:
             client = self.node_clients.get(node, client)
-            self.failed[node] = {"client": client, "stage": stage, "error": error}
+            self.failed[node] = {"client": client, "stage": stage, "error": _short(error)}
 
     def failures(self) -> list[dict[str, Any]]:
         """One entry per failed client, in client order (unknown clients last)."""
