@@ -16,10 +16,13 @@ def round_line(row: dict, rounds: int) -> str:
     ext = row["extraction"]["injected"]
     train = [c["train_loss"] for c in row["clients"].values() if "train_loss" in c]
     train_txt = f"train loss {sum(train) / len(train):.3f}  " if train else ""
+    failed = sorted(str(f["client"]) for f in row.get("failures", []))
+    failed_txt = f"  failed: client {', '.join(failed)}" if failed else ""
+    abandoned_txt = f"  ROUND ABANDONED: {row['abandoned']}" if "abandoned" in row else ""
     return (
         f"round {row['round']}/{rounds}  {train_txt}held-out ppl {row['heldout_perplexity']:.2f}  "
         f"exact {ext['exact_rate']:.1%}  token acc {ext['token_accuracy']:.1%}  "
-        f"({row['elapsed_s']:.0f}s)"
+        f"({row['elapsed_s']:.0f}s){failed_txt}{abandoned_txt}"
     )
 
 

@@ -209,3 +209,22 @@ def test_failures_and_abandoned_rounds_are_recorded_in_metrics_jsonl(tiny_raw):
     assert rows[2]["heldout_loss"] == rows[1]["heldout_loss"]
     assert rows[3]["failures"] == [] and rows[3]["heldout_loss"] != rows[2]["heldout_loss"]
     assert json.loads((config.run_dir / "summary.json").read_text())["rounds"] == 3
+
+
+def test_the_round_line_names_failed_clients_and_an_abandoned_round():
+    from fedmem.report import round_line
+
+    ext = {"injected": {"exact_rate": 0.0, "token_accuracy": 0.5}}
+    row = {
+        "round": 2,
+        "clients": {},
+        "heldout_perplexity": 9.0,
+        "extraction": ext,
+        "elapsed_s": 4.0,
+        "failures": [{"client": 1, "stage": "fit", "error": "x"}],
+        "abandoned": "SecAgg+ halted: 1 of 2 clients left, below the reconstruction threshold of 2",
+    }
+    assert round_line(row, 3).endswith(
+        "(4s)  failed: client 1  ROUND ABANDONED: SecAgg+ halted: 1 of 2 clients left, "
+        "below the reconstruction threshold of 2"
+    )
