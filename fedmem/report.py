@@ -16,7 +16,7 @@ def round_line(row: dict, rounds: int) -> str:
     ext = row["extraction"]["injected"]
     train = [c["train_loss"] for c in row["clients"].values() if "train_loss" in c]
     train_txt = f"train loss {sum(train) / len(train):.3f}  " if train else ""
-    failed = sorted(str(f["client"]) for f in row.get("failures", []))
+    failed = [str(f["client"]) if f["client"] is not None else "?" for f in row.get("failures", [])]
     failed_txt = f"  failed: client {', '.join(failed)}" if failed else ""
     abandoned_txt = f"  ROUND ABANDONED: {row['abandoned']}" if "abandoned" in row else ""
     return (
