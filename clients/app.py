@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 import numpy as np
@@ -13,7 +14,12 @@ from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.dataset import build_federated_data
 from fedmem.mitigations.client_dp import client_weight
 from fedmem.mitigations.client_mods import mitigation_mod
-from fedmem.mitigations.dp_sgd import history_to_record, private_training
+from fedmem.mitigations.dp_sgd import (
+    HISTORY_METRIC,
+    RESUMED_HISTORIES,
+    history_to_record,
+    private_training,
+)
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import (
     build_model,
@@ -58,7 +64,7 @@ class FedmemClient(NumPyClient):
         rows = client_rows(self.config, self.client)
         pad_id = load_tokenizer(self.config).pad_token_id
         seed = training_seed(self.config, server_round, self.client)
-        private = private_training(self.config, len(rows), self.state.get(DP_HISTORY))
+        private = private_training(self.config, len(rows), self.accountant_history(config))
         variant = private.variant if private else StepVariant
         label_mask = goldfish_label_mask(self.config.goldfish)
         result = train_local(
@@ -73,9 +79,19 @@ class FedmemClient(NumPyClient):
             "bytes_sent": state_nbytes(update),
         }
         if private:
-            self.state[DP_HISTORY] = ConfigRecord(history_to_record(private.accountant))
+            history = history_to_record(private.accountant)
+            self.state[DP_HISTORY] = ConfigRecord(history)
             metrics.update(private.metrics())
+            metrics[HISTORY_METRIC] = json.dumps(history)  # the server keeps it for resuming
         return update, client_weight(self.config, len(rows)), metrics
+
+    def accountant_history(self, fit_config) -> dict | None:
+        """The DP accountant history so far: the node's own, or, on the first round this
+        node trains after a resume, the one the server saved for this client."""
+        if DP_HISTORY in self.state:
+            return dict(self.state[DP_HISTORY])
+        resumed = json.loads(str(fit_config.get(RESUMED_HISTORIES, "{}")))
+        return resumed.get(str(self.client))
 
 
 def make_client_app(config: Config | None = None) -> ClientApp:

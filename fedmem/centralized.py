@@ -4,36 +4,56 @@ from __future__ import annotations
 
 from fedmem.config import Config
 from fedmem.dataset import build_federated_data
-from fedmem.mitigations.dp_sgd import private_training
+from fedmem.mitigations.dp_sgd import history_to_record, private_training
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import build_model, load_tokenizer
-from fedmem.results import RunRecorder
+from fedmem.results import RunRecorder, load_checkpoint
 from fedmem.training import StepVariant, encode_samples, train_local
 
+POOLED = "0"  # the one "client" of the centralized baseline, as metrics and checkpoints name it
 
-def run_centralized(config: Config, on_round=None) -> dict:
+
+def epoch_seed(config: Config, epoch: int) -> int:
+    return (config.seed * 1_000_003 + epoch * 1_009) % 2**31
+
+
+def run_centralized(config: Config, on_round=None, resume: bool = False) -> dict:
+    """Train and audit epoch by epoch (a round = an epoch); `resume` continues a run folder
+    after its last complete epoch."""
     recorder = RunRecorder(config, on_round=on_round)
-    recorder.start()
+    point = recorder.start(resume=resume)
     tokenizer = load_tokenizer(config)
     model = build_model(config, seed=config.seed)
     texts = build_federated_data(config).pooled_texts
     rows = encode_samples(tokenizer, texts, config.training.max_seq_len)
-    recorder.record(0, model)
     # One accountant for the whole run, as each federated client has.
-    private = private_training(config, len(rows))
+    history = point.state.get("accountants", {}).get(POOLED) if point else None
+    private = private_training(config, len(rows), history)
+
+    def resume_state() -> dict:
+        return {"accountants": {POOLED: history_to_record(private.accountant)}} if private else {}
+
+    if point:
+        load_checkpoint(point.folder, model)
+    else:
+        recorder.record(0, model, resume_state=resume_state())
     variant = private.variant if private else StepVariant
     label_mask = goldfish_label_mask(config.goldfish)
-    for epoch in range(1, config.federation.rounds + 1):
-        seed = (config.seed * 1_000_003 + epoch * 1_009) % 2**31
+    for epoch in range(point.round + 1 if point else 1, config.federation.rounds + 1):
         result = train_local(
             model,
             rows,
             config.training,
             tokenizer.pad_token_id,
-            seed,
+            epoch_seed(config, epoch),
             variant,
             label_mask=label_mask,
         )
         facts = {"train_loss": result.mean_loss, "steps": result.steps, "examples": result.examples}
-        recorder.record(epoch, model, {0: {**facts, **(private.metrics() if private else {})}})
+        recorder.record(
+            epoch,
+            model,
+            {0: {**facts, **(private.metrics() if private else {})}},
+            resume_state=resume_state(),
+        )
     return recorder.finish(model)

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from fedmem.config import Config, ConfigError, load_config, to_dict, to_run_config
+from fedmem.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    build_config,
+    load_config,
+    to_dict,
+    to_run_config,
+)
 from fedmem.qa import DataError
 
 USAGE_ERROR = 2
@@ -18,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="fine-tune and audit as a config describes")
-    run.add_argument("config", help="TOML config file, e.g. configs/quickstart.toml")
+    run.add_argument("config", nargs="?", help="TOML config file, e.g. configs/quickstart.toml")
     run.add_argument(
         "--set",
         dest="overrides",
@@ -26,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set federation.rounds=5 (repeatable)",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run after its last complete round, with the config "
+        "saved in RUN_DIR/config.json (a CONFIG or --set given too must equal it)",
     )
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     audit = sub.add_parser(
@@ -61,15 +76,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(config: Config, verbose: bool = False) -> dict:
-    from fedmem.dataset import build_federated_data
+def prepare(config: Config) -> None:
+    """Build the data and tokenizer and check the config against them: every error here
+    comes before anything is written."""
+    from fedmem.dataset import build_federated_data, check_every_client_trains
     from fedmem.models import load_tokenizer
+
+    data = build_federated_data(config)
+    if config.mode == "federated":
+        check_every_client_trains(config, data)
+        if config.secagg.enabled:
+            from fedmem.mitigations.secure_aggregation import max_weight
+
+            max_weight(config)
+    elif not data.pooled_texts:
+        raise ConfigError("data: the centralized baseline gets no training samples")
+    load_tokenizer(config)
+
+
+def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
+    from fedmem.dataset import build_federated_data
     from fedmem.report import console, print_summary, round_progress
+    from fedmem.results import last_complete_round
 
     rounds = config.federation.rounds
     with console.status("preparing data and the base model (built once, then cached)"):
-        data = build_federated_data(config)
-        load_tokenizer(config)
+        prepare(config)
+    data = build_federated_data(config)
     injected = sum(1 for c in data.canaries if c.replicas)
     console.print(
         f"[bold]{config.name}[/]: {config.mode}, {config.model.name} ({config.model.finetuning}), "
@@ -77,18 +110,22 @@ def run(config: Config, verbose: bool = False) -> dict:
         f"{sum(len(t) for t in data.client_texts)} training samples, "
         f"{injected} canaries injected (+{len(data.canaries) - injected} twins)"
     )
+    if resume:
+        done = last_complete_round(config.run_dir)
+        where = "from the start" if done is None else f"after round {done}"
+        console.print(f"resuming {config.run_dir} {where}")
 
     with round_progress(rounds) as on_round:
         if config.mode == "centralized":
             from fedmem.centralized import run_centralized
 
-            run_centralized(config, on_round=on_round)
+            run_centralized(config, on_round=on_round, resume=resume)
         else:
             from fedmem.federation import run_federated
 
             if not verbose:  # after the import: importing flwr resets its logger's level
                 logging.getLogger("flwr").setLevel(logging.ERROR)
-            run_federated(config, on_round=on_round)
+            run_federated(config, on_round=on_round, resume=resume)
     summary_path = config.run_dir / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
@@ -107,6 +144,48 @@ def run_reaudit(args: argparse.Namespace) -> Path:
     print_summary(json.loads((folder / "summary.json").read_text()), folder)
     console.print(f"re-audit written to {folder} (the run's own audit files are unchanged)")
     return folder
+def resume_config(run_dir: Path, config_path: str | None, overrides: list[str]) -> Config:
+    """The config saved in `run_dir`, placed at `run_dir`; a config given as well (a file
+    and/or overrides) must not differ from it, the folder's name and location aside."""
+    from fedmem.results import comparable_config, config_differences
+
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.json there, not a fedmem run folder")
+    if (run_dir / "summary.json").is_file():
+        raise ConfigError(f"--resume {run_dir}: the run is complete (summary.json exists)")
+    try:
+        raw = json.loads(saved_path.read_text(encoding="utf-8"))
+        saved = build_config(raw)
+    except (ValueError, OSError) as err:  # ConfigError and JSON errors are ValueErrors
+        raise ConfigError(f"{saved_path}: {str(err).splitlines()[0]}") from None
+    saved = _placed_at(saved, run_dir)
+    if config_path or overrides:
+        given = (
+            load_config(config_path, overrides)
+            if config_path
+            else build_config(apply_overrides(raw, overrides))
+        )
+        differs = config_differences(saved, given)
+        if differs:
+            key = differs[0]
+            was, now = comparable_config(saved)[key], comparable_config(given)[key]
+            more = f" (and {len(differs) - 1} more keys)" if len(differs) > 1 else ""
+            raise ConfigError(
+                f"--resume {run_dir}: the given config differs from {saved_path} at {key} "
+                f"({now!r}, saved {was!r}){more}; to resume, give no CONFIG or --set"
+            )
+    return saved
+
+
+def _placed_at(config: Config, run_dir: Path) -> Config:
+    """`config` with its run folder at `run_dir` (the folder may have moved, or the run may
+    have been started from another working directory)."""
+    if config.run_dir.resolve() == run_dir.resolve():
+        return config
+    where = run_dir.resolve()
+    output = dataclasses.replace(config.output, dir=str(where.parent))
+    return dataclasses.replace(config, name=where.name, output=output)
 
 
 def flower_table(config: Config) -> str:
@@ -117,15 +196,21 @@ def flower_table(config: Config) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    resume = getattr(args, "resume", None)
     try:
         if args.command == "audit":
             run_reaudit(args)
             return 0
-        config = load_config(args.config, args.overrides)
+        if resume:
+            config = resume_config(Path(resume), args.config, args.overrides)
+        elif args.config is None:
+            raise ConfigError("fedmem run: give a CONFIG file, or --resume RUN_DIR")
+        else:
+            config = load_config(args.config, args.overrides)
         if args.command == "config":
             print(flower_table(config) if args.flower else json.dumps(to_dict(config), indent=2))
             return 0
-        run(config, verbose=args.verbose)
+        run(config, verbose=args.verbose, resume=bool(resume))
     except (ConfigError, DataError) as err:
         print(f"fedmem: error: {err}", file=sys.stderr)
         return USAGE_ERROR

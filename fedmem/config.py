@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,11 @@ class FederationConfig:
     rounds: int = field(default=3, metadata=_range(1))
     fraction_fit: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     client_cpus: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # Clients sampled at least, and results needed, per round; a round in which fewer
+    # clients return a result is abandoned (the global model stays as it was).
+    min_fit_clients: int = field(default=1, metadata=_range(1))
+    # Flower's accept_failures: false abandons any round in which a client failed.
+    accept_failures: bool = True
 
 
 @dataclass(frozen=True)
@@ -251,6 +257,20 @@ class ClientDPConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    """Client failure injection: make clients' local training raise, to show that a run
+    survives failures and records them."""
+
+    # This client's local training raises in each round listed in `rounds` (-1 = nobody).
+    client: int = field(default=-1, metadata=_range(-1))
+    # Rounds in which `client` fails; empty = every round.
+    rounds: tuple[int, ...] = ()
+    # Each sampled client's local training fails with this probability in each round,
+    # drawn from the run seed, the round and the client (the same clients in every rerun).
+    fraction: float = field(default=0.0, metadata=_range(0.0, 1.0))
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -268,6 +288,7 @@ class Config:
     dp_sgd: DPSGDConfig = DPSGDConfig()
     secagg: SecAggConfig = SecAggConfig()
     client_dp: ClientDPConfig = ClientDPConfig()
+    faults: FaultsConfig = FaultsConfig()
 
     @property
     def run_dir(self) -> Path:
@@ -277,8 +298,9 @@ class Config:
         return self.canaries.clients or tuple(range(self.federation.num_clients))
 
     def sampled_clients(self) -> int:
-        """Clients sampled per round, as Flower's FedAvg computes it (min_fit_clients=1)."""
-        return max(int(self.federation.num_clients * self.federation.fraction_fit), 1)
+        """Clients sampled per round, as Flower's FedAvg computes it."""
+        f = self.federation
+        return max(int(f.num_clients * f.fraction_fit), f.min_fit_clients)
 
 
 # --------------------------------------------------------------------------- building
@@ -288,20 +310,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a TOML file, apply `a.b=value` overrides, and validate."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))  # no newline translation
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
     return build_config(apply_overrides(raw, overrides))
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Set each `a.b=value` override in the nested mapping `raw` (in place); returns it."""
+def apply_overrides(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...]) -> dict:
+    """A copy of the nested mapping `raw` with `a.b=value` overrides applied."""
+    import copy
+
+    out = copy.deepcopy(dict(raw))
     for item in overrides:
         key, value = parse_override(item)
-        _set_dotted(raw, key, value)
-    return raw
+        _set_dotted(out, key, value)
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -312,10 +341,11 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. federation.rounds=5")
     text = text.strip()
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
-        value = text
-    return key, value
+        return key, text
+    # A value that smuggles in more TOML ("1\nname = 'x'") is taken as the string it is.
+    return key, parsed["v"] if list(parsed) == ["v"] else text
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -384,8 +414,13 @@ def _coerce(key: str, hint: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad("expected a number")
         value = float(value)
-    elif hint is str and not isinstance(value, str):
-        raise bad("expected a string")
+        if not math.isfinite(value):
+            raise bad("expected a finite number")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise bad("expected a string")
+        if "\0" in value:
+            raise bad("contains a NUL character")
     choices = meta.get("choices")
     if choices and value not in choices:
         raise bad("must be one of " + ", ".join(repr(c) for c in choices))
@@ -426,12 +461,36 @@ def _check_cross_fields(config: Config) -> None:
         )
     if config.dp_sgd.delta >= 1:
         raise ConfigError(f"dp_sgd.delta = {config.dp_sgd.delta!r}: must be < 1")
-    if not config.name or "/" in config.name or config.name.startswith("."):
+    if (
+        not config.name
+        or "/" in config.name
+        or config.name.startswith(".")
+        or len(config.name.encode()) > 255
+    ):
         raise ConfigError(f"name = {config.name!r}: must be a plain folder name")
+    f = config.federation
+    if f.min_fit_clients > n:
+        raise ConfigError(
+            f"federation.min_fit_clients = {f.min_fit_clients}: more than "
+            f"federation.num_clients = {n}"
+        )
     if config.secagg.enabled:
         _check_secagg(config)
     if config.client_dp.enabled:
         _check_client_dp(config)
+    _check_faults(config)
+
+
+def _check_faults(config: Config) -> None:
+    faults, n = config.faults, config.federation.num_clients
+    if faults.client >= n:
+        raise ConfigError(f"faults.client = {faults.client}: client indices are 0..{n - 1}")
+    rounds = config.federation.rounds
+    for r in faults.rounds:
+        if not 1 <= r <= rounds:
+            raise ConfigError(
+                f"faults.rounds contains {r}: rounds are 1..{rounds} (federation.rounds)"
+            )
 
 
 def _share_count(key: str, value: float, sampled: int) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from fedmem.canaries import Canary, inject, make_canaries, make_exposure_canaries
-from fedmem.config import Config
+from fedmem.config import Config, ConfigError
 from fedmem.partition import partition_by_source, partition_dirichlet, partition_iid
 from fedmem.qa import QAPair, format_qa, generate_qa, load_qa_jsonl
 
@@ -99,3 +99,15 @@ def build_federated_data(config: Config) -> FederatedData:
         canaries=tuple(canaries),
         exposure_canaries=tuple(exposure),
     )
+
+
+def check_every_client_trains(config: Config, data: FederatedData) -> None:
+    """Reject a config whose partition leaves a client without training samples (its
+    every round would fail) before anything is written."""
+    for client, texts in enumerate(data.client_texts):
+        if not texts:
+            raise ConfigError(
+                f"federation.num_clients = {config.federation.num_clients}: client {client} "
+                f"gets no training samples (data.partition = {config.data.partition!r}, "
+                f"{sum(len(t) for t in data.client_texts)} samples in all)"
+            )

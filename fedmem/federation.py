@@ -27,13 +27,13 @@ def backend_config(config: Config) -> dict:
     }
 
 
-def run_federated(config: Config, on_round=None) -> None:
+def run_federated(config: Config, on_round=None, resume: bool = False) -> None:
     # Keep Ray's current behaviour for CPU-only actors, without its FutureWarning.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
     run_simulation(
-        server_app=make_server_app(config, on_round=on_round),
+        server_app=make_server_app(config, on_round=on_round, resume=resume),
         client_app=make_client_app(config),
         num_supernodes=config.federation.num_clients,
         backend_config=backend_config(config),

@@ -31,7 +31,13 @@ def round_line(row: dict, rounds: int) -> str:
     if membership := row.get("membership"):
         score = headline_score(membership)
         parts.append(f"MIA AUC {membership['scores'][score]['all']['auc']:.2f} ({score})")
-    return "  ".join(parts) + f"  ({row['elapsed_s']:.0f}s)"
+    parts.append(f"({row['elapsed_s']:.0f}s)")
+    failed = [str(f["client"]) if f["client"] is not None else "?" for f in row.get("failures", [])]
+    if failed:
+        parts.append(f"failed: client {', '.join(failed)}")
+    if "abandoned" in row:
+        parts.append(f"ROUND ABANDONED: {row['abandoned']}")
+    return "  ".join(parts)
 
 
 @contextmanager

@@ -14,10 +14,12 @@ runs/<name>/
   roc/round-NNN.json  ROC points per vantage, MIA score and population, for plotting
   summary.json      the final round and run facts, written last
   checkpoint/       the final trainable state (adapter or full weights) as safetensors
-  checkpoints/round-NNN/  the global trainable state after round NNN (round-000 = before
-                    fine-tuning), every `output.checkpoint_every` rounds and the last;
-                    `trainable.safetensors` (tensors named as in `trainable_names`) and
-                    `meta.json` ({"round", "finetuning"}); `load_checkpoint` reads one back
+  checkpoints/round-NNN/  the global state after round NNN (round-000 = before fine-tuning),
+                    every `output.checkpoint_every` rounds and the last:
+    trainable.safetensors  the trainable state (tensors named as in `trainable_names`)
+    meta.json              {"round", "finetuning"}; `load_checkpoint` reads both back
+    resume.json            what else resuming needs (accountants, strategy state), written
+                           last: a round whose resume.json exists is complete
   audits/<name>/    a re-audit (`fedmem audit`): the same audit files for saved rounds
 """
 
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +38,20 @@ import torch
 
 from fedmem.audit import GLOBAL, audit_model, client_vantage
 from fedmem.canaries import to_jsonl_rows
-from fedmem.config import Config, to_dict
+from fedmem.config import Config, ConfigError, build_config, to_dict
 from fedmem.dataset import build_federated_data
 from fedmem.mitigations.weight_noise import audit_sigma, noise_seed, noised_weights
 from fedmem.models import get_trainable_state, set_trainable_state, trainable_names
+
+CHECKPOINTS = "checkpoints"
+RESUME_FILE = "resume.json"
+TRAINABLE_FILE = "trainable.safetensors"
+# Row fields that measure the machine, not the run: wall-clock times, and the fit stage's
+# wire bytes, which include Flower's random run and node ids. Everything else in a
+# metrics row is a function of the config (see README, Reliability).
+MEASURED_FIELDS = ("elapsed_s", "fit_stage")
+# Keys that say where a run folder is, not what the run is.
+LOCATION_KEYS = ("name", "output")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -90,8 +104,55 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, meta: dict) -> None:
     tensors = dict(zip(trainable_names(model), get_trainable_state(model), strict=True))
     tmp = folder / ".trainable.safetensors.tmp"
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata={})
-    os.replace(tmp, folder / "trainable.safetensors")
+    os.replace(tmp, folder / TRAINABLE_FILE)
     atomic_write_json(folder / "meta.json", meta)
+
+
+def without_measurements(row: dict) -> dict:
+    """A metrics row without `MEASURED_FIELDS`: equal across reruns of one config."""
+    return {k: v for k, v in row.items() if k not in MEASURED_FIELDS}
+
+
+def config_differences(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ, the run folder's name and location aside."""
+    flat_a, flat_b = comparable_config(a), comparable_config(b)
+    return [k for k in flat_a if flat_a[k] != flat_b.get(k)]
+
+
+def comparable_config(config: Config) -> dict:
+    """The config as flat dotted keys, without the keys that only say where its run folder
+    is (`name`, `output.*`)."""
+    out: dict = {}
+
+    def walk(tree: dict, prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[prefix + key] = value
+
+    walk({k: v for k, v in to_dict(config).items() if k not in LOCATION_KEYS}, "")
+    return out
+
+
+def last_complete_round(run_dir: Path) -> int | None:
+    """The last round whose checkpoint is complete (its resume.json written), or None."""
+    rounds = []
+    for folder in (run_dir / CHECKPOINTS).glob("round-*"):
+        suffix = folder.name.removeprefix("round-")
+        if suffix.isdigit() and (folder / RESUME_FILE).is_file():
+            rounds.append(int(suffix))
+    return max(rounds, default=None)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run picks up: after `round`, from `folder` (trainable state) and
+    `state` (resume.json: elapsed time, accountant histories, strategy state)."""
+
+    round: int
+    folder: Path
+    state: dict
 
 
 AUDIT_FILES = ("extraction", "exposure", "membership")
@@ -128,17 +189,28 @@ class RunRecorder:
         self.save_rounds = save_rounds
         self.client_view_note = client_view_note  # why no client view exists, if so
 
-    def start(self) -> None:
+    def start(self, resume: bool = False) -> ResumePoint | None:
+        """Prepare the run folder. Fresh: clear what an earlier run of the same name left.
+        `resume`: keep what the last complete round left (rows after it are dropped) and
+        return where to continue; None when not even round 0 was complete (start afresh)."""
+        if resume:
+            point = self._resume()
+            if point is not None:
+                return point
         data = build_federated_data(self.config)
         self.folder.mkdir(parents=True, exist_ok=True)
         stale = ["summary.json", "metrics.jsonl", *(f"{n}.jsonl" for n in AUDIT_FILES)]
         for name in stale:
             (self.folder / name).unlink(missing_ok=True)
+        for folder in (CHECKPOINTS, "roc"):
+            shutil.rmtree(self.folder / folder, ignore_errors=True)
         atomic_write_json(self.folder / "config.json", to_dict(self.config))
         write_jsonl(self.folder / "canaries.jsonl", to_jsonl_rows(data.canaries))
         write_jsonl(
             self.folder / "exposure_canaries.jsonl", to_jsonl_rows(data.exposure_canaries)
         )
+
+        return None
 
     def record_client_view(self, server_round: int, client: int, model: torch.nn.Module) -> dict:
         """Audit client `client`'s returned state in round `server_round` (the view of a
@@ -163,6 +235,42 @@ class RunRecorder:
             return {"status": "unavailable", "reason": SECAGG_NO_CLIENT_VIEW}
         return {"status": "audited", "clients": self.client_views.pop(server_round, {})}
 
+    def _resume(self) -> ResumePoint | None:
+        saved = self.folder / "config.json"
+        if not saved.is_file():
+            raise ConfigError(f"{self.folder}: no config.json, not a fedmem run folder")
+        differs = config_differences(build_config(json.loads(saved.read_text())), self.config)
+        if differs:
+            raise ConfigError(f"{saved}: the run was made with another config ({differs[0]})")
+        done = last_complete_round(self.folder)
+        if done is None:
+            return None
+        _remove_temporary_files(self.folder)
+        for folder in (self.folder / CHECKPOINTS).glob("round-*"):
+            suffix = folder.name.removeprefix("round-")
+            if not suffix.isdigit() or int(suffix) > done:
+                shutil.rmtree(folder)
+        self.rows = [r for r in read_jsonl(self.folder / "metrics.jsonl") if r["round"] <= done]
+        if [r["round"] for r in self.rows] != list(range(done + 1)):
+            raise ConfigError(
+                f"{self.folder / 'metrics.jsonl'}: rounds 0..{done} are not all there"
+            )
+        write_jsonl(self.folder / "metrics.jsonl", self.rows)
+        for name in AUDIT_FILES:
+            path = self.folder / f"{name}.jsonl"
+            if path.is_file():
+                self.item_rows[name] = [r for r in read_jsonl(path) if r["round"] <= done]
+                write_jsonl(path, self.item_rows[name])
+        for curve in (self.folder / "roc").glob("round-*.json"):
+            suffix = curve.stem.removeprefix("round-")
+            if suffix.isdigit() and int(suffix) > done:
+                curve.unlink()
+        (self.folder / "summary.json").unlink(missing_ok=True)
+        folder = round_checkpoint_dir(self.folder, done)
+        state = json.loads((folder / RESUME_FILE).read_text())
+        self.started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
+        return ResumePoint(round=done, folder=folder, state=state)
+
     def record(
         self,
         server_round: int,
@@ -170,20 +278,18 @@ class RunRecorder:
         clients: dict | None = None,
         fit_stage: dict | None = None,
         client_dp: dict | None = None,
+        outcome: dict | None = None,
+        resume_state: dict | None = None,
     ) -> dict:
-        """Audit `model` as the global model after `server_round`.
+        """Audit `model` as the global model after `server_round`, then checkpoint it.
 
         `clients`: the round's per-client training facts keyed by client index, as the
         server received them (under SecAgg+ these metrics are not masked, the update is);
         `fit_stage`: the fit stage's wall time and message bytes measured at the server;
-        `client_dp`: the clipping norm and noise std the DP wrapper used. With weight noise
-        on, the audit sees a noised model and `model` is left exactly as it was."""
-        if self.save_rounds and self._saves_round(server_round):
-            save_checkpoint(
-                round_checkpoint_dir(self.folder, server_round),
-                model,
-                {"round": server_round, "finetuning": self.config.model.finetuning},
-            )
+        `client_dp`: the clipping norm and noise std the DP wrapper used; `outcome`: whether
+        the round updated the global model, the clients that failed, why it was abandoned;
+        `resume_state`: what, besides the model, a resumed run needs (JSON). With weight
+        noise on, the audit sees a noised model and `model` is left exactly as it was."""
         sigma = audit_sigma(self.config.weight_noise, server_round)
         with noised_weights(model, sigma, noise_seed(self.config.seed, server_round)):
             audit = audit_model(self.config, model)  # vantage: GLOBAL
@@ -197,6 +303,7 @@ class RunRecorder:
             "weight_noise_sigma": sigma,
             **({"fit_stage": fit_stage} if fit_stage else {}),
             **({"client_dp": client_dp} if client_dp else {}),
+            **(outcome or {}),
             **audit.metrics,
             "client_view": self._client_view(server_round),
         }
@@ -213,6 +320,13 @@ class RunRecorder:
         curves.update(self.client_rocs.pop(server_round, {}))
         if curves:
             atomic_write_json(self.folder / "roc" / f"round-{server_round:03d}.json", curves)
+        if self.save_rounds and self._saves_round(server_round):
+            folder = round_checkpoint_dir(self.folder, server_round)
+            meta = {"round": server_round, "finetuning": self.config.model.finetuning}
+            save_checkpoint(folder, model, meta)
+            # Written last: its presence marks the round complete (resumable).
+            state = {"round": server_round, "elapsed_s": row["elapsed_s"], **(resume_state or {})}
+            atomic_write_json(folder / RESUME_FILE, state)
         if self.on_round:
             self.on_round(row)
         return row
@@ -255,3 +369,11 @@ class RunRecorder:
         }
         atomic_write_json(self.folder / "summary.json", summary)
         return summary
+
+
+def _remove_temporary_files(run_dir: Path) -> None:
+    """Temporary files a killed run left mid-write (atomic writes name them `.<name>.*`)."""
+    for folder in [run_dir, *(run_dir / CHECKPOINTS).glob("round-*")]:
+        for path in folder.glob(".*"):
+            if path.is_file():
+                path.unlink()

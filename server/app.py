@@ -6,7 +6,7 @@ flwr 1.41 on which SecAgg+ (`SecAggPlusWorkflow`) runs; every mitigation plugs i
 
 from __future__ import annotations
 
-import random
+import json
 
 from flwr.app import Context
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -18,53 +18,83 @@ from flwr.serverapp import Grid
 
 from fedmem.config import Config, ConfigError, from_run_config, to_run_config
 from fedmem.mitigations import client_dp, secure_aggregation
+from fedmem.mitigations.dp_sgd import RESUMED_HISTORIES
 from fedmem.models import build_model, get_trainable_state, set_trainable_state
-from fedmem.results import RunRecorder
+from fedmem.results import RunRecorder, load_checkpoint
 from server.measure import MeasuredFitWorkflow
+from server.rounds import RoundFitStage
 from server.strategy import AuditedFedAvg
 
 
-def run_server(grid: Grid, context: Context, config: Config, recorder: RunRecorder) -> dict:
+def run_server(
+    grid: Grid, context: Context, config: Config, recorder: RunRecorder, resume: bool = False
+) -> dict:
+    """Run the federation and audit every round; `resume` continues the run folder after its
+    last complete round (the global model, the strategy's state and the clients' DP
+    accountants come back from its checkpoint)."""
     if config.mode != "federated":
         raise ConfigError(f"mode = {config.mode!r}: the ServerApp runs federated mode only")
-    random.seed(config.seed)  # Flower's client sampling draws from `random`
-    recorder.start()
+    fit_workflow = secure_aggregation.fit_workflow(config)  # checks it before writing
+    point = recorder.start(resume=resume)
     model = build_model(config, seed=config.seed)
+    if point:
+        load_checkpoint(point.folder, model)
+    done = point.round if point else 0
+    resumed_histories = point.state.get("accountants", {}) if point else {}
+
+    def fit_config(server_round: int) -> dict:
+        fit = {"server_round": server_round}
+        if resumed_histories:  # clients whose node state lost its history take it from here
+            fit[RESUMED_HISTORIES] = json.dumps(resumed_histories, sort_keys=True)
+        return fit
+
     audited = AuditedFedAvg(
         secure_aggregation=config.secagg.enabled,
         audit_client=client_view_auditor(config, recorder),
         fraction_fit=config.federation.fraction_fit,
-        min_fit_clients=1,
+        min_fit_clients=config.federation.min_fit_clients,
         min_available_clients=config.federation.num_clients,
+        accept_failures=config.federation.accept_failures,
         fraction_evaluate=0.0,
         min_evaluate_clients=0,
         initial_parameters=ndarrays_to_parameters(get_trainable_state(model)),
-        on_fit_config_fn=lambda server_round: {"server_round": server_round},
+        on_fit_config_fn=fit_config,
     )
-
     strategy = client_dp.wrap_strategy(config, audited)
-    fit_stage = MeasuredFitWorkflow(secure_aggregation.fit_workflow(config))
+    if point:
+        client_dp.restore_strategy_state(strategy, point.state.get("strategy", {}))
+    measured = MeasuredFitWorkflow(fit_workflow)
+    stage = RoundFitStage(measured, config.seed, first_round=done + 1, declined=audited.declined)
+    stage.accountants.update({int(c): h for c, h in resumed_histories.items()})
 
     def audit(server_round: int, arrays, _config):
+        if server_round == 0 and point:  # Flower evaluates the initial model: audited before
+            before = recorder.rows[-1]
+            return before["heldout_loss"], {"exact_rate": _exact_rate(before)}
         set_trainable_state(model, arrays)
         row = recorder.record(
             server_round,
             model,
             audited.round_clients.pop(server_round, {}),
-            fit_stage=fit_stage.rounds.pop(server_round, None),
+            fit_stage=measured.rounds.pop(server_round, None),
             client_dp=client_dp.round_facts(strategy) if server_round else None,
+            outcome=stage.outcomes.pop(server_round, None),
+            resume_state={
+                "strategy": client_dp.strategy_state(strategy),
+                "accountants": {str(c): h for c, h in sorted(stage.accountants.items())},
+            },
         )
-        return row["heldout_loss"], {"exact_rate": row["extraction"]["injected"]["exact_rate"]}
+        return row["heldout_loss"], {"exact_rate": _exact_rate(row)}
 
     audited.evaluate_fn = audit
-    legacy = LegacyContext(
-        context=context,
-        config=ServerConfig(num_rounds=config.federation.rounds),
-        strategy=strategy,
-    )
-    DefaultWorkflow(fit_workflow=fit_stage)(grid, legacy)
-    final = arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], True)
-    set_trainable_state(model, parameters_to_ndarrays(final))
+    remaining = config.federation.rounds - done
+    if remaining > 0:
+        legacy = LegacyContext(
+            context=context, config=ServerConfig(num_rounds=remaining), strategy=strategy
+        )
+        DefaultWorkflow(fit_workflow=stage)(grid, legacy)
+        final = arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], True)
+        set_trainable_state(model, parameters_to_ndarrays(final))
     return recorder.finish(model)
 
 
@@ -82,15 +112,20 @@ def client_view_auditor(config: Config, recorder: RunRecorder):
     return audit_client
 
 
-def make_server_app(config: Config | None = None, on_round=None) -> ServerApp:
-    """The ServerApp; with `config` given it overrides the run config Flower passes in."""
+def _exact_rate(row: dict) -> float:
+    return row["extraction"]["injected"]["exact_rate"]
+
+
+def make_server_app(config: Config | None = None, on_round=None, resume: bool = False) -> ServerApp:
+    """The ServerApp; with `config` given it overrides the run config Flower passes in, and
+    `resume` continues that config's run folder (`fedmem run --resume`)."""
     preset = to_run_config(config) if config is not None else {}
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = from_run_config({**context.run_config, **preset})
-        run_server(grid, context, cfg, RunRecorder(cfg, on_round=on_round))
+        run_server(grid, context, cfg, RunRecorder(cfg, on_round=on_round), resume=resume)
 
     return app
 

@@ -9,6 +9,12 @@ from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, para
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from fedmem.mitigations.dp_sgd import HISTORY_METRIC
+
+# Fit metrics that are bookkeeping, not facts of the round: the client's index (the key of
+# its facts) and its DP-SGD accountant history (kept for resuming, see server/rounds.py).
+NOT_RECORDED_METRICS = ("client", HISTORY_METRIC)
+
 
 class AuditedFedAvg(FedAvg):
     """Example-weighted FedAvg that keeps each round's per-client facts for the audit row.
@@ -23,6 +29,10 @@ class AuditedFedAvg(FedAvg):
     `audit_client(server_round, client, arrays)`, when set, is called with each client's
     returned trainable state before averaging: the view of a server without secure
     aggregation. Under SecAgg+ no such state exists, and it is never called.
+
+    A round is declined (the global model stays) when fewer than `min_fit_clients` clients
+    return a result, or when any client failed and `accept_failures` is off; `declined`
+    keeps why, per round.
     """
 
     def __init__(
@@ -37,6 +47,7 @@ class AuditedFedAvg(FedAvg):
         self.audit_client = audit_client
         self.round_clients: dict[int, dict[int, dict[str, Scalar]]] = {}
         self.round_failures: dict[int, int] = {}
+        self.declined: dict[int, str] = {}
 
     def aggregate_fit(
         self,
@@ -46,11 +57,22 @@ class AuditedFedAvg(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         results = sorted(results, key=lambda r: int(r[1].metrics["client"]))
         self.round_clients[server_round] = {
-            int(res.metrics["client"]): {k: v for k, v in res.metrics.items() if k != "client"}
+            int(res.metrics["client"]): {
+                k: v for k, v in res.metrics.items() if k not in NOT_RECORDED_METRICS
+            }
             for _, res in results
         }
         self.round_failures[server_round] = len(failures)
-        if self.secure_aggregation and results:
+        if len(results) < self.min_fit_clients:
+            self.declined[server_round] = (
+                f"{len(results)} client(s) returned a result, fewer than "
+                f"federation.min_fit_clients = {self.min_fit_clients}"
+            )
+            return None, {}
+        if failures and not self.accept_failures:
+            self.declined[server_round] = "a client failed and federation.accept_failures = false"
+            return None, {}
+        if self.secure_aggregation:
             return _secure_aggregate(results), {}
         if self.audit_client is not None:
             for _, res in results:

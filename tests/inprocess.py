@@ -7,6 +7,8 @@ that raises replies with an error message, as a node whose ClientApp fails does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -57,19 +59,36 @@ class InProcessGrid:
         return replies
 
 
+@contextmanager
+def server_task() -> Iterator[Context]:
+    """The server's context, with Flower's task identity set as a ServerApp run has it."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        yield Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
 def run_rounds(
     grid: InProcessGrid, strategy: Strategy, fit_workflow, rounds: int = 1
 ) -> LegacyContext:
     """Run `rounds` rounds of Flower's legacy DefaultWorkflow over `grid`."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    try:
+    with server_task() as server_context:
         context = LegacyContext(
-            context=Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-            config=ServerConfig(num_rounds=rounds),
-            strategy=strategy,
+            context=server_context, config=ServerConfig(num_rounds=rounds), strategy=strategy
         )
         DefaultWorkflow(fit_workflow=fit_workflow)(grid, context)
         return context
-    finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def run_fedmem_in_process(config, resume: bool = False) -> dict:
+    """A whole fedmem federated run (real ServerApp logic, real clients and mods) over an
+    in-process grid: no Ray, so it takes seconds. Returns the run's summary."""
+    from clients.app import make_client_app
+    from fedmem.results import RunRecorder
+    from server.app import run_server
+
+    grid = InProcessGrid(make_client_app(config), config.federation.num_clients, {})
+    with server_task() as context:
+        return run_server(grid, context, config, RunRecorder(config), resume=resume)

@@ -74,6 +74,20 @@ def round_facts(strategy: Strategy) -> dict[str, float] | None:
     return {"clip_norm": norm, "noise_std": float(std)}
 
 
+def strategy_state(strategy: Strategy) -> dict[str, float]:
+    """What a resumed run needs of the wrapper: the clipping norm (adaptive clipping moves
+    it every round); empty when `strategy` is not a DP wrapper."""
+    if not isinstance(strategy, DPStrategy):
+        return {}
+    return {"clip_norm": float(strategy.clipping_norm)}
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, float]) -> None:
+    """Put back what `strategy_state` saved."""
+    if isinstance(strategy, DPStrategy) and "clip_norm" in state:
+        strategy.clipping_norm = float(state["clip_norm"])
+
+
 def client_mods(config: Config) -> list[Mod]:
     """Clipping mods for client-side clipping; they go after (inside) `secaggplus_mod`, so
     the update is clipped before it is quantized and masked."""

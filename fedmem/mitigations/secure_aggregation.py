@@ -49,7 +49,7 @@ def fit_workflow(config: Config) -> Workflow:
     if not config.secagg.enabled:
         return default_fit_workflow
     s = config.secagg
-    return SecAggPlusWorkflow(
+    return DropoutTolerantSecAggPlus(
         num_shares=_count_or_fraction(s.num_shares),
         reconstruction_threshold=_count_or_fraction(s.reconstruction_threshold),
         max_weight=max_weight(config),
@@ -57,6 +57,23 @@ def fit_workflow(config: Config) -> Workflow:
         quantization_range=s.quantization_range,
         timeout=s.timeout,
     )
+
+
+class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
+    """flwr 1.41's SecAgg+, surviving a client that drops before its key shares were sent.
+
+    Upstream, a node that fails at `setup` or `share_keys` stays in the sampled set, so the
+    unmask stage asks the survivors for key shares of it that they never received: each
+    survivor raises (KeyError) and the whole round is lost, however many survive. Such a
+    node added no pairwise mask to anyone's vector (clients mask only with the peers whose
+    shares they hold), so there is nothing of it to unmask: after `share_keys` the sampled
+    set is cut to the nodes still active, and later dropouts are recovered as upstream.
+    """
+
+    def share_keys_stage(self, grid, context, state) -> bool:
+        ok = super().share_keys_stage(grid, context, state)
+        state.sampled_node_ids = set(state.active_node_ids)
+        return ok
 
 
 def client_mods(config: Config, client: int) -> list[Mod]:
