@@ -23,7 +23,6 @@ from attacks.extraction import (
 from fedmem.config import Config
 from fedmem.dataset import build_federated_data
 from fedmem.models import load_tokenizer
-from fedmem.qa import format_qa
 from fedmem.training import encode_samples, mean_token_loss
 
 
@@ -52,7 +51,7 @@ def extraction_targets(config: Config) -> tuple[ExtractionTarget, ...]:
 @lru_cache(maxsize=4)
 def heldout_rows(config: Config) -> tuple[list[int], ...]:
     tokenizer = load_tokenizer(config)
-    texts = [format_qa(p) for p in build_federated_data(config).heldout]
+    texts = build_federated_data(config).heldout_texts
     return tuple(encode_samples(tokenizer, texts, config.training.max_seq_len))
 
 

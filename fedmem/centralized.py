@@ -8,7 +8,7 @@ from fedmem.mitigations.dp_sgd import private_training
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import build_model, load_tokenizer
 from fedmem.results import RunRecorder
-from fedmem.training import StepVariant, encode_samples, train_local
+from fedmem.training import StepVariant, encode_training_rows, train_local
 
 
 def run_centralized(config: Config, on_round=None) -> dict:
@@ -16,8 +16,10 @@ def run_centralized(config: Config, on_round=None) -> dict:
     recorder.start()
     tokenizer = load_tokenizer(config)
     model = build_model(config, seed=config.seed)
-    texts = build_federated_data(config).pooled_texts
-    rows = encode_samples(tokenizer, texts, config.training.max_seq_len)
+    data = build_federated_data(config)
+    rows, prompt_lengths = encode_training_rows(
+        tokenizer, data.pooled_texts, data.pooled_prompt_chars, config.training
+    )
     recorder.record(0, model)
     # One accountant for the whole run, as each federated client has.
     private = private_training(config, len(rows))
@@ -33,6 +35,7 @@ def run_centralized(config: Config, on_round=None) -> dict:
             seed,
             variant,
             label_mask=label_mask,
+            prompt_lengths=prompt_lengths,
         )
         facts = {"train_loss": result.mean_loss, "steps": result.steps, "examples": result.examples}
         recorder.record(epoch, model, {0: {**facts, **(private.metrics() if private else {})}})
