@@ -28,14 +28,19 @@ from fedmem.models import (
     set_trainable_state,
     state_nbytes,
 )
-from fedmem.training import StepVariant, encode_samples, train_local
+from fedmem.training import StepVariant, encode_training_rows, train_local
 
 
 @lru_cache(maxsize=8)
-def client_rows(config: Config, client: int) -> tuple[list[int], ...]:
-    tokenizer = load_tokenizer(config)
-    texts = build_federated_data(config).client_texts[client]
-    return tuple(encode_samples(tokenizer, texts, config.training.max_seq_len))
+def client_rows(config: Config, client: int) -> tuple[list[list[int]], list[int] | None]:
+    """The client's training rows and, under answer-only loss, their prompt lengths."""
+    data = build_federated_data(config)
+    return encode_training_rows(
+        load_tokenizer(config),
+        data.client_texts[client],
+        data.client_prompt_chars[client],
+        config.training,
+    )
 
 
 def training_seed(config: Config, server_round: int, client: int) -> int:
@@ -61,14 +66,21 @@ class FedmemClient(NumPyClient):
         server_round = int(config["server_round"])
         model = build_model(self.config, seed=self.config.seed)
         set_trainable_state(model, parameters)
-        rows = client_rows(self.config, self.client)
+        rows, prompt_lengths = client_rows(self.config, self.client)
         pad_id = load_tokenizer(self.config).pad_token_id
         seed = training_seed(self.config, server_round, self.client)
         private = private_training(self.config, len(rows), self.accountant_history(config))
         variant = private.variant if private else StepVariant
         label_mask = goldfish_label_mask(self.config.goldfish)
         result = train_local(
-            model, rows, self.config.training, pad_id, seed, variant, label_mask=label_mask
+            model,
+            rows,
+            self.config.training,
+            pad_id,
+            seed,
+            variant,
+            label_mask=label_mask,
+            prompt_lengths=prompt_lengths,
         )
         update = get_trainable_state(model)
         metrics = {

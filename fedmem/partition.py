@@ -34,14 +34,21 @@ def partition_iid(n_items: int, num_clients: int, seed: int) -> list[list[int]]:
     return parts
 
 
-def partition_by_source(sources: Sequence[str], num_clients: int) -> list[list[int]]:
-    """Give each distinct source, in sorted order, to one client, round-robin.
+def partition_by_source(
+    sources: Sequence[str], num_clients: int, order: Sequence[str] = ()
+) -> list[list[int]]:
+    """Give each distinct source, in sorted order (or in `order`, which must list every
+    source once), to one client, round-robin.
 
     A client's indices are ascending. Raises ValueError when there are fewer distinct
     sources than clients, since some client would then get nothing.
     """
     _check_clients(num_clients)
     distinct = sorted(set(sources))
+    if order:
+        if sorted(order) != distinct:
+            raise ValueError(f"order {list(order)} must list each of the sources {distinct} once")
+        distinct = list(order)
     if len(distinct) < num_clients:
         raise ValueError(
             f"partition_by_source needs at least {num_clients} distinct sources for "

@@ -9,6 +9,11 @@ and each question has one of four styles, which is its ``source``:
 - ``mcq``: four options, the answer is the letter of the correct one;
 - ``yesno``: a statement that is true or false with equal probability, answered Yes/No;
 - ``icd``: ICD-10-CM lookups (code to description, description to code, code to chapter).
+
+Every pair is rendered by ``format_qa`` in its ``prompt_format``: fedmem's own
+``Question: ... Answer: ...`` for generated and JSONL data, or one of the reference study's
+formats for the published datasets (``fedmem.medical``): ``open`` (Medical Meadow
+flashcards), ``mcq`` (MedMCQA) and ``closed`` (PubMedQA).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class QAPair:
     source: str  # question style, one of SOURCES for generated data; used by partition_by_source
     topic: str  # specialty or ICD-10-CM chapter; the label for Dirichlet partitioning
     options: tuple[str, ...] = ()  # multiple choice only; then answer is a letter "A".."D"
+    context: str = ""  # text the question is about (PubMedQA abstracts), shown before it
+    prompt_format: str = "qa"  # one of PROMPT_FORMATS
 
 
 class DataError(ValueError):
@@ -476,12 +483,30 @@ def generate_qa(n: int, seed: int) -> list[QAPair]:
     return pairs
 
 
-def format_question(pair: QAPair) -> str:
-    """The prompt up to and including ``"Answer:"``, options lettered one per line."""
-    lines = [f"Question: {pair.question}"]
+# prompt format -> (heading of the question, cue the answer follows). "qa" is fedmem's own;
+# the others are the reference study's per dataset (see /work/shared/PAPER.md).
+PROMPT_FORMATS = {
+    "qa": ("Question:", "Answer:"),
+    "open": ("Open Question:", "The answer is:"),
+    "mcq": ("MCQ:", "The answer is:"),
+    "closed": ("Closed Question:", "The answer is:"),
+}
+
+
+def prompt_parts(pair: QAPair) -> tuple[str, str]:
+    """(body, cue): the question with its heading, context and lettered options one per
+    line, and the cue the answer follows (``"Answer:"`` or ``"The answer is:"``)."""
+    heading, cue = PROMPT_FORMATS[pair.prompt_format]
+    about = f"{pair.context}\n" if pair.context else ""
+    lines = [f"{heading} {about}{pair.question}"]
     lines += [f"{OPTION_LETTERS[i]}. {option}" for i, option in enumerate(pair.options)]
-    lines.append("Answer:")
-    return "\n".join(lines)
+    return "\n".join(lines), cue
+
+
+def format_question(pair: QAPair) -> str:
+    """The prompt up to and including the answer cue, options lettered one per line."""
+    body, cue = prompt_parts(pair)
+    return f"{body}\n{cue}"
 
 
 def format_qa(pair: QAPair) -> str:

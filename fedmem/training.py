@@ -2,7 +2,9 @@
 
 Each sample is one row (never packed with others), so a canary copy is a training record of
 its own; rows are padded per batch to the longest row and pads carry no loss. A label mask
-(goldfish) can take further training positions out of the loss; evaluation never uses one.
+(goldfish) can take further training positions out of the loss, and so can each row's
+prompt length (answer-only loss); evaluation never uses either. Batches are built on the
+cpu and moved to the model's device.
 """
 
 from __future__ import annotations
@@ -32,14 +34,69 @@ def encode_samples(
     return [(ids + [eos])[:max_len] for ids in encoded]
 
 
+def encode_answer_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    prompt_chars: Sequence[int],
+    max_len: int,
+) -> tuple[list[list[int]], list[int]]:
+    """Rows for answer-only loss: token ids of each text followed by EOS, and how many
+    leading tokens belong to its prompt (`text[:prompt_chars]`; 0 = no prompt, e.g. a
+    canary). Tokens are cut from the whole text, as `encode_samples` does. A row longer
+    than `max_len` loses tokens from its start when it has a prompt (so its answer stays
+    in the row), from its end when it has none."""
+    if len(texts) != len(prompt_chars):
+        raise ValueError(f"{len(texts)} texts but {len(prompt_chars)} prompt lengths")
+    eos = tokenizer.eos_token_id
+    enc = tokenizer(list(texts), return_offsets_mapping=True)
+    rows, prompts = [], []
+    for ids, offsets, chars in zip(
+        enc["input_ids"], enc["offset_mapping"], prompt_chars, strict=True
+    ):
+        ids = ids + [eos]
+        # Tokens ending at or before the prompt's last character (specials have end 0).
+        prompt = sum(1 for _, end in offsets if end <= chars) if chars else 0
+        if len(ids) > max_len and prompt:
+            drop = len(ids) - max_len
+            ids, prompt = ids[drop:], max(0, prompt - drop)
+        rows.append(ids[:max_len])
+        prompts.append(min(prompt, max_len))
+    return rows, prompts
+
+
+def encode_training_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    prompt_chars: Sequence[int],
+    cfg: TrainingConfig,
+) -> tuple[list[list[int]], list[int] | None]:
+    """Training rows and, under `answer_only_loss`, each row's prompt length in tokens
+    (None otherwise: every real token is trained on)."""
+    if cfg.answer_only_loss:
+        return encode_answer_rows(tokenizer, texts, prompt_chars, cfg.max_seq_len)
+    return encode_samples(tokenizer, texts, cfg.max_seq_len), None
+
+
 @dataclass(frozen=True)
 class Batch:
     input_ids: torch.Tensor  # [B, T] token ids, right-padded
     attention_mask: torch.Tensor  # [B, T] 1 for real tokens
     labels: torch.Tensor  # [B, T] input_ids with pads (and masked positions) = IGNORE_INDEX
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+        )
 
-def collate(rows: Sequence[list[int]], pad_id: int, label_mask: LabelMask | None = None) -> Batch:
+
+def collate(
+    rows: Sequence[list[int]],
+    pad_id: int,
+    label_mask: LabelMask | None = None,
+    prompt_lengths: Sequence[int] | None = None,
+) -> Batch:
+    """Right-padded batch; a label is kept when it is a real token, the label mask keeps
+    it, and it lies past the row's prompt (`prompt_lengths[i]` leading tokens, if given)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -48,6 +105,8 @@ def collate(rows: Sequence[list[int]], pad_id: int, label_mask: LabelMask | None
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1
         keep[i, : len(r)] = torch.tensor(label_mask(r) if label_mask else [True] * len(r))
+        if prompt_lengths is not None:
+            keep[i, : prompt_lengths[i]] = False
     labels = ids.masked_fill(~keep, IGNORE_INDEX)
     return Batch(ids, mask, labels)
 
@@ -142,11 +201,16 @@ def train_local(
     variant: VariantFactory = StepVariant,
     *,
     label_mask: LabelMask | None = None,
+    prompt_lengths: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train in place for `local_steps` steps, or `local_epochs` epochs when that is 0;
-    `label_mask` takes training positions out of the loss (None: every real token counts)."""
+    `label_mask` takes training positions out of the loss (None: every real token counts),
+    and so do the first `prompt_lengths[i]` positions of row i (answer-only loss)."""
     if not rows:
         raise ValueError("train_local: no training rows")
+    if prompt_lengths is not None and len(prompt_lengths) != len(rows):
+        raise ValueError(f"train_local: {len(rows)} rows but {len(prompt_lengths)} prompts")
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -160,7 +224,11 @@ def train_local(
         while done < total_steps:
             for indices in steps.epoch(rng):
                 if indices:
-                    loss = steps.loss(collate([rows[i] for i in indices], pad_id, label_mask))
+                    prompts = (
+                        [prompt_lengths[i] for i in indices] if prompt_lengths is not None else None
+                    )
+                    batch = collate([rows[i] for i in indices], pad_id, label_mask, prompts)
+                    loss = steps.loss(batch.to(device))
                     loss.backward()
                     losses.append(float(loss.detach()))
                 else:
@@ -183,9 +251,10 @@ def mean_token_loss(
 ) -> float:
     """Average next-token cross-entropy over all real tokens of `rows`."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size], pad_id)
+        batch = collate(rows[start : start + batch_size], pad_id).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         targets = batch.labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
