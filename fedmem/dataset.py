@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
+from fedmem.audit_records import AuditRecord, audit_records, inject_audit_records
 from fedmem.canaries import Canary, inject, make_canaries
 from fedmem.config import Config
 from fedmem.partition import partition_by_source, partition_dirichlet, partition_iid
@@ -19,6 +20,7 @@ from fedmem.qa import QAPair, format_qa, generate_qa, load_qa_jsonl
 
 # Independent seed streams, so changing e.g. the canaries leaves the QA split untouched.
 _SPLIT_STREAM, _PARTITION_STREAM, _CANARY_STREAM, _INJECT_STREAM = 1, 2, 3, 4
+_AUDIT_RECORD_STREAM, _AUDIT_INJECT_STREAM = 5, 6
 
 
 def _seed(config: Config, stream: int) -> int:
@@ -30,6 +32,8 @@ class FederatedData:
     client_texts: tuple[tuple[str, ...], ...]  # training samples per client, canaries inside
     heldout: tuple[QAPair, ...]  # never trained on, canary-free
     canaries: tuple[Canary, ...]  # injected ones and their never-injected twins
+    # DP audit records, included (one row each) or not; () when no DP audit runs.
+    audit_records: tuple[AuditRecord, ...] = ()
 
     @property
     def pooled_texts(self) -> tuple[str, ...]:
@@ -82,8 +86,11 @@ def build_federated_data(config: Config) -> FederatedData:
         seed=_seed(config, _CANARY_STREAM),
     )
     injected = inject(client_texts, canaries, seed=_seed(config, _INJECT_STREAM))
+    records = audit_records(config, seed=_seed(config, _AUDIT_RECORD_STREAM))
+    injected = inject_audit_records(injected, records, seed=_seed(config, _AUDIT_INJECT_STREAM))
     return FederatedData(
         client_texts=tuple(tuple(t) for t in injected),
         heldout=tuple(heldout),
         canaries=tuple(canaries),
+        audit_records=records,
     )

@@ -6,6 +6,7 @@ runs/<name>/
   metrics.jsonl     one line per round (round 0 = before fine-tuning), with the weight-noise
                     sigma the audited model carried
   extraction.jsonl  one line per round and canary
+  dp_audit_records.jsonl  the DP audit records and their inclusion bits (DP runs only)
   summary.json      the final round and run facts, written last
   checkpoint/       the final trainable state (adapter or full weights) as safetensors
 """
@@ -21,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedmem import audit_records
 from fedmem.audit import audit_model
 from fedmem.canaries import to_jsonl_rows
 from fedmem.config import Config, to_dict
 from fedmem.dataset import build_federated_data
 from fedmem.mitigations.weight_noise import audit_sigma, noise_seed, noised_weights
 from fedmem.models import get_trainable_state, trainable_names
+from fedmem.privacy_audit import RunDPAudit
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -77,6 +80,7 @@ class RunRecorder:
         self.canary_rows: list[dict] = []
         self.started = time.perf_counter()
         self.on_round = on_round  # called with each metrics row (progress display)
+        self.dp_audit: RunDPAudit | None = None  # built in start()
 
     def start(self) -> None:
         data = build_federated_data(self.config)
@@ -85,6 +89,11 @@ class RunRecorder:
             (self.folder / stale).unlink(missing_ok=True)
         atomic_write_json(self.folder / "config.json", to_dict(self.config))
         write_jsonl(self.folder / "canaries.jsonl", to_jsonl_rows(data.canaries))
+        (self.folder / "dp_audit_records.jsonl").unlink(missing_ok=True)
+        if data.audit_records:  # the inclusion bits: read by the auditor only
+            rows = audit_records.to_jsonl_rows(data.audit_records)
+            write_jsonl(self.folder / "dp_audit_records.jsonl", rows)
+        self.dp_audit = RunDPAudit(self.config)
 
     def record(
         self,
@@ -118,6 +127,10 @@ class RunRecorder:
         }
         if self.config.dp_sgd.enabled:
             row["dp_epsilon_max"] = self._epsilon_max(clients)
+        if self.dp_audit is not None:  # on the trained model itself, never weight-noised
+            dp_audit = self.dp_audit.measure(server_round, model, row.get("dp_epsilon_max"))
+            if dp_audit:
+                row["dp_audit"] = dp_audit
         self.rows.append(row)
         self.canary_rows.extend({"round": server_round, **r} for r in audit.canary_results)
         write_jsonl(self.folder / "metrics.jsonl", self.rows)
@@ -152,5 +165,7 @@ class RunRecorder:
             "before": {k: self.rows[0][k] for k in ("heldout_loss", "extraction")},
             "final": self.rows[-1],
         }
+        if "dp_audit" in self.rows[-1]:
+            summary["dp_audit"] = self.rows[-1]["dp_audit"]
         atomic_write_json(self.folder / "summary.json", summary)
         return summary

@@ -19,7 +19,9 @@ from flwr.serverapp import Grid
 from fedmem.config import Config, ConfigError, from_run_config, to_run_config
 from fedmem.mitigations import client_dp, secure_aggregation
 from fedmem.models import build_model, get_trainable_state, set_trainable_state
+from fedmem.privacy_audit import client_canaries_enabled
 from fedmem.results import RunRecorder
+from server.canary_clients import CanaryClients
 from server.measure import MeasuredFitWorkflow
 from server.strategy import AuditedFedAvg
 
@@ -41,7 +43,12 @@ def run_server(grid: Grid, context: Context, config: Config, recorder: RunRecord
         on_fit_config_fn=lambda server_round: {"server_round": server_round},
     )
 
-    strategy = client_dp.wrap_strategy(config, audited)
+    aggregating = audited
+    if client_canaries_enabled(config):  # the client-level DP audit's canary clients
+        aggregating = CanaryClients(
+            audited, config, clip_norm=lambda: client_dp.round_facts(strategy)["clip_norm"]
+        )
+    strategy = client_dp.wrap_strategy(config, aggregating)
     fit_stage = MeasuredFitWorkflow(secure_aggregation.fit_workflow(config))
 
     def audit(server_round: int, arrays, _config):
