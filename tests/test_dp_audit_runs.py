@@ -13,15 +13,20 @@ from fedmem.centralized import run_centralized
 from fedmem.config import build_config
 from fedmem.results import read_jsonl
 
-# Training sized so audit records are memorized without noise: 8 epochs at a high rate.
+# Training sized so that single audit records are memorized without noise: 12 epochs at a
+# high rate, mostly over the ~100 included audit records (little QA, one canary copy).
 AUDITED = {
     "mode": "centralized",
-    "data": {"num_samples": 40},
+    "data": {"num_samples": 20},
+    "canaries": {"replica_counts": [1], "per_count": 1},
     "federation": {"num_clients": 2, "rounds": 2},
-    "training": {"batch_size": 8, "lr": 1e-2, "local_epochs": 4, "max_seq_len": 128},
+    "training": {"batch_size": 8, "lr": 1e-2, "local_epochs": 6, "max_seq_len": 128},
     "dp_audit": {"records": 200},
 }
-STRONG_NOISE = {"noise_multiplier": 3.0, "max_grad_norm": 0.01}  # claims epsilon < 1
+# Claims epsilon ~0.15 over the 12 epochs. Adam makes training invariant to the clip norm
+# (noise scales with it), so a tiny norm changes nothing until clipping is switched off:
+# then the noise (sigma x norm) is negligible beside the unclipped gradients.
+STRONG_NOISE = {"noise_multiplier": 20.0, "max_grad_norm": 1e-4}
 
 _runs: dict[str, dict] = {}
 _folders: dict[str, Path] = {}  # run name -> run folder
@@ -59,18 +64,18 @@ def test_without_noise_the_record_level_bound_is_clearly_above_zero(tmp_path_fac
     facts = _record(summary)
     assert facts["records"] == 200 and facts["score"] == "llr"
     assert facts["epsilon_claimed"] == float("inf") and facts["verdict"] == "consistent"
-    assert facts["epsilon_one_run"] > 1.0
-    assert facts["correct_one_run"] > 0.9 * facts["guesses_one_run"] > 0
+    assert _bound(summary) > 0.2
+    assert facts["correct_one_run_fdp"] > 0.6 * facts["guesses_one_run_fdp"] > 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2], ids=["seed0", "seed1", "seed2"])
 def test_correct_dp_sgd_never_has_a_bound_above_its_epsilon(tmp_path_factory, tiny_raw, seed):
     summary = _audited_run(tmp_path_factory, tiny_raw, seed=seed, **STRONG_NOISE)
     facts = _record(summary)
-    assert 0 < facts["epsilon_claimed"] < 1.5
+    assert 0 < facts["epsilon_claimed"] < 0.3
     assert _bound(summary) <= facts["epsilon_claimed"]
-    assert _bound(summary) < 0.3  # strong noise: near zero
+    assert _bound(summary) < 0.05  # strong noise: near zero
     assert facts["verdict"] == "consistent"
 
 

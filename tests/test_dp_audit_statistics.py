@@ -17,6 +17,7 @@ from attacks.dp_audit import (
     gdp_lower_bound,
     one_run_bounds,
     record_scores,
+    token_log_probs,
     verdict,
 )
 
@@ -57,6 +58,23 @@ def test_record_score_is_the_log_likelihood_ratio_or_the_log_likelihood_without_
     base = [np.log([0.5, 0.25]), np.log([0.9, 0.8])]
     np.testing.assert_allclose(record_scores(final, base), [math.log(2), 0.0])
     np.testing.assert_allclose(record_scores(final, None), [math.log(0.25), math.log(0.72)])
+
+
+def test_token_log_probs_are_the_models_next_token_loss(tiny_raw):
+    from fedmem.config import build_config
+    from fedmem.models import build_model, load_tokenizer
+    from fedmem.training import encode_samples, mean_token_loss
+
+    config = build_config(tiny_raw)
+    tokenizer = load_tokenizer(config)
+    texts = ["audit k7q2m: x0zrt b91aa", "a longer second row, padded"]
+    rows = encode_samples(tokenizer, texts, 64)
+    model = build_model(config)
+    log_probs = token_log_probs(model, rows, tokenizer.pad_token_id)
+    assert [len(lp) for lp in log_probs] == [len(r) - 1 for r in rows]
+    for row, lp in zip(rows, log_probs, strict=True):
+        loss = mean_token_loss(model, [row], 1, tokenizer.pad_token_id)
+        assert -lp.mean() == pytest.approx(loss, rel=1e-5)
 
 
 def test_verdict_is_violation_only_when_a_lower_bound_exceeds_the_claim():
