@@ -53,9 +53,7 @@ def token_log_probs(
     return out
 
 
-def record_scores(
-    final: Sequence[np.ndarray], base: Sequence[np.ndarray] | None
-) -> np.ndarray:
+def record_scores(final: Sequence[np.ndarray], base: Sequence[np.ndarray] | None) -> np.ndarray:
     """Higher = more likely trained on. With `base`: the log-likelihood ratio of each record,
     fine-tuned vs before fine-tuning (summed over its tokens); without: its log-likelihood."""
     if base is None:

@@ -187,3 +187,38 @@ def test_opacus_prv_accountant_agrees_with_dp_accounting_pld_within_one_percent(
     independent = dp_accounting.pld.PLDAccountant()
     independent.compose(event, 152)
     assert ours.get_epsilon(delta=1e-5) == pytest.approx(independent.get_epsilon(1e-5), rel=0.01)
+
+
+def test_terminal_summary_shows_claim_bounds_and_verdict_of_each_audit():
+    from rich.console import Console
+
+    from fedmem.report import dp_audit_table
+
+    record = {
+        "records": 200,
+        "included": 97,
+        "epsilon_claimed": 0.15,
+        "claimed_by": "dp_sgd",
+        "delta": 1e-5,
+        "verdict": VIOLATION,
+        "epsilon_one_run": 0.31,
+        "guesses_one_run": 40,
+        "correct_one_run": 36,
+        "epsilon_one_run_fdp": 0.48,
+        "guesses_one_run_fdp": 40,
+        "correct_one_run_fdp": 36,
+    }
+    threat = {"epsilon_lower_bound": 1.5, "epsilon_estimate": 3.9}
+    client = {
+        "canaries": 64,
+        "epsilon_claimed": 4.4,
+        "delta": 1e-5,
+        "verdict": CONSISTENT,
+        "final_model": threat,
+        "all_iterates": threat,
+    }
+    console = Console(width=200, record=True)
+    console.print(dp_audit_table({"record": record, "client": client}))
+    text = console.export_text()
+    assert "0.480" in text and "36/40 guesses right" in text and "VIOLATION" in text
+    assert "gdp, all_iterates" in text and "Gaussian-fit estimate 3.900" in text
