@@ -222,3 +222,14 @@ def test_terminal_summary_shows_claim_bounds_and_verdict_of_each_audit():
     text = console.export_text()
     assert "0.480" in text and "36/40 guesses right" in text and "VIOLATION" in text
     assert "gdp, all_iterates" in text and "Gaussian-fit estimate 3.900" in text
+
+
+def test_our_tests_package_wins_over_the_one_jax_privacy_installs():
+    # jax-privacy's wheel puts a top-level `tests` package into site-packages.
+    from pathlib import Path
+
+    import jax_privacy.auditing  # noqa: F401  (imported first, as in a real run)
+
+    import tests
+
+    assert Path(tests.__file__).resolve().parent == Path(__file__).resolve().parent
