@@ -302,6 +302,32 @@ class ClientDPConfig:
     clip_norm_lr: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
     # Std of the noise on the clipped-count; 0 = Flower's default, sampled clients / 20.
     clipped_count_stddev: float = field(default=0.0, metadata=_range(0.0))
+    # The delta the client-level epsilon (dp_accounting, over all rounds) is reported at.
+    delta: float = field(default=1e-5, metadata=_range(0.0, 1.0, lo_open=True))
+
+
+DP_FAULTS = ("none", "no-clipping", "noise-tenth")
+
+
+@dataclass(frozen=True)
+class DPAuditConfig:
+    """One-run empirical privacy audits beside the accountant's epsilon (any DP run)."""
+
+    # Record level (Steinke et al. 2023; Mahloujifar et al. 2025): audit records, each put
+    # into one client's data with probability 1/2 (one row, no replicas); 0 = off.
+    records: int = field(default=200, metadata=_range(0))
+    # Audit-record score: "llr" = log-likelihood ratio of the record, final vs base model;
+    # "loss" = log-likelihood under the final model only.
+    score: str = field(default="llr", metadata=_choices("llr", "loss"))
+    # Client level (Andrew et al. 2023), under client_dp: canary clients whose update is a
+    # fixed random direction at the clip norm, plus as many never-inserted directions; 0 = off.
+    client_canaries: int = field(default=64, metadata=_range(0))
+    # Joint confidence of the lower bounds a verdict rests on.
+    confidence: float = field(default=0.95, metadata=_range(0.5, 1.0, lo_open=True))
+    # For auditing the auditor only: break DP-SGD on purpose while the accountant still
+    # reports the configured sigma ("no-clipping": per-record clipping off, same noise std;
+    # "noise-tenth": a tenth of the accounted noise).
+    fault: str = field(default="none", metadata=_choices(*DP_FAULTS))
 
 
 @dataclass(frozen=True)
@@ -337,6 +363,7 @@ class Config:
     secagg: SecAggConfig = SecAggConfig()
     client_dp: ClientDPConfig = ClientDPConfig()
     faults: FaultsConfig = FaultsConfig()
+    dp_audit: DPAuditConfig = DPAuditConfig()
 
     @property
     def run_dir(self) -> Path:
@@ -530,6 +557,13 @@ def _check_cross_fields(config: Config) -> None:
         _check_secagg(config)
     if config.client_dp.enabled:
         _check_client_dp(config)
+    if config.dp_audit.fault != "none" and not config.dp_sgd.enabled:
+        raise ConfigError(
+            f"dp_audit.fault = {config.dp_audit.fault!r}: breaks DP-SGD, "
+            "needs dp_sgd.enabled = true"
+        )
+    if config.dp_audit.confidence >= 1:
+        raise ConfigError(f"dp_audit.confidence = {config.dp_audit.confidence!r}: must be < 1")
     _check_faults(config)
 
 

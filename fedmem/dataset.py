@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from fedmem.audit_records import AuditRecord, audit_records, inject_audit_records
 from fedmem.canaries import (
     Canary,
     inject,
@@ -40,6 +41,7 @@ from fedmem.qa import (
 # Independent seed streams, so changing e.g. the canaries leaves the QA split untouched.
 _SPLIT_STREAM, _PARTITION_STREAM, _CANARY_STREAM, _INJECT_STREAM = 1, 2, 3, 4
 _EXPOSURE_STREAM, _EXPOSURE_INJECT_STREAM = 5, 6
+_AUDIT_RECORD_STREAM, _AUDIT_INJECT_STREAM = 7, 8
 
 
 def _seed(config: Config, stream: int) -> int:
@@ -56,6 +58,8 @@ class FederatedData:
     heldout_texts: tuple[str, ...]  # the held-out pairs rendered as training texts are
     canaries: tuple[Canary, ...]  # injected ones and their never-injected twins
     exposure_canaries: tuple[Canary, ...] = ()  # digit secrets, injected ones and twins
+    # DP audit records, included (one row each) or not; () when no DP audit runs.
+    audit_records: tuple[AuditRecord, ...] = ()
 
     @property
     def pooled_texts(self) -> tuple[str, ...]:
@@ -200,6 +204,8 @@ def build_federated_data(config: Config) -> FederatedData:
         client_weights=[len(idx) for idx in parts],
     )
     injected = inject(injected, exposure, seed=_seed(config, _EXPOSURE_INJECT_STREAM))
+    records = audit_records(config, seed=_seed(config, _AUDIT_RECORD_STREAM))
+    injected = inject_audit_records(injected, records, seed=_seed(config, _AUDIT_INJECT_STREAM))
     return FederatedData(
         client_texts=tuple(tuple(t) for t in injected),
         client_prompt_chars=tuple(tuple(prompt_chars.get(t, 0) for t in ts) for ts in injected),
@@ -207,6 +213,7 @@ def build_federated_data(config: Config) -> FederatedData:
         heldout_texts=tuple(render(pair)[0] for pair in heldout),
         canaries=tuple(canaries),
         exposure_canaries=tuple(exposure),
+        audit_records=records,
     )
 
 

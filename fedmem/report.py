@@ -125,9 +125,49 @@ def utility_line(row: dict) -> str:
     return f"held-out QA answer match {u['qa_accuracy']:.1%}; multiple choice {mcq}"
 
 
+def _eps(value: float) -> str:
+    return "inf" if value == float("inf") else f"{value:.3f}"
+
+
+def dp_audit_table(audit: dict) -> Table:
+    """The accountant's epsilon beside the one-run empirical lower bounds, per audit."""
+    table = Table(title="DP audit: claimed epsilon vs empirical lower bound (one run)")
+    for col in ("audit", "claimed eps", "delta", "lower bound", "method", "evidence", "verdict"):
+        table.add_column(col, justify="right")
+    if record := audit.get("record"):
+        claim = f"{_eps(record['epsilon_claimed'])} ({record['claimed_by']})"
+        for method in ("one_run", "one_run_fdp"):
+            if f"epsilon_{method}" not in record:
+                continue
+            table.add_row(
+                f"record ({record['included']}/{record['records']} records in)",
+                claim,
+                f"{record['delta']:g}",
+                _eps(record[f"epsilon_{method}"]),
+                method,
+                f"{record[f'correct_{method}']}/{record[f'guesses_{method}']} guesses right",
+                record["verdict"],
+            )
+    if client := audit.get("client"):
+        for threat in ("final_model", "all_iterates"):
+            facts = client[threat]
+            table.add_row(
+                f"client ({client['canaries']} canary clients)",
+                _eps(client["epsilon_claimed"]),
+                f"{client['delta']:g}",
+                _eps(facts["epsilon_lower_bound"]),
+                f"gdp, {threat}",
+                f"Gaussian-fit estimate {_eps(facts['epsilon_estimate'])}",
+                client["verdict"],
+            )
+    return table
+
+
 def print_summary(summary: dict, run_dir) -> None:
     final = summary["final"]
     console.print(summary_table(summary))
+    if "dp_audit" in summary:
+        console.print(dp_audit_table(summary["dp_audit"]))
     if "membership" in final:
         console.print(membership_table(final))
     if line := utility_line(final):

@@ -12,6 +12,7 @@ runs/<name>/
   exposure.jsonl    one line per round, vantage and exposure canary
   membership.jsonl  one line per round, vantage and scored sample (every MIA score)
   roc/round-NNN.json  ROC points per vantage, MIA score and population, for plotting
+  dp_audit_records.jsonl  the DP audit records and their inclusion bits (DP runs only)
   summary.json      the final round and run facts, written last
   checkpoint/       the final trainable state (adapter or full weights) as safetensors
   checkpoints/round-NNN/  the global state after round NNN (round-000 = before fine-tuning),
@@ -36,12 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedmem import audit_records
 from fedmem.audit import GLOBAL, audit_model, client_vantage
 from fedmem.canaries import to_jsonl_rows
 from fedmem.config import Config, ConfigError, build_config, to_dict
 from fedmem.dataset import build_federated_data
 from fedmem.mitigations.weight_noise import audit_sigma, noise_seed, noised_weights
-from fedmem.models import get_trainable_state, set_trainable_state, trainable_names
+from fedmem.models import build_model, get_trainable_state, set_trainable_state, trainable_names
+from fedmem.privacy_audit import RunDPAudit
 
 CHECKPOINTS = "checkpoints"
 RESUME_FILE = "resume.json"
@@ -188,6 +191,7 @@ class RunRecorder:
         self.on_round = on_round  # called with each metrics row (progress display)
         self.save_rounds = save_rounds
         self.client_view_note = client_view_note  # why no client view exists, if so
+        self.dp_audit: RunDPAudit | None = None  # built in start()
 
     def start(self, resume: bool = False) -> ResumePoint | None:
         """Prepare the run folder. Fresh: clear what an earlier run of the same name left.
@@ -210,6 +214,11 @@ class RunRecorder:
             self.folder / "exposure_canaries.jsonl", to_jsonl_rows(data.exposure_canaries)
         )
 
+        (self.folder / "dp_audit_records.jsonl").unlink(missing_ok=True)
+        if data.audit_records:  # the inclusion bits: read by the auditor only
+            rows = audit_records.to_jsonl_rows(data.audit_records)
+            write_jsonl(self.folder / "dp_audit_records.jsonl", rows)
+        self.dp_audit = RunDPAudit(self.config)
         return None
 
     def record_client_view(self, server_round: int, client: int, model: torch.nn.Module) -> dict:
@@ -269,7 +278,22 @@ class RunRecorder:
         folder = round_checkpoint_dir(self.folder, done)
         state = json.loads((folder / RESUME_FILE).read_text())
         self.started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
+        self.dp_audit = self._replayed_dp_audit(done)
         return ResumePoint(round=done, folder=folder, state=state)
+
+    def _replayed_dp_audit(self, done: int) -> RunDPAudit:
+        """The DP audit as it stood after round `done`: it remembers the round-0 model and
+        sums over the rounds seen, so it is fed the saved global states again."""
+        dp_audit = RunDPAudit(self.config)
+        if not dp_audit.active:
+            return dp_audit
+        model = build_model(self.config, seed=self.config.seed)
+        for server_round in range(done + 1):
+            folder = round_checkpoint_dir(self.folder, server_round)
+            if (folder / TRAINABLE_FILE).is_file():
+                load_checkpoint(folder, model)
+                dp_audit.replay(server_round, model)
+        return dp_audit
 
     def record(
         self,
@@ -309,6 +333,10 @@ class RunRecorder:
         }
         if self.config.dp_sgd.enabled:
             row["dp_epsilon_max"] = self._epsilon_max(clients)
+        if self.dp_audit is not None:  # on the trained model itself, never weight-noised
+            dp_audit = self.dp_audit.measure(server_round, model, row.get("dp_epsilon_max"))
+            if dp_audit:
+                row["dp_audit"] = dp_audit
         self.rows.append(row)
         for name, rows in audit.rows.items():
             self.item_rows[name].extend({"round": server_round, **r} for r in rows)
@@ -367,6 +395,8 @@ class RunRecorder:
             },
             "final": self.rows[-1],
         }
+        if "dp_audit" in self.rows[-1]:
+            summary["dp_audit"] = self.rows[-1]["dp_audit"]
         atomic_write_json(self.folder / "summary.json", summary)
         return summary
 

@@ -20,7 +20,9 @@ from fedmem.config import Config, ConfigError, from_run_config, to_run_config
 from fedmem.mitigations import client_dp, secure_aggregation
 from fedmem.mitigations.dp_sgd import RESUMED_HISTORIES
 from fedmem.models import build_model, get_trainable_state, set_trainable_state
+from fedmem.privacy_audit import client_canaries_enabled
 from fedmem.results import RunRecorder, load_checkpoint
+from server.canary_clients import CanaryClients
 from server.measure import MeasuredFitWorkflow
 from server.rounds import RoundFitStage
 from server.strategy import AuditedFedAvg
@@ -60,7 +62,12 @@ def run_server(
         initial_parameters=ndarrays_to_parameters(get_trainable_state(model)),
         on_fit_config_fn=fit_config,
     )
-    strategy = client_dp.wrap_strategy(config, audited)
+    aggregating = audited
+    if client_canaries_enabled(config):  # the client-level DP audit's canary clients
+        aggregating = CanaryClients(
+            audited, config, clip_norm=lambda: client_dp.round_facts(strategy)["clip_norm"]
+        )
+    strategy = client_dp.wrap_strategy(config, aggregating)
     if point:
         client_dp.restore_strategy_state(strategy, point.state.get("strategy", {}))
     measured = MeasuredFitWorkflow(fit_workflow)

@@ -30,6 +30,7 @@ TINY_OVERRIDES = {
     "federation": {"num_clients": 2, "rounds": 2},
     "training": {"batch_size": 8, "lr": 3e-3, "max_seq_len": 128},
     "attack": {"prefix_tokens": 16, "suffix_tokens": 16},
+    "dp_audit": {"records": 40, "client_canaries": 8},  # DP runs: a small audit
 }
 
 

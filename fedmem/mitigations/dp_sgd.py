@@ -24,6 +24,7 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers import DPOptimizer
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmem.config import Config, DPSGDConfig, TrainingConfig
@@ -36,6 +37,7 @@ HISTORY_METRIC = "dp_history"
 # The fit-config key under which a resumed server hands clients their saved histories
 # (JSON: client index -> record).
 RESUMED_HISTORIES = "dp_sgd.resumed_histories"
+UNCLIPPED = 1e12  # a clip norm no per-record gradient reaches
 
 
 def sample_rate(n_rows: int, batch_size: int) -> float:
@@ -87,6 +89,7 @@ class PrivateTraining:
     noise_multiplier: float
     sample_rate: float
     accountant: IAccountant
+    fault: str = "none"  # dp_audit.fault: a deliberately broken mechanism (auditing the auditor)
 
     def variant(
         self,
@@ -131,6 +134,26 @@ def private_training(
         noise_multiplier=noise_multiplier(cfg, rate, total),
         sample_rate=rate,
         accountant=accountant_from_record(cfg.accountant, history),
+        fault=config.dp_audit.fault,
+    )
+
+
+def break_mechanism(optimizer: DPOptimizer, private: PrivateTraining) -> None:
+    """For auditing the auditor only (`dp_audit.fault`): break DP-SGD while the accountant
+    keeps accounting the configured sigma, as a buggy implementation would.
+    "no-clipping": per-record gradients are not clipped, the noise std stays sigma * C;
+    "noise-tenth": the noise is a tenth of the accounted one."""
+    sigma, clip = private.noise_multiplier, private.cfg.max_grad_norm
+    if private.fault == "no-clipping":
+        optimizer.max_grad_norm = UNCLIPPED
+        optimizer.noise_multiplier = sigma * clip / UNCLIPPED  # opacus' std: multiplier x norm
+    elif private.fault == "noise-tenth":
+        optimizer.noise_multiplier = sigma / 10
+    else:
+        raise ValueError(f"unknown DP fault {private.fault!r}")
+    accountant, rate = private.accountant, private.sample_rate
+    optimizer.attach_step_hook(
+        lambda _optimizer: accountant.step(noise_multiplier=sigma, sample_rate=rate)
     )
 
 
@@ -161,6 +184,8 @@ class DPSteps(StepVariant):
         )
         if not math.isclose(1 / len(dp_loader), private.sample_rate):
             raise RuntimeError("opacus' sample rate differs from the one sigma was derived for")
+        if private.fault != "none":
+            break_mechanism(dp_optimizer, private)
         # Clipping happens per record inside the DP optimizer, never on the noisy sum.
         super().__init__(module, dp_optimizer, n_rows, cfg)
         self.grad_clip = 0.0

@@ -1,0 +1,173 @@
+"""One-run DP audits: attack scores and the epsilon lower bounds they imply.
+
+Record level (DP-SGD): score each audit record by how much more likely the fine-tuned model
+finds it than the model before fine-tuning (log-likelihood ratio; plain log-likelihood as the
+fallback), then bound epsilon from the scores of included vs excluded records with the one-run
+methods of Steinke, Nasr and Jagielski (NeurIPS 2023) and Mahloujifar, Melis and Chaudhuri
+(ICML 2025).
+
+Client level (DP-FedAvg), after Andrew et al. (arXiv 2302.03098): canary clients send a fixed
+random direction; the statistic is the cosine between each direction and the model's change,
+for inserted canaries and for never-inserted directions. Epsilon comes from a Gaussian fit of
+the two distributions (their estimate) and from a Gaussian-DP lower bound at the confidence
+asked (jax-privacy's `epsilon_from_gdp`, made one-sided: see `gdp_lower_bound`).
+
+The statistics are jax-privacy's `CanaryScoreAuditor` and dp-accounting's Gaussian mechanism
+(plus scipy's Clopper-Pearson bound where jax-privacy's GDP bound is unsound), imported when
+an audit needs them (about a second each).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attacks.likelihood import token_logprobs
+
+CONSISTENT, VIOLATION = "consistent", "VIOLATION"
+
+
+# ----------------------------------------------------------------------- record level
+
+
+def token_log_probs(
+    model: torch.nn.Module, rows: Sequence[list[int]], pad_id: int, batch_size: int = 32
+) -> list[np.ndarray]:
+    """Per row, the log-probability the model gives each next token ([len(row) - 1] floats)."""
+    scores = token_logprobs(model, rows, pad_id, batch_size)
+    return [s.logprob.numpy() for s in scores]
+
+
+def record_scores(final: Sequence[np.ndarray], base: Sequence[np.ndarray] | None) -> np.ndarray:
+    """Higher = more likely trained on. With `base`: the log-likelihood ratio of each record,
+    fine-tuned vs before fine-tuning (summed over its tokens); without: its log-likelihood."""
+    if base is None:
+        return np.array([f.sum() for f in final])
+    return np.array([f.sum() - b.sum() for f, b in zip(final, base, strict=True)])
+
+
+@dataclass(frozen=True)
+class OneRunBound:
+    epsilon: float  # lower bound on epsilon at the significance asked
+    guesses: int  # records guessed "included" at the threshold the bound used
+    correct: int  # of those, really included
+
+
+def one_run_bounds(
+    in_scores: np.ndarray, out_scores: np.ndarray, delta: float, significance: float
+) -> dict[str, OneRunBound]:
+    """Epsilon lower bounds from one run, by both methods: `one_run` (Steinke et al.) and
+    `one_run_fdp` (Mahloujifar et al.), each holding with probability 1 - significance.
+    Thresholds are searched with the library's Bonferroni correction."""
+    from jax_privacy.auditing import CanaryScoreAuditor
+
+    auditor = CanaryScoreAuditor(in_scores, out_scores)
+    scores = np.concatenate([in_scores, out_scores])
+    bounds = {}
+    for name, fdp in (("one_run", False), ("one_run_fdp", True)):
+        public = (auditor.epsilon_one_run_fdp if fdp else auditor.epsilon_one_run)(
+            significance, delta
+        )
+        # The public methods return epsilon only; the threshold they chose (and so the guess
+        # counts) comes from the same search, run again through its internal entry point
+        # with the same Bonferroni-corrected significance.
+        per_threshold = significance / len(auditor._fn_counts)
+        eps, threshold = auditor._epsilon_one_run_all_thresholds(
+            per_threshold, delta, True, None, use_fdp=fdp
+        )
+        if not math.isclose(eps, public, rel_tol=1e-9, abs_tol=1e-12):
+            raise RuntimeError(f"jax-privacy {name}: threshold search differs: {eps} vs {public}")
+        guesses = int((scores >= threshold).sum()) if eps > 0 else 0
+        correct = int((in_scores >= threshold).sum()) if eps > 0 else 0
+        bounds[name] = OneRunBound(float(public), guesses, correct)
+    return bounds
+
+
+def attack_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    from jax_privacy.auditing import CanaryScoreAuditor
+
+    return float(CanaryScoreAuditor(in_scores, out_scores).attack_auroc())
+
+
+# ----------------------------------------------------------------------- client level
+
+
+def canary_direction(dim: int, seed: int, index: int) -> np.ndarray:
+    """Unit vector, isotropic in `dim` dimensions, a pure function of (seed, index)."""
+    v = np.random.default_rng([seed, index]).standard_normal(dim, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def cosine(direction: np.ndarray, change: np.ndarray) -> float:
+    norm = float(np.linalg.norm(change))
+    return float(direction @ change) / norm if norm > 0 else 0.0
+
+
+def gaussian_fit_epsilon(in_stats: np.ndarray, out_stats: np.ndarray, delta: float) -> float:
+    """Andrew et al.'s estimate: the two statistic distributions fitted as Gaussians, their
+    mean gap over the never-inserted spread read as mu-GDP, converted to (epsilon, delta)."""
+    import dp_accounting
+
+    mu = (float(np.mean(in_stats)) - float(np.mean(out_stats))) / float(np.std(out_stats, ddof=1))
+    if mu <= 0:
+        return 0.0
+    # mu-GDP is the Gaussian mechanism with sensitivity 1 and noise std 1 / mu.
+    return float(dp_accounting.get_epsilon_gaussian(1 / mu, delta))
+
+
+def gdp_lower_bound(
+    in_stats: np.ndarray, out_stats: np.ndarray, delta: float, significance: float
+) -> float:
+    """A lower bound on epsilon through Gaussian DP, holding with probability 1 - significance:
+    at every threshold ("inserted" = statistic >= threshold), Clopper-Pearson upper bounds on
+    the false-positive and false-negative rates (Bonferroni over all of them) bound mu from
+    below by isf(FPR) - ppf(FNR) (Dong, Roth and Su 2019, eq. 6); the largest is converted.
+
+    This is jax-privacy's `epsilon_from_gdp` made one-sided: in 2.0.0 that method keeps the
+    largest |mu|, and a threshold where the two upper bounds sum past 1 (e.g. one that calls
+    almost everything inserted) then reads as strong leakage in reverse: on two samples of one
+    distribution it reports epsilon 4 to 6 at delta 1e-5 (pinned by a strict xfail test).
+    """
+    import dp_accounting
+    from scipy.stats import beta, norm
+
+    in_stats, out_stats = np.asarray(in_stats), np.asarray(out_stats)
+    thresholds = np.unique(np.concatenate([in_stats, out_stats]))
+    false_neg = np.searchsorted(np.sort(in_stats), thresholds, side="left")
+    false_pos = len(out_stats) - np.searchsorted(np.sort(out_stats), thresholds, side="left")
+    alpha = significance / (2 * len(thresholds))
+
+    def upper(k: np.ndarray, n: int) -> np.ndarray:  # Clopper-Pearson, one-sided
+        return np.where(k < n, beta.ppf(1 - alpha, k + 1, n - np.minimum(k, n - 1)), 1.0)
+
+    mu = norm.isf(upper(false_pos, len(out_stats))) - norm.ppf(upper(false_neg, len(in_stats)))
+    best = float(np.max(mu, initial=0.0))
+    if best <= 0:
+        return 0.0
+    # mu-GDP is the Gaussian mechanism with sensitivity 1 and noise std 1 / mu.
+    return float(dp_accounting.get_epsilon_gaussian(1 / best, delta))
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def gaussian_composition_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Epsilon of `rounds` Gaussian mechanisms of noise `noise_multiplier` x sensitivity
+    (DP-FedAvg with every client in every round; sampling would only lower it): exactly
+    sqrt(rounds) / noise_multiplier GDP."""
+    import dp_accounting
+
+    if rounds == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    return float(dp_accounting.get_epsilon_gaussian(noise_multiplier / math.sqrt(rounds), delta))
+
+
+def verdict(lower_bounds: Sequence[float], claimed: float) -> str:
+    """`VIOLATION` when a lower bound exceeds the claimed epsilon, else `consistent`."""
+    return VIOLATION if max(lower_bounds) > claimed else CONSISTENT

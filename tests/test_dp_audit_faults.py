@@ -1,0 +1,90 @@
+"""`dp_audit.fault` (auditing the auditor): DP-SGD broken on purpose, accountant unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fedmem.config import ConfigError, build_config
+from fedmem.mitigations.dp_sgd import private_training
+from fedmem.models import build_model, load_tokenizer
+from fedmem.training import collate, encode_samples, record_losses
+
+TEXTS = [f"Question: which drug treats condition {i}?\nAnswer: drug {i * 7}" for i in range(4)]
+
+
+def _config(tiny_raw, fault: str, **dp):
+    raw = copy.deepcopy(tiny_raw)
+    raw["training"].update(batch_size=4)
+    raw["dp_sgd"] = {"enabled": True, "poisson": False, **dp}
+    raw["dp_audit"] = {"fault": fault}
+    return build_config(raw)
+
+
+def _one_step(config, rows, empty: bool = False):
+    """The gradient the wrapped optimizer applies in one DP step, and the private training."""
+    model = build_model(config).train()
+    private = private_training(config, len(rows))
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen: list[torch.Tensor] = []
+    inner = torch.optim.SGD(params, lr=0.0)
+    inner.register_step_pre_hook(lambda *_: seen.extend(p.grad.clone() for p in params))
+    steps = private.variant(model, inner, len(rows), config.training)
+    if empty:
+        steps.empty_batch()
+    else:
+        pad = load_tokenizer(config).pad_token_id
+        steps.loss(collate(rows, pad)).backward()
+    steps.step()
+    steps.close()
+    return torch.cat([g.flatten() for g in seen]), private
+
+
+def test_no_clipping_fault_applies_the_unclipped_gradient(tiny_raw):
+    clip = 1e-3  # every record's gradient is far above it
+    rows = encode_samples(load_tokenizer(_config(tiny_raw, "none")), TEXTS, 64)
+    intact = _config(tiny_raw, "none", noise_multiplier=0.0, max_grad_norm=clip)
+    clipped, _ = _one_step(intact, rows)
+    broken, _ = _one_step(
+        _config(tiny_raw, "no-clipping", noise_multiplier=0.0, max_grad_norm=clip), rows
+    )
+    reference = build_model(_config(tiny_raw, "none")).train()
+    pad = load_tokenizer(_config(tiny_raw, "none")).pad_token_id
+    one = collate(rows, pad)
+    loss = record_losses(reference(input_ids=one.input_ids).logits, one.labels).mean()
+    loss.backward()  # the plain mean of per-record gradients: nothing clipped
+    plain = torch.cat([p.grad.flatten() for p in reference.parameters() if p.requires_grad])
+    assert clipped.norm() <= clip * 1.0001
+    torch.testing.assert_close(broken, plain, atol=1e-5 * float(plain.abs().max()), rtol=1e-3)
+
+
+@pytest.mark.parametrize("fault", ["no-clipping", "noise-tenth"])
+def test_a_broken_mechanism_is_still_accounted_at_the_configured_sigma(tiny_raw, fault):
+    config = _config(tiny_raw, fault, noise_multiplier=2.0)
+    rows = encode_samples(load_tokenizer(config), TEXTS, 64)
+    _, private = _one_step(config, rows)
+    assert private.accountant.history == [(2.0, 1.0, 1)]  # 4 rows in batches of 4: q = 1
+    assert private.metrics()["dp_noise_multiplier"] == 2.0
+
+
+@pytest.mark.parametrize(("fault", "ratio"), [("no-clipping", 1.0), ("noise-tenth", 0.1)])
+def test_fault_noise_std_relative_to_the_accounted_noise(tiny_raw, fault, ratio):
+    sigma, clip = 2.0, 0.5
+    rows = encode_samples(load_tokenizer(_config(tiny_raw, "none")), TEXTS, 64)
+    intact, _ = _one_step(
+        _config(tiny_raw, "none", noise_multiplier=sigma, max_grad_norm=clip), rows, empty=True
+    )
+    broken, _ = _one_step(
+        _config(tiny_raw, fault, noise_multiplier=sigma, max_grad_norm=clip), rows, empty=True
+    )
+    # A noise-only step: the gradient is N(0, (sigma * clip)^2) / expected batch size (4).
+    assert float(intact.std()) == pytest.approx(sigma * clip / 4, rel=0.02)
+    assert float(broken.std()) == pytest.approx(ratio * sigma * clip / 4, rel=0.02)
+
+
+def test_a_fault_without_dp_sgd_is_rejected_naming_both_keys(tiny_raw):
+    raw = {**tiny_raw, "dp_audit": {"fault": "no-clipping"}}
+    with pytest.raises(ConfigError, match=r"dp_audit\.fault.*dp_sgd\.enabled"):
+        build_config(raw)
