@@ -8,6 +8,9 @@ runs/<name>/
   extraction.jsonl  one line per round and canary
   summary.json      the final round and run facts, written last
   checkpoint/       the final trainable state (adapter or full weights) as safetensors
+
+A finished run is also ingested into the results store next to its folder
+(`<output.dir>/fedmem.sqlite`, fedmem.store).
 """
 
 from __future__ import annotations
@@ -153,4 +156,7 @@ class RunRecorder:
             "final": self.rows[-1],
         }
         atomic_write_json(self.folder / "summary.json", summary)
+        from fedmem.store import ingest_run  # the store indexes finished runs only
+
+        ingest_run(self.folder)  # into <output.dir>/fedmem.sqlite, one transaction
         return summary
