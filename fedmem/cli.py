@@ -128,7 +128,7 @@ def report(path: str) -> None:
 def compare(run_a: str, run_b: str) -> None:
     from fedmem.report import comparison_table, console
 
-    console.print(comparison_table(run_a, run_b))
+    console.print(comparison_table(run_a, run_b), width=max(console.width, 120))
 
 
 def ingest(path: str, db: str | None) -> None:

@@ -134,7 +134,7 @@ def print_report(report) -> None:
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row in report.table[1:]:
         table.add_row(*row)
-    console.print(table)
+    console.print(table, width=max(console.width, 120))
     for missing in report.absent:
         console.print(f"not in these runs: {missing}")
     console.print(f"report: {report.markdown} and {report.html} ({len(report.figures)} figures)")

@@ -104,6 +104,7 @@ def finished_sweep(tmp_path_factory):
     partial = sweep.cells[3].run_dir
     partial_rounds = [json.loads(line)["round"] for line in
                       (partial / "metrics.jsonl").read_text().splitlines()]
+    partial_finished = (partial / "summary.json").exists()
     (partial / "left-over-from-the-killed-run").write_text("x")
     mtimes = {n: (folder / "runs" / "tiny-sweep" / n / "summary.json").stat().st_mtime_ns
               for n in finished_first}
@@ -119,6 +120,7 @@ def finished_sweep(tmp_path_factory):
         sweep=sweep,
         finished_first=finished_first,
         partial_rounds=partial_rounds,
+        partial_finished=partial_finished,
         mtimes=mtimes,
         rerun=rerun,
         returned=returned,

@@ -114,7 +114,8 @@ def test_every_sweep_file_in_configs_expands_and_validates():
 def test_the_interruption_left_three_finished_cells_and_a_partial_one(finished_sweep):
     names = [c.name for c in finished_sweep.sweep.cells]
     assert finished_sweep.finished_first == sorted(names[:3])
-    assert finished_sweep.partial_rounds == [0]
+    assert finished_sweep.partial_rounds == [0, 1]  # audited, then killed before summary.json
+    assert not finished_sweep.partial_finished
 
 
 def test_resuming_runs_only_the_missing_cells(finished_sweep):
