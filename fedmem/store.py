@@ -208,9 +208,9 @@ def _audit_extras(run_dir: Path) -> tuple[list[tuple], list[tuple]]:
     for file in sorted(run_dir.rglob("*.json*")):
         if file.name in ("config.json", "summary.json", "canaries.jsonl", SWEEP_FILE):
             continue
-        if "checkpoint" in file.parts[len(run_dir.parts):-1] or file.suffix not in (
-            ".json", ".jsonl"
-        ):
+        inner = file.parts[len(run_dir.parts):-1]
+        if any(p.startswith("checkpoint") for p in inner) or file.suffix not in (".json",
+                                                                                  ".jsonl"):
             continue
         try:
             text = file.read_text()
