@@ -17,6 +17,7 @@ store from folders. Schema (README, "Results store"):
                   `fpr` and `tpr` lists), when an audit wrote them
   exposure        per-canary exposure found in the run folder's JSONL rows (`canary_id` and a
                   numeric `exposure`), when an audit wrote them
+                  (both: the global model's view only; checkpoint*/ and audits/ are skipped)
 
 `query(path, sql)` returns a pandas DataFrame; `rounds_wide(path)` pivots round_metrics.
 """
@@ -201,6 +202,17 @@ def _round_of(obj: dict, file: Path, outer: dict | None) -> int | None:
     return None
 
 
+def _global_view(obj: dict, outer: dict | None, key_path: str) -> bool:
+    """Only the global model's audit (the view of any participant) goes into mia_roc and
+    exposure: rows or curves of a client's vantage point (`vantage` = "client-i", or a key
+    path starting with "client") are left to the files."""
+    for source in (obj, outer or {}):
+        vantage = source.get("vantage")
+        if isinstance(vantage, str) and vantage != "global":
+            return False
+    return not key_path.startswith("client")
+
+
 def _audit_extras(run_dir: Path) -> tuple[list[tuple], list[tuple]]:
     """ROC points and per-canary exposures that audits wrote anywhere in the run folder."""
     roc: list[tuple] = []
@@ -209,9 +221,10 @@ def _audit_extras(run_dir: Path) -> tuple[list[tuple], list[tuple]]:
         if file.name in ("config.json", "summary.json", "canaries.jsonl", SWEEP_FILE):
             continue
         inner = file.parts[len(run_dir.parts):-1]
-        if any(p.startswith("checkpoint") for p in inner) or file.suffix not in (".json",
-                                                                                  ".jsonl"):
-            continue
+        if any(p.startswith("checkpoint") or p == "audits" for p in inner) or file.suffix not in (
+            ".json", ".jsonl"
+        ):
+            continue  # saved states, and re-audits (their own files, never the run's audit)
         try:
             text = file.read_text()
             docs = [json.loads(text)] if file.suffix == ".json" else [
@@ -222,6 +235,8 @@ def _audit_extras(run_dir: Path) -> tuple[list[tuple], list[tuple]]:
         for doc in docs:
             outer = doc if isinstance(doc, dict) else None
             for key_path, obj in _json_objects(doc):
+                if not _global_view(obj, outer, key_path):
+                    continue
                 fpr, tpr = obj.get("fpr"), obj.get("tpr")
                 if (
                     isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr)
