@@ -1,9 +1,12 @@
-"""What a person reads in the terminal: a line per round and the final summary table."""
+"""What a person reads in the terminal: a line per round, the final summary table, sweep
+progress, the report's table and the side-by-side comparison of two runs."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -190,3 +193,131 @@ def print_summary(summary: dict, run_dir) -> None:
         f"{summary['wall_time_s']:.0f}s"
     )
     console.print(f"run folder: {run_dir}")
+
+
+# ------------------------------------------------------------------------------ sweeps
+
+
+@contextmanager
+def sweep_progress(sweep) -> Iterator:
+    """Progress bars over a sweep's cells and the current cell's rounds; yields SweepEvents
+    that also print one line per finished or skipped cell."""
+    from fedmem.sweep import SweepEvents
+
+    columns = (TextColumn("{task.description:>7}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("{task.fields[cell]}"))
+    total = len(sweep.cells)
+    with Progress(*columns, console=console, transient=True) as progress:
+        cells = progress.add_task("cells", total=total, cell="")
+        rounds = progress.add_task("rounds", total=1, cell="")
+
+        def cell_started(index: int, cell) -> None:
+            progress.update(rounds, total=cell.config.federation.rounds, completed=0,
+                            cell=cell.name)
+            progress.update(cells, cell=f"now: {cell.name}")
+
+        def round_done(row: dict) -> None:
+            progress.update(rounds, completed=row["round"])
+
+        def cell_done(index: int, cell, skipped: bool) -> None:
+            progress.update(cells, advance=1)
+            head = f"cell {index + 1}/{total} {cell.name}: "
+            if skipped:
+                progress.console.print(head + "finished before, skipped")
+                return
+            summary = json.loads((cell.run_dir / "summary.json").read_text())
+            final = summary["final"]
+            progress.console.print(
+                head + f"exact {final['extraction']['injected']['exact_rate']:.1%}  "
+                f"token acc {final['extraction']['injected']['token_accuracy']:.1%}  "
+                f"held-out ppl {final['heldout_perplexity']:.2f}  ({summary['wall_time_s']:.0f}s)"
+            )
+
+        yield SweepEvents(cell_started, round_done, cell_done)
+
+
+def print_cells(name: str, folder: Path, rows: list[dict]) -> None:
+    table = Table(title=f"{name}: {len(rows)} cells in {folder} (dry run, nothing runs)")
+    for col in ("#", "cell", "status"):
+        table.add_column(col)
+    for i, row in enumerate(rows, 1):
+        table.add_row(str(i), row["cell"], row["status"])
+    console.print(table)
+
+
+def print_report(report) -> None:
+    table = Table(title=f"{report.folder}: final round, mean ± std over seeds")
+    for i, col in enumerate(report.table[0]):
+        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
+    for row in report.table[1:]:
+        table.add_row(*row)
+    console.print(table, width=max(console.width, 120))
+    for missing in report.absent:
+        console.print(f"not in these runs: {missing}")
+    console.print(f"report: {report.markdown} and {report.html} ({len(report.figures)} figures)")
+
+
+# ----------------------------------------------------------------------------- compare
+
+COMPARE_SKIP = ("clients.", "fit_stage.", "extraction.by_client.", "elapsed_s", "round")
+
+
+def _run_facts(folder: Path) -> tuple[dict, dict]:
+    from fedmem.store import RUN_FILES, StoreError, flatten, mitigations_label
+
+    folder = Path(folder)
+    if not (folder / "summary.json").exists():
+        raise StoreError(f"{folder}: not a finished run folder (no {RUN_FILES[-1]})")
+    config = json.loads((folder / "config.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
+    facts = {
+        "mode": config["mode"],
+        "model": config["model"]["name"],
+        "finetuning": config["model"]["finetuning"],
+        "mitigations": mitigations_label(config),
+        "seed": config["seed"],
+        "rounds": summary["rounds"],
+        "trainable parameters": summary["trainable_parameters"],
+        "wall time (s)": summary["wall_time_s"],
+    }
+    metrics = {k: v for k, v in flatten(summary["final"]).items()
+               if not k.startswith(COMPARE_SKIP)}
+    return {"facts": facts, "metrics": metrics}, config
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def comparison_table(run_a: str | Path, run_b: str | Path) -> Table:
+    """Facts, final-round metrics and differing config keys of two runs, with B - A."""
+    a, config_a = _run_facts(Path(run_a))
+    b, config_b = _run_facts(Path(run_b))
+    table = Table(title=f"A = {run_a}   B = {run_b}")
+    for col, justify in (("", "left"), ("A", "right"), ("B", "right"), ("B - A", "right")):
+        table.add_column(col, justify=justify)
+    for key, value in a["facts"].items():
+        table.add_row(key, _cell(value), _cell(b["facts"][key]), "")
+    table.add_section()
+    for key in sorted(set(a["metrics"]) | set(b["metrics"])):
+        va, vb = a["metrics"].get(key), b["metrics"].get(key)
+        delta = f"{vb - va:+.4g}" if va is not None and vb is not None else ""
+        table.add_row(key, _cell(va), _cell(vb), delta)
+    table.add_section()
+    flat_a, flat_b = _flat(config_a), _flat(config_b)
+    for key in sorted(set(flat_a) | set(flat_b)):
+        if key not in ("name", "output.dir") and flat_a.get(key) != flat_b.get(key):
+            table.add_row(f"config {key}", _cell(flat_a.get(key)), _cell(flat_b.get(key)), "")
+    return table
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out

@@ -22,6 +22,9 @@ runs/<name>/
     resume.json            what else resuming needs (accountants, strategy state), written
                            last: a round whose resume.json exists is complete
   audits/<name>/    a re-audit (`fedmem audit`): the same audit files for saved rounds
+
+A finished run is also ingested into the results store next to its folder
+(`<output.dir>/fedmem.sqlite`, fedmem.store).
 """
 
 from __future__ import annotations
@@ -398,6 +401,9 @@ class RunRecorder:
         if "dp_audit" in self.rows[-1]:
             summary["dp_audit"] = self.rows[-1]["dp_audit"]
         atomic_write_json(self.folder / "summary.json", summary)
+        from fedmem.store import ingest_run  # the store indexes finished runs only
+
+        ingest_run(self.folder)  # into <output.dir>/fedmem.sqlite, one transaction
         return summary
 
 

@@ -43,3 +43,87 @@ def tiny_raw(tmp_path) -> dict:
     raw["name"] = "tiny"
     raw["output"] = {"dir": str(tmp_path / "runs")}
     return raw
+
+
+# ------------------------------------------------------------------ a finished tiny sweep
+
+
+def write_toml(path: Path, raw: dict) -> Path:
+    """A nested mapping as TOML (top-level values first, then one table per section)."""
+    import json
+
+    lines = [f"{k} = {json.dumps(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    for section, table in raw.items():
+        if isinstance(table, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+TINY_SWEEP = {
+    "name": "tiny-sweep",
+    "base": "base.toml",
+    "grid": {"model.finetuning": ["full", "lora"], "goldfish.enabled": [False, True],
+             "seed": [0, 1]},
+}
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory):
+    """A 2x2 grid x 2 seeds of tiny centralized runs, interrupted by a failure injected in the
+    middle of its 4th cell, then resumed. Yields what both attempts did."""
+    import copy
+    import json
+    from types import SimpleNamespace
+
+    from fedmem.cli import train_and_audit
+    from fedmem.store import query
+    from fedmem.sweep import load_sweep, run_sweep
+
+    folder = tmp_path_factory.mktemp("sweep")
+    base = copy.deepcopy(TINY_OVERRIDES)
+    base.update(name="tiny", mode="centralized", output={"dir": str(folder / "runs")})
+    base["federation"] = {**base["federation"], "rounds": 1}
+    write_toml(folder / "base.toml", base)
+    sweep = load_sweep(write_toml(folder / "sweep.toml", TINY_SWEEP))
+
+    class Interrupted(Exception):
+        pass
+
+    def failing_fourth_cell(config, on_round):
+        def on_round_then_fail(row):
+            if row["round"] == 1:
+                raise Interrupted("killed in the middle of a cell")
+
+        fail = config.name == sweep.cells[3].name
+        train_and_audit(config, on_round_then_fail if fail else on_round)
+
+    with pytest.raises(Interrupted):
+        run_sweep(sweep, failing_fourth_cell)
+    finished_first = sorted(c.name for c in sweep.cells if (c.run_dir / "summary.json").exists())
+    partial = sweep.cells[3].run_dir
+    partial_rounds = [json.loads(line)["round"] for line in
+                      (partial / "metrics.jsonl").read_text().splitlines()]
+    partial_finished = (partial / "summary.json").exists()
+    (partial / "left-over-from-the-killed-run").write_text("x")
+    mtimes = {n: (folder / "runs" / "tiny-sweep" / n / "summary.json").stat().st_mtime_ns
+              for n in finished_first}
+
+    rerun: list[str] = []
+
+    def counting(config, on_round):
+        rerun.append(config.name)
+        train_and_audit(config, on_round)
+
+    returned = run_sweep(sweep, counting)
+    yield SimpleNamespace(
+        sweep=sweep,
+        finished_first=finished_first,
+        partial_rounds=partial_rounds,
+        partial_finished=partial_finished,
+        mtimes=mtimes,
+        rerun=rerun,
+        returned=returned,
+        runs_after_sweep=query(sweep.folder, "runs"),
+    )

@@ -1,0 +1,31 @@
+"""configs/paper/: the reference study's setting at full scale, valid config today."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedmem.config import load_config
+
+PAPER = sorted((Path(__file__).resolve().parents[1] / "configs" / "paper").glob("*.toml"))
+
+
+def test_there_is_a_lora_and_a_full_preset_per_model():
+    stems = {p.stem for p in PAPER}
+    for model in ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"):
+        assert {f"{model}-lora", f"{model}-full"} <= stems
+
+
+@pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])
+def test_preset_validates_with_the_study_settings(path):
+    config = load_config(path)
+    assert config.model.name.startswith("meta-llama/Llama-3")
+    assert config.model.finetuning == path.stem.rsplit("-", 1)[1]
+    assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (16, 8.0, 0.05)
+    assert (config.federation.num_clients, config.federation.rounds) == (3, 5)
+    assert config.training.local_epochs == 1 and config.training.max_seq_len == 1024
+    counts = config.canaries.replica_counts
+    assert counts.count(10) / len(counts) == pytest.approx(0.3)
+    assert counts.count(1) / len(counts) == pytest.approx(0.7)
+    assert config.attack.suffix_tokens == 50

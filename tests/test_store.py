@@ -1,0 +1,128 @@
+"""The results store: every finished run in SQLite, replaced whole on re-ingest, queried as
+pandas DataFrames, rebuilt from folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+
+from fedmem.cli import main
+from fedmem.store import TABLES, flatten, ingest_run, query, rounds_wide
+
+
+def _counts(db, run_id: str) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t} WHERE run_id = ?", (run_id,))
+                .fetchone()[0] for t in TABLES}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def one_run(finished_sweep, tmp_path):
+    """A copy of one finished cell in a folder of its own (its store: tmp_path)."""
+    source = finished_sweep.sweep.cells[0].run_dir
+    return shutil.copytree(source, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint"))
+
+
+def test_flatten_keeps_numeric_leaves_under_dotted_keys():
+    row = {"a": {"b": 1, "c": {"d": 0.5}}, "flag": True, "text": "x", "points": [1, 2]}
+    assert flatten(row) == {"a.b": 1.0, "a.c.d": 0.5, "flag": 1.0}
+
+
+def test_every_finished_run_is_in_its_store_without_an_explicit_ingest(finished_sweep):
+    runs = finished_sweep.runs_after_sweep
+    assert sorted(runs["run_id"]) == sorted(c.name for c in finished_sweep.sweep.cells)
+    assert set(runs["sweep"]) == {"tiny-sweep"}
+
+
+def test_runs_carry_combination_seed_and_mitigations(finished_sweep):
+    runs = query(finished_sweep.sweep.folder, "runs").set_index("run_id")
+    cell = finished_sweep.sweep.cells[-1]  # lora, goldfish on, seed 1
+    assert runs.loc[cell.name, "combination"] == "finetuning=lora,goldfish=true"
+    assert runs.loc[cell.name, "seed"] == 1
+    assert runs.loc[cell.name, "mitigations"] == "goldfish(k=4,hashed)"
+    assert json.loads(runs.loc[cell.name, "axes_json"])["model.finetuning"] == "lora"
+
+
+def test_query_runs_sql_and_returns_a_dataframe(finished_sweep):
+    frame = query(
+        finished_sweep.sweep.folder / "fedmem.sqlite",
+        "SELECT finetuning, COUNT(*) AS n FROM runs GROUP BY finetuning ORDER BY finetuning",
+    )
+    assert frame.to_dict("records") == [{"finetuning": "full", "n": 4},
+                                        {"finetuning": "lora", "n": 4}]
+
+
+def test_run_headline_numbers_equal_the_final_metrics_row(finished_sweep):
+    cell = finished_sweep.sweep.cells[2]
+    final = json.loads((cell.run_dir / "summary.json").read_text())["final"]
+    run = query(finished_sweep.sweep.folder, "SELECT * FROM runs WHERE run_id = ?",
+                (cell.name,)).iloc[0]
+    assert run["exact_rate"] == final["extraction"]["injected"]["exact_rate"]
+    assert run["heldout_perplexity"] == pytest.approx(final["heldout_perplexity"])
+
+
+def test_rounds_wide_has_one_row_per_run_and_round_with_flattened_metrics(finished_sweep):
+    wide = rounds_wide(finished_sweep.sweep.folder)
+    assert len(wide) == 8 * 2
+    assert {"extraction.by_replicas.4.exact_rate", "heldout_loss", "combination"} <= set(wide)
+
+
+def test_canary_results_hold_every_extraction_line(finished_sweep):
+    cell = finished_sweep.sweep.cells[0]
+    lines = (cell.run_dir / "extraction.jsonl").read_text().splitlines()
+    rows = query(finished_sweep.sweep.folder, "SELECT * FROM canary_results WHERE run_id = ?",
+                 (cell.name,))
+    assert len(rows) == len(lines)
+    assert set(rows["injected"]) == {0, 1}
+
+
+def test_reingesting_a_run_replaces_its_rows(one_run, tmp_path):
+    ingest_run(one_run)
+    before = _counts(tmp_path / "fedmem.sqlite", "run")
+    ingest_run(one_run)
+    assert _counts(tmp_path / "fedmem.sqlite", "run") == before
+    assert before["rounds"] == 2 and before["round_metrics"] > 20
+
+
+def test_ingest_is_all_or_nothing(one_run, tmp_path):
+    ingest_run(one_run)
+    before = _counts(tmp_path / "fedmem.sqlite", "run")
+    metrics = one_run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() * 2)  # each round twice: violates (run_id, round)
+    with pytest.raises(sqlite3.IntegrityError):
+        ingest_run(one_run)
+    assert _counts(tmp_path / "fedmem.sqlite", "run") == before
+
+
+def test_audit_files_fill_the_mia_and_exposure_tables(one_run, tmp_path):
+    (one_run / "mia").mkdir()
+    (one_run / "mia" / "round-001.json").write_text(json.dumps(
+        {"loss": {"auc": 0.7, "fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.8, 1.0]}}))
+    (one_run / "exposure.jsonl").write_text(
+        json.dumps({"round": 1, "canary_id": "c0000", "replicas": 1, "exposure": 3.5}) + "\n")
+    ingest_run(one_run)
+    roc = query(tmp_path, "mia_roc")
+    assert roc[["round", "curve", "fpr", "tpr"]].values.tolist() == [
+        [1, "loss", 0.0, 0.0], [1, "loss", 0.5, 0.8], [1, "loss", 1.0, 1.0]]
+    assert query(tmp_path, "exposure")[["canary_id", "exposure"]].values.tolist() == [
+        ["c0000", 3.5]]
+
+
+def test_ingest_rebuilds_a_store_from_folders(finished_sweep, tmp_path, capsys):
+    copy = shutil.copytree(finished_sweep.sweep.folder, tmp_path / "copy",
+                           ignore=shutil.ignore_patterns("checkpoint", "fedmem.sqlite"))
+    assert main(["ingest", str(copy)]) == 0
+    assert "8 runs ingested" in capsys.readouterr().out
+    runs = query(copy, "runs")
+    assert len(runs) == 8 and set(runs["sweep"]) == {"tiny-sweep"}
+
+
+def test_ingest_of_a_folder_without_runs_exits_2(tmp_path, capsys):
+    assert main(["ingest", str(tmp_path)]) == 2
+    assert "no finished run folders" in capsys.readouterr().err
