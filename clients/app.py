@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,7 +14,6 @@ from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.dataset import build_federated_data
 from fedmem.mitigations.client_dp import client_weight
 from fedmem.mitigations.client_mods import mitigation_mod
-from fedmem.mitigations.dp_sgd import history_to_record, private_training
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import (
     build_model,
@@ -24,12 +24,39 @@ from fedmem.models import (
 )
 from fedmem.training import StepVariant, encode_samples, train_local
 
+if TYPE_CHECKING:
+    from fedmem.mitigations.dp_sgd import PrivateTraining
+
 
 @lru_cache(maxsize=8)
 def client_rows(config: Config, client: int) -> tuple[list[int], ...]:
     tokenizer = load_tokenizer(config)
     texts = build_federated_data(config).client_texts[client]
     return tuple(encode_samples(tokenizer, texts, config.training.max_seq_len))
+
+
+@lru_cache(maxsize=1)
+def working_model(config: Config) -> torch.nn.Module:
+    """The one model object this process trains, built (loaded from disk) once per process.
+
+    Every fit first overwrites its whole trainable state (all weights under `full`, the
+    adapter under `lora`) with the global state, and training changes nothing else, so a
+    fit on a reused model equals a fit on a freshly built one. A process never holds more
+    than this one model, however many clients it serves; per-client state is the client's
+    rows (and its DP accountant history in the node state).
+    """
+    model = build_model(config, seed=config.seed)
+    if config.federation.client_gpus > 0:
+        model.to("cuda")
+    return model
+
+
+def private_training_for(config: Config, n_rows: int, history) -> PrivateTraining | None:
+    if not config.dp_sgd.enabled:  # opacus is imported only by runs that use it
+        return None
+    from fedmem.mitigations.dp_sgd import private_training
+
+    return private_training(config, n_rows, history)
 
 
 def training_seed(config: Config, server_round: int, client: int) -> int:
@@ -53,12 +80,12 @@ class FedmemClient(NumPyClient):
 
     def fit(self, parameters, config):
         server_round = int(config["server_round"])
-        model = build_model(self.config, seed=self.config.seed)
+        model = working_model(self.config)
         set_trainable_state(model, parameters)
         rows = client_rows(self.config, self.client)
         pad_id = load_tokenizer(self.config).pad_token_id
         seed = training_seed(self.config, server_round, self.client)
-        private = private_training(self.config, len(rows), self.state.get(DP_HISTORY))
+        private = private_training_for(self.config, len(rows), self.state.get(DP_HISTORY))
         variant = private.variant if private else StepVariant
         label_mask = goldfish_label_mask(self.config.goldfish)
         result = train_local(
@@ -73,6 +100,8 @@ class FedmemClient(NumPyClient):
             "bytes_sent": state_nbytes(update),
         }
         if private:
+            from fedmem.mitigations.dp_sgd import history_to_record
+
             self.state[DP_HISTORY] = ConfigRecord(history_to_record(private.accountant))
             metrics.update(private.metrics())
         return update, client_weight(self.config, len(rows)), metrics

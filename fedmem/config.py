@@ -84,6 +84,11 @@ class FederationConfig:
     rounds: int = field(default=3, metadata=_range(1))
     fraction_fit: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     client_cpus: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # GPUs per client, a fraction to share one GPU between clients (0 = train on CPU).
+    client_gpus: float = field(default=0.0, metadata=_range(0.0))
+    # Existing Ray cluster to run the simulation on ("auto", "HOST:6379" or
+    # "ray://HOST:10001"); "" starts a private Ray instance on this machine.
+    ray_address: str = ""
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class Batch:
     attention_mask: torch.Tensor  # [B, T] 1 for real tokens
     labels: torch.Tensor  # [B, T] input_ids with pads (and masked positions) = IGNORE_INDEX
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)))
+
 
 def collate(rows: Sequence[list[int]], pad_id: int, label_mask: LabelMask | None = None) -> Batch:
     width = max(len(r) for r in rows)
@@ -150,6 +153,7 @@ def train_local(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device  # batches are built on the CPU and moved to the model
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = planned_steps(cfg, len(rows))
     model.train()
@@ -160,7 +164,8 @@ def train_local(
         while done < total_steps:
             for indices in steps.epoch(rng):
                 if indices:
-                    loss = steps.loss(collate([rows[i] for i in indices], pad_id, label_mask))
+                    batch = collate([rows[i] for i in indices], pad_id, label_mask)
+                    loss = steps.loss(batch.to(device))
                     loss.backward()
                     losses.append(float(loss.detach()))
                 else:
