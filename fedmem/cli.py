@@ -35,6 +35,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print it as Flower's flat run config ([tool.flwr.app.config] in pyproject.toml)",
     )
+    deploy = sub.add_parser(
+        "deploy-local",
+        help="run on Flower's deployment engine: a SuperLink and N SuperNodes on loopback",
+    )
+    deploy.add_argument("config")
+    deploy.add_argument(
+        "--nodes", type=int, default=None, help="SuperNodes (= federation.num_clients)"
+    )
+    deploy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    deploy.add_argument(
+        "--workdir",
+        default=None,
+        help="folder for the processes' Flower homes and logs (default: a temporary folder)",
+    )
     return parser
 
 
@@ -74,6 +88,24 @@ def run(config: Config, verbose: bool = False) -> dict:
     return summary
 
 
+def deploy(config: Config, workdir: str | None) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from fedmem.deployment import deploy_local
+    from fedmem.report import print_summary
+
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="fedmem-deploy-") as tmp:
+            code = deploy_local(config, Path(tmp))
+    else:
+        code = deploy_local(config, Path(workdir))
+    summary_path = config.run_dir / "summary.json"
+    if code == 0 and summary_path.exists():
+        print_summary(json.loads(summary_path.read_text()), config.run_dir)
+    return code
+
+
 def flower_table(config: Config) -> str:
     lines = ["[tool.flwr.app.config]"]
     lines += [f'"{key}" = {json.dumps(value)}' for key, value in to_run_config(config).items()]
@@ -83,7 +115,12 @@ def flower_table(config: Config) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
+        overrides = list(args.overrides)
+        if getattr(args, "nodes", None) is not None:
+            overrides.append(f"federation.num_clients={args.nodes}")
+        config = load_config(args.config, overrides)
+        if args.command == "deploy-local":
+            return deploy(config, args.workdir)
         if args.command == "config":
             print(flower_table(config) if args.flower else json.dumps(to_dict(config), indent=2))
             return 0
@@ -91,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"fedmem: error: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except RuntimeError as err:  # a deployment that failed to start or to run
+        from fedmem.deployment import DeploymentError
+
+        if not isinstance(err, DeploymentError):
+            raise
+        print(f"fedmem: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from fedmem.config import Config, ConfigError, to_run_config
+
 BIN = Path(sys.executable).parent
 LOOPBACK = "127.0.0.1"
 
@@ -240,3 +242,37 @@ def local_deployment(
         yield deployment
     finally:
         stop_process_tree(list(deployment.processes.values()))
+
+
+def app_root() -> Path:
+    """The project folder `flwr run` packages: the checkout holding this pyproject.toml."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or "[tool.flwr.app]" not in pyproject.read_text():
+        raise DeploymentError(
+            f"{root}: no pyproject.toml with [tool.flwr.app]; deploy-local runs from a "
+            "fedmem source checkout"
+        )
+    return root
+
+
+def deployed_run_config(config: Config) -> dict[str, bool | int | float | str]:
+    """The run's flat config, with `output.dir` absolute: the ServerApp runs in a process
+    the SuperLink starts, in the SuperLink's own folder."""
+    flat = to_run_config(config)
+    flat["output.dir"] = str(Path(config.output.dir).resolve())
+    return flat
+
+
+def deploy_local(config: Config, workdir: Path, timeout: float = 24 * 3600) -> int:
+    """Run `config` on a loopback deployment of `federation.num_clients` SuperNodes,
+    streaming Flower's log to this terminal; the exit code of `flwr run`."""
+    if config.mode != "federated":
+        raise ConfigError(f"mode = {config.mode!r}: deploy-local runs federated mode only")
+    with local_deployment(config.federation.num_clients, workdir) as deployment:
+        done = deployment.run_app(
+            app_root(), deployed_run_config(config), timeout=timeout, stream_to=None
+        )
+        if done.returncode:
+            print(deployment.log_tails(), file=sys.stderr)
+        return done.returncode

@@ -1,4 +1,5 @@
-"""Per-client state at scale: a process trains one model object for every client it serves.
+"""Costs that scale: a process trains one model object for every client it serves, and
+starts fast (Flower's deployment engine starts one per client per round).
 
 With 100 simulated clients a Ray actor serves many of them in turn; the ClientApp must not
 keep a model per client, nor reload the base model from disk for every fit, and reusing the
@@ -86,3 +87,20 @@ def test_a_ray_address_connects_to_the_cluster_without_claiming_its_resources(ti
     assert backend["init_args"]["address"] == "127.0.0.1:6379"
     assert "num_cpus" not in backend["init_args"]  # Ray refuses it when connecting
     assert backend["client_resources"] == {"num_cpus": 2, "num_gpus": 0.25}
+
+
+def test_the_icd10_list_is_parsed_once_then_read_back_equal_from_the_cache(
+    tmp_path, monkeypatch
+):
+    from fedmem.resources import icd10
+
+    monkeypatch.setenv("FEDMEM_CACHE_DIR", str(tmp_path))
+    icd10.load_icd10_codes.cache_clear()
+    try:
+        parsed = icd10.load_icd10_codes()
+        assert icd10.icd10_cache_file().parent == tmp_path
+        icd10.load_icd10_codes.cache_clear()
+        monkeypatch.setattr(icd10, "parse_icd10_codes", lambda: pytest.fail("parsed again"))
+        assert icd10.load_icd10_codes() == parsed
+    finally:
+        icd10.load_icd10_codes.cache_clear()
