@@ -31,8 +31,11 @@ def test_the_section_comes_before_a_later_heading_of_another_helper(tmp_path, mo
 
 
 def test_the_table_has_one_row_per_ratio_with_its_number():
-    rows = [("a / b", 1.234, "<= 1.15", "2 s vs 1 s"), ("c / d", 12.0, ">= 10", "x")]
+    rows = [
+        ("a / b", 1.234, 1.1, "<= 1.15", "2 s vs 1 s"),
+        ("c / d", 12.0, float("nan"), ">= 10", "x"),
+    ]
     lines = bench.table(rows, seconds=60).splitlines()
-    assert "| a / b | 1.23 | <= 1.15 | 2 s vs 1 s |" in lines
-    assert "| c / d | 12.00 | >= 10 | x |" in lines
+    assert "| a / b | 1.23 | 1.10 | <= 1.15 | 2 s vs 1 s |" in lines
+    assert "| c / d | 12.00 | - | >= 10 | x |" in lines
     assert "CPUs" in lines[0] and "torch" in lines[0] and "flwr" in lines[0]
