@@ -12,8 +12,9 @@ Simulations run in fresh subprocesses (`--worker`), so that Ray, caches and peak
 one measurement never leak into the next; the timings they report exclude interpreter start
 and imports. Sizes are the quickstart's model and data unless a row says otherwise:
 
-- FL / plain loop: configs/quickstart.toml with 2 of its 8 rounds (4 local epochs each),
-  audits every round on both sides; the plain loop trains the same clients on the same
+- FL / plain loop: configs/quickstart.toml with 2 rounds of 1 local epoch (quickstart: 8 of
+  4; smaller so that the bench fits 15 minutes on 2 shared cores), audits every round on both
+  sides; the plain loop trains the same clients on the same
   rows with the same seeds, averages in numpy and audits with the same recorder.
 - DP-SGD steps: client 0's rows, batch 8, 12 steps after 2 warm-up steps.
 - SecAgg+: 10 clients with LoRA, 2 local steps, 3 rounds; the fit stage's server-measured
@@ -243,12 +244,12 @@ Row = tuple[str, float, float, str, str]
 def measure(out: str) -> list[Row]:
     rows: list[Row] = []
 
-    fl_size = ["federation.rounds=2", *SIMULATION]
+    fl_size = ["federation.rounds=2", "training.local_epochs=1", *SIMULATION]
     fl = run_worker("federated", [*fl_size, "name=fl"], out)
     plain = run_worker("plain", [*fl_size, "name=plain"], out)
     rows.append(
         (
-            "FL simulation / plain PyTorch loop (quickstart, 2 of its 8 rounds)",
+            "FL simulation / plain PyTorch loop (quickstart, 2 rounds of 1 epoch)",
             fl["wall_s"] / plain["wall_s"],
             fl["cpu_s"] / plain["cpu_s"],
             "<= 1.15",
