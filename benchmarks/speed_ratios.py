@@ -80,6 +80,12 @@ def worker_federated(config) -> dict:
     run_federated(config)
     wall = time.perf_counter() - start
     rows = read_jsonl(config.run_dir / "metrics.jsonl")
+    for row in rows[1:]:
+        if len(row["clients"]) != config.sampled_clients():
+            raise RuntimeError(
+                f"round {row['round']}: {len(row['clients'])} of {config.sampled_clients()} "
+                "clients reported; a failed round's time is not comparable"
+            )
     fit = [r["fit_stage"]["seconds"] for r in rows if r["round"] >= 2 and "fit_stage" in r]
     return {
         "wall_s": wall,
@@ -141,7 +147,9 @@ def run_worker(kind: str, overrides: list[str], out_dir: str) -> dict:
     (Ray's daemons and actors included) and the CPU seconds the tree spent after the
     worker's imports (`cpu_s`: the load-independent measure of the work done)."""
     cmd = [sys.executable, "-m", "benchmarks.speed_ratios", "--worker", kind, *EXTRA, *overrides]
-    env = {**os.environ, "BENCH_OUT": out_dir}
+    # Ray's memory monitor kills actors when the *machine* is short of memory, whoever uses
+    # it; on a shared machine that turns a measurement into a failed round.
+    env = {**os.environ, "BENCH_OUT": out_dir, "RAY_memory_monitor_refresh_ms": "0"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     root, peak = psutil.Process(proc.pid), 0
     cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last CPU seconds seen
