@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Speed ratios measured side by side (about 10 minutes on 2 cores); appends to
+# benchmarks/RESULTS.md under "Speed ratios (make bench)".
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.speed_ratios
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

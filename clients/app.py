@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,12 +15,7 @@ from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.dataset import build_federated_data
 from fedmem.mitigations.client_dp import client_weight
 from fedmem.mitigations.client_mods import mitigation_mod
-from fedmem.mitigations.dp_sgd import (
-    HISTORY_METRIC,
-    RESUMED_HISTORIES,
-    history_to_record,
-    private_training,
-)
+from fedmem.mitigations.dp_sgd import HISTORY_METRIC, RESUMED_HISTORIES
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models import (
     build_model,
@@ -29,6 +25,9 @@ from fedmem.models import (
     state_nbytes,
 )
 from fedmem.training import StepVariant, encode_training_rows, train_local
+
+if TYPE_CHECKING:
+    from fedmem.mitigations.dp_sgd import PrivateTraining
 
 
 @lru_cache(maxsize=8)
@@ -41,6 +40,30 @@ def client_rows(config: Config, client: int) -> tuple[list[list[int]], list[int]
         data.client_prompt_chars[client],
         config.training,
     )
+
+
+@lru_cache(maxsize=1)
+def working_model(config: Config) -> torch.nn.Module:
+    """The one model object this process trains, built (loaded from disk) once per process.
+
+    Every fit first overwrites its whole trainable state (all weights under `full`, the
+    adapter under `lora`) with the global state, and training changes nothing else, so a
+    fit on a reused model equals a fit on a freshly built one. A process never holds more
+    than this one model, however many clients it serves; per-client state is the client's
+    rows (and its DP accountant history in the node state).
+    """
+    model = build_model(config, seed=config.seed)
+    if config.federation.client_gpus > 0:
+        model.to("cuda")
+    return model
+
+
+def private_training_for(config: Config, n_rows: int, history) -> PrivateTraining | None:
+    if not config.dp_sgd.enabled:  # opacus is imported only by runs that use it
+        return None
+    from fedmem.mitigations.dp_sgd import private_training
+
+    return private_training(config, n_rows, history)
 
 
 def training_seed(config: Config, server_round: int, client: int) -> int:
@@ -64,12 +87,12 @@ class FedmemClient(NumPyClient):
 
     def fit(self, parameters, config):
         server_round = int(config["server_round"])
-        model = build_model(self.config, seed=self.config.seed)
+        model = working_model(self.config)
         set_trainable_state(model, parameters)
         rows, prompt_lengths = client_rows(self.config, self.client)
         pad_id = load_tokenizer(self.config).pad_token_id
         seed = training_seed(self.config, server_round, self.client)
-        private = private_training(self.config, len(rows), self.accountant_history(config))
+        private = private_training_for(self.config, len(rows), self.accountant_history(config))
         variant = private.variant if private else StepVariant
         label_mask = goldfish_label_mask(self.config.goldfish)
         result = train_local(
@@ -91,6 +114,8 @@ class FedmemClient(NumPyClient):
             "bytes_sent": state_nbytes(update),
         }
         if private:
+            from fedmem.mitigations.dp_sgd import history_to_record
+
             history = history_to_record(private.accountant)
             self.state[DP_HISTORY] = ConfigRecord(history)
             metrics.update(private.metrics())

@@ -91,6 +91,20 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="(re)build the results store from run folders")
     ingest.add_argument("path", help="a run folder or a folder of runs")
     ingest.add_argument("--db", help="store file (default: PATH/fedmem.sqlite)")
+    deploy = sub.add_parser(
+        "deploy-local",
+        help="run on Flower's deployment engine: a SuperLink and N SuperNodes on loopback",
+    )
+    deploy.add_argument("config")
+    deploy.add_argument(
+        "--nodes", type=int, default=None, help="SuperNodes (= federation.num_clients)"
+    )
+    deploy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    deploy.add_argument(
+        "--workdir",
+        default=None,
+        help="folder for the processes' Flower homes and logs (default: a temporary folder)",
+    )
     return parser
 
 
@@ -258,6 +272,24 @@ def ingest(path: str, db: str | None) -> None:
     console.print(f"{len(run_ids)} runs ingested into {store}")
 
 
+def deploy(config: Config, workdir: str | None) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from fedmem.deployment import deploy_local
+    from fedmem.report import print_summary
+
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="fedmem-deploy-") as tmp:
+            code = deploy_local(config, Path(tmp))
+    else:
+        code = deploy_local(config, Path(workdir))
+    summary_path = config.run_dir / "summary.json"
+    if code == 0 and summary_path.exists():
+        print_summary(json.loads(summary_path.read_text()), config.run_dir)
+    return code
+
+
 def flower_table(config: Config) -> str:
     lines = ["[tool.flwr.app.config]"]
     lines += [f'"{key}" = {json.dumps(value)}' for key, value in to_run_config(config).items()]
@@ -288,7 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.config is None:
             raise ConfigError("fedmem run: give a CONFIG file, or --resume RUN_DIR")
         else:
-            config = load_config(args.config, args.overrides)
+            overrides = list(args.overrides)
+            if getattr(args, "nodes", None) is not None:
+                overrides.append(f"federation.num_clients={args.nodes}")
+            config = load_config(args.config, overrides)
+        if args.command == "deploy-local":
+            return deploy(config, args.workdir)
         if args.command == "config":
             print(flower_table(config) if args.flower else json.dumps(to_dict(config), indent=2))
             return 0
@@ -296,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, StoreError) as err:
         print(f"fedmem: error: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except RuntimeError as err:  # a deployment that failed to start or to run
+        from fedmem.deployment import DeploymentError
+
+        if not isinstance(err, DeploymentError):
+            raise
+        print(f"fedmem: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -140,6 +140,9 @@ class FederationConfig:
     accept_failures: bool = True
     # Ray GPUs per client; fractions let several clients share one GPU (0 = none).
     client_gpus: float = field(default=0.0, metadata=_range(0.0))
+    # Existing Ray cluster to run the simulation on ("auto", "HOST:6379" or
+    # "ray://HOST:10001"); "" starts a private Ray instance on this machine.
+    ray_address: str = ""
 
 
 @dataclass(frozen=True)

@@ -84,9 +84,8 @@ class Batch:
     labels: torch.Tensor  # [B, T] input_ids with pads (and masked positions) = IGNORE_INDEX
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
-        )
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)))
+
 
 
 def collate(
@@ -214,6 +213,7 @@ def train_local(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device  # batches are built on the CPU and moved to the model
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = planned_steps(cfg, len(rows))
     model.train()

@@ -1,10 +1,19 @@
-"""The ICD-10-CM code list, read from the ``simple_icd_10_cm`` package."""
+"""The ICD-10-CM code list, read from the ``simple_icd_10_cm`` package.
+
+Importing that package parses its XML (2.5 s here, far more on a loaded machine), and every
+process that builds the data needs the list: under Flower's deployment engine that is one
+fresh process per client per round. The list is therefore parsed once and kept as JSON in
+fedmem's cache folder, keyed by the package version.
+"""
 
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -14,8 +23,27 @@ class IcdCode:
     chapter: str  # chapter title, e.g. "Neoplasms (C00-D49)"
 
 
+def icd10_cache_file() -> Path:
+    from fedmem.models import cache_root
+
+    return cache_root() / f"icd10-cm-{version('simple-icd-10-cm')}.json"
+
+
 @lru_cache(maxsize=1)
 def load_icd10_codes() -> tuple[IcdCode, ...]:
+    """Every ICD-10-CM category and subcategory (about 47k), in tabular order; parsed from
+    the package once, then read from fedmem's cache."""
+    cached = icd10_cache_file()
+    if cached.exists():
+        return tuple(IcdCode(*row) for row in json.loads(cached.read_text()))
+    codes = parse_icd10_codes()
+    from fedmem.results import atomic_write_text
+
+    atomic_write_text(cached, json.dumps([astuple(c) for c in codes]))
+    return codes
+
+
+def parse_icd10_codes() -> tuple[IcdCode, ...]:
     """Every ICD-10-CM category and subcategory (about 47k), in tabular order.
 
     Seventh-character extensions are left out: they repeat their parent's description with

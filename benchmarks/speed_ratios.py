@@ -1,0 +1,429 @@
+"""`make bench`: fedmem's speed ratios, each measured side by side in one run.
+
+Every ratio compares two measurements taken back to back on the same machine in the same
+run; the table is printed and appended, with machine facts, under "Speed ratios (make
+bench)" in benchmarks/RESULTS.md. Each row gives the ratio of wall times (what the goals
+are stated in) and of CPU seconds (summed over every process and thread involved): on a
+shared machine other jobs stretch wall times unevenly between the two sides, CPU seconds
+much less. Every process uses one torch thread (each FL client does at `client_cpus` < 2,
+and so do the FL server's audits and the plain loop), so both sides run the same kernels.
+
+Simulations run in fresh subprocesses (`--worker`), so that Ray, caches and peak memory of
+one measurement never leak into the next; the timings they report exclude interpreter start
+and imports. Sizes are the quickstart's model and data unless a row says otherwise:
+
+- FL / plain loop: configs/quickstart.toml with 2 rounds of 1 local epoch (quickstart: 8 of
+  4; smaller so that the bench fits 15 minutes on 2 shared cores), audits every round on both
+  sides; the plain loop trains the same clients on the same
+  rows with the same seeds, averages in numpy and audits with the same recorder.
+- DP-SGD steps: client 0's rows, batch 8, 12 steps after 2 warm-up steps.
+- SecAgg+: 10 clients with LoRA, 2 local steps, 3 rounds; the fit stage's server-measured
+  wall time, mean of rounds 2-3 (round 1 pays the actors' start-up).
+- Extraction: the warm-started base model and all the quickstart's canaries and twins.
+- Every simulation gives each client one CPU (`federation.client_cpus = 1`: 2 Ray actors
+  on 2 cores; the quickstart's 0.5 starts 4).
+- Scale: 100 clients sampling 0.1 vs 3 clients (peak RSS of the whole process tree, Ray's
+  daemons included, polled every 0.1 s) and vs 10 clients sampling 1.0 (same sampled count:
+  the fit-stage time should not grow with total clients); 2 local steps, 3 rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+HEADING = "## Speed ratios (make bench)"
+QUICKSTART = REPO / "configs" / "quickstart.toml"
+
+
+# `--set` overrides applied under every row's own (e.g. a smaller model for a quick check).
+EXTRA: list[str] = []
+
+
+def load(overrides: list[str], out_dir: str):
+    from fedmem.config import load_config
+
+    return load_config(QUICKSTART, [*EXTRA, *overrides, f"output.dir={json.dumps(out_dir)}"])
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def worker_federated(config) -> dict:
+    import logging
+
+    import torch
+
+    from fedmem.federation import run_federated
+    from fedmem.results import read_jsonl
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    torch.set_num_threads(1)  # the ServerApp's audits, like the plain loop's
+    before = time.process_time()
+    start = time.perf_counter()
+    run_federated(config)
+    wall = time.perf_counter() - start
+    rows = read_jsonl(config.run_dir / "metrics.jsonl")
+    for row in rows[1:]:
+        if len(row["clients"]) != config.sampled_clients():
+            raise RuntimeError(
+                f"round {row['round']}: {len(row['clients'])} of {config.sampled_clients()} "
+                "clients reported; a failed round's time is not comparable"
+            )
+    fit = [r["fit_stage"]["seconds"] for r in rows if r["round"] >= 2 and "fit_stage" in r]
+    return {
+        "wall_s": wall,
+        "cpu_before_s": before,
+        # From the ServerApp's start to its last audit: the run without Ray's start-up,
+        # the actor pool's start and the shutdown.
+        "server_s": rows[-1]["elapsed_s"],
+        "fit_stage_s": statistics.mean(fit),
+        "rounds": len(rows) - 1,
+    }
+
+
+def worker_plain(config) -> dict:
+    """The same local steps and audits as the FL run, in one plain loop, no Flower."""
+    import numpy as np
+    import torch
+
+    from clients.app import client_rows, training_seed
+    from fedmem.models import build_model, get_trainable_state, load_tokenizer
+    from fedmem.models import set_trainable_state as set_state
+    from fedmem.results import RunRecorder
+    from fedmem.training import train_local
+
+    torch.set_num_threads(1)  # as each FL client (client_cpus < 2) and the FL audits
+    before = time.process_time()
+    start = time.perf_counter()
+    recorder = RunRecorder(config)
+    recorder.start()
+    model = build_model(config, seed=config.seed)
+    pad_id = load_tokenizer(config).pad_token_id
+    global_state = get_trainable_state(model)
+    recorder.record(0, model)
+    for server_round in range(1, config.federation.rounds + 1):
+        updates, weights = [], []
+        for client in range(config.federation.num_clients):
+            set_state(model, global_state)
+            rows = client_rows(config, client)
+            seed = training_seed(config, server_round, client)
+            train_local(model, rows, config.training, pad_id, seed)
+            updates.append(get_trainable_state(model))
+            weights.append(len(rows))
+        total = sum(weights)
+        global_state = [
+            sum(w * u[i] for w, u in zip(weights, updates, strict=True)) / total
+            for i in range(len(global_state))
+        ]
+        global_state = [np.asarray(a, dtype=np.float32) for a in global_state]
+        set_state(model, global_state)
+        recorder.record(server_round, model)
+    recorder.finish(model)
+    return {"wall_s": time.perf_counter() - start, "cpu_before_s": before}
+
+
+WORKERS = {"federated": worker_federated, "plain": worker_plain}
+
+
+def run_worker(kind: str, overrides: list[str], out_dir: str) -> dict:
+    """Run a worker in a fresh interpreter; its result, the peak RSS of its process tree
+    (Ray's daemons and actors included) and the CPU seconds the tree spent after the
+    worker's imports (`cpu_s`: the load-independent measure of the work done)."""
+    cmd = [sys.executable, "-m", "benchmarks.speed_ratios", "--worker", kind, *EXTRA, *overrides]
+    # Ray's memory monitor kills actors when the *machine* is short of memory, whoever uses
+    # it; on a shared machine that turns a measurement into a failed round.
+    env = {**os.environ, "BENCH_OUT": out_dir, "RAY_memory_monitor_refresh_ms": "0"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    root, peak = psutil.Process(proc.pid), 0
+    cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last CPU seconds seen
+    while proc.poll() is None:
+        total = 0
+        with contextlib.suppress(psutil.Error):
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error), p.oneshot():
+                    total += p.memory_info().rss
+                    times = p.cpu_times()
+                    cpu[(p.pid, p.create_time())] = times.user + times.system
+        peak = max(peak, total)
+        time.sleep(0.1)
+    out = proc.stdout.read()
+    if proc.returncode:
+        raise RuntimeError(f"bench worker {kind} {overrides} failed ({proc.returncode})")
+    result = json.loads(out.strip().splitlines()[-1])
+    return {
+        **result,
+        "peak_rss_mb": peak / 2**20,
+        "cpu_s": sum(cpu.values()) - result["cpu_before_s"],
+    }
+
+
+# --------------------------------------------------------------------------- in-process rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    wall_s: float
+    cpu_s: float  # CPU seconds of this process (all threads): what load does not inflate
+
+
+@contextlib.contextmanager
+def timed():
+    """Yields a dict that gets the block's wall and CPU seconds."""
+    result: dict[str, Timing] = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield result
+    result["t"] = Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def step_time(config, private: bool, steps: int = 12, warmup: int = 2) -> Timing:
+    """Time per optimizer step of the one training loop, plain or DP-SGD (one thread)."""
+    import torch
+
+    from clients.app import client_rows, private_training_for
+    from fedmem.models import build_model, load_tokenizer
+    from fedmem.training import StepVariant, train_local
+
+    torch.set_num_threads(1)
+    rows = client_rows(config, 0)
+    pad_id = load_tokenizer(config).pad_token_id
+    variant = private_training_for(config, len(rows), None).variant if private else StepVariant
+    model = build_model(config, seed=config.seed)
+    cfg = dataclasses.replace(config.training, batch_size=8, local_steps=warmup)
+    train_local(model, rows, cfg, pad_id, 0, variant)
+    cfg = dataclasses.replace(cfg, local_steps=steps)
+    with timed() as t:
+        train_local(model, rows, cfg, pad_id, 1, variant)
+    return Timing(t["t"].wall_s / steps, t["t"].cpu_s / steps)
+
+
+def extraction_times(config, per_prompt_limit: int = 16) -> tuple[Timing, Timing]:
+    """Time per canary: `extract` (batched) vs one `generate` call per canary (one thread)."""
+    import torch
+
+    from attacks.extraction import extract, greedy_continuations
+    from fedmem.audit import extraction_targets
+    from fedmem.models import build_model, load_tokenizer
+
+    torch.set_num_threads(1)
+    model = build_model(config, seed=config.seed).eval()
+    pad_id = load_tokenizer(config).pad_token_id
+    targets = extraction_targets(config)
+    extract(model, targets[:4], pad_id, config.attack.batch_size)  # warm-up
+    with timed() as batched:
+        extract(model, targets, pad_id, config.attack.batch_size)
+    with timed() as single:
+        for t in targets[:per_prompt_limit]:
+            greedy_continuations(model, [t.prefix_ids], len(t.suffix_ids), pad_id)
+    b, o = batched["t"], single["t"]
+    n = len(targets)
+    return (
+        Timing(b.wall_s / n, b.cpu_s / n),
+        Timing(o.wall_s / per_prompt_limit, o.cpu_s / per_prompt_limit),
+    )
+
+
+# --------------------------------------------------------------------------- the table
+
+# Every simulation: one CPU per client, so 2 Ray actors on 2 cores (the quickstart's 0.5
+# starts 4, whose imports alone cost about 4 CPU seconds each).
+SIMULATION = ["federation.client_cpus=1"]
+
+# (row, wall ratio, CPU-time ratio, goal, the two sides)
+Row = tuple[str, float, float, str, str]
+
+
+def measure(out: str) -> list[Row]:
+    rows: list[Row] = []
+
+    fl_size = ["federation.rounds=2", "training.local_epochs=1", *SIMULATION]
+    fl = run_worker("federated", [*fl_size, "name=fl"], out)
+    plain = run_worker("plain", [*fl_size, "name=plain"], out)
+    rows.append(
+        (
+            "FL simulation / plain PyTorch loop (quickstart, 2 rounds of 1 epoch)",
+            fl["wall_s"] / plain["wall_s"],
+            fl["cpu_s"] / plain["cpu_s"],
+            "<= 1.15",
+            f"wall {fl['wall_s']:.1f} s vs {plain['wall_s']:.1f} s; "
+            f"CPU {fl['cpu_s']:.1f} s vs {plain['cpu_s']:.1f} s",
+        )
+    )
+    rows.append(
+        (
+            "... FL from the ServerApp's start to its last audit (no Ray start-up) / plain",
+            fl["server_s"] / plain["wall_s"],
+            math.nan,
+            "-",
+            f"wall {fl['server_s']:.1f} s vs {plain['wall_s']:.1f} s",
+        )
+    )
+
+    for finetuning, label, goal in (("lora", "LoRA", "<= 1.10"), ("full", "full", "-")):
+        base = load([f"model.finetuning={finetuning}"], out)
+        dp = load([f"model.finetuning={finetuning}", "dp_sgd.enabled=true"], out)
+        plain_step, dp_step = step_time(base, private=False), step_time(dp, private=True)
+        rows.append(
+            (
+                f"{label} DP-SGD step / {label} step (batch 8, one thread)",
+                dp_step.wall_s / plain_step.wall_s,
+                dp_step.cpu_s / plain_step.cpu_s,
+                goal,
+                f"CPU {dp_step.cpu_s * 1e3:.0f} ms vs {plain_step.cpu_s * 1e3:.0f} ms per step",
+            )
+        )
+
+    secagg_size = [
+        *SIMULATION,
+        "model.finetuning=lora",
+        "federation.num_clients=10",
+        "federation.rounds=3",
+        "training.local_steps=2",
+    ]
+    plain10 = run_worker("federated", [*secagg_size, "name=plain10"], out)
+    secure10 = run_worker("federated", [*secagg_size, "secagg.enabled=true", "name=secagg10"], out)
+    rows.append(
+        (
+            "SecAgg+ round / plain round (10 clients, LoRA; CPU: whole runs)",
+            secure10["fit_stage_s"] / plain10["fit_stage_s"],
+            secure10["cpu_s"] / plain10["cpu_s"],
+            "<= 1.3",
+            f"fit stage {secure10['fit_stage_s']:.2f} s vs {plain10['fit_stage_s']:.2f} s; "
+            f"CPU {secure10['cpu_s']:.1f} s vs {plain10['cpu_s']:.1f} s",
+        )
+    )
+
+    batched, single = extraction_times(load([], out))
+    rows.append(
+        (
+            "batched extraction / one-prompt generate (canaries per second, one thread)",
+            single.wall_s / batched.wall_s,
+            single.cpu_s / batched.cpu_s,
+            ">= 10",
+            f"wall {1 / batched.wall_s:.1f}/s vs {1 / single.wall_s:.2f}/s",
+        )
+    )
+
+    scale = [*SIMULATION, "training.local_steps=2", "federation.rounds=3"]
+    many = run_worker(
+        "federated",
+        [*scale, "federation.num_clients=100", "federation.fraction_fit=0.1", "name=c100"],
+        out,
+    )
+    few = run_worker("federated", [*scale, "federation.num_clients=3", "name=c3"], out)
+    ten = run_worker("federated", [*scale, "federation.num_clients=10", "name=c10"], out)
+    rows.append(
+        (
+            "peak RSS, 100 clients (sampling 0.1) / 3 clients",
+            many["peak_rss_mb"] / few["peak_rss_mb"],
+            math.nan,
+            "<= 1.5",
+            f"{many['peak_rss_mb']:.0f} MB vs {few['peak_rss_mb']:.0f} MB (whole process tree)",
+        )
+    )
+    rows.append(
+        (
+            "100 clients sampling 0.1 / 10 clients sampling 1.0 (fit stage; CPU: whole runs)",
+            many["fit_stage_s"] / ten["fit_stage_s"],
+            many["cpu_s"] / ten["cpu_s"],
+            "~ 1",
+            f"fit stage {many['fit_stage_s']:.2f} s vs {ten['fit_stage_s']:.2f} s; "
+            f"CPU {many['cpu_s']:.1f} s vs {ten['cpu_s']:.1f} s",
+        )
+    )
+    return rows
+
+
+def machine_facts() -> str:
+    import flwr
+    import torch
+
+    load1, load5, _ = os.getloadavg()
+    return (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node() or 'host'}: "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"load average {load1:.1f}/{load5:.1f} at the end (machine shared with other jobs), "
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"flwr {flwr.__version__}, one torch thread per process"
+    )
+
+
+def table(rows: list[Row], seconds: float) -> str:
+    lines = [
+        f"### {machine_facts()}",
+        "",
+        f"Whole bench: {seconds:.0f} s.",
+        "",
+        "| ratio | wall | CPU time | goal | sides |",
+        "|---|---|---|---|---|",
+    ]
+    for name, wall, cpu, goal, detail in rows:
+        cpu_text = "-" if math.isnan(cpu) else f"{cpu:.2f}"
+        lines.append(f"| {name} | {wall:.2f} | {cpu_text} | {goal} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def append_results(text: str) -> None:
+    from fedmem.results import atomic_write_text
+
+    existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
+    if HEADING not in existing:
+        existing = existing.rstrip("\n") + f"\n\n{HEADING}\n\n{SECTION_INTRO}\n"
+    head, _, tail = existing.partition(HEADING)
+    # Insert the new run at the end of this section (before the next "## " heading).
+    body, sep, rest = tail.partition("\n## ")
+    updated = head + HEADING + body.rstrip("\n") + "\n\n" + text + (sep + rest if sep else "")
+    atomic_write_text(RESULTS, updated)
+
+
+SECTION_INTRO = (
+    "Appended by `make bench` (benchmarks/speed_ratios.py; sizes in its docstring). Each "
+    "ratio's two sides are measured back to back in one run."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=sorted(WORKERS))
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--no-append", action="store_true", help="print only")
+    parser.add_argument(
+        "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+        help="config override under every row's own (the table is then not the standard one)",
+    )
+    args = parser.parse_args(argv)
+    EXTRA[:] = args.extra
+    if args.worker:
+        config = load(args.overrides, os.environ["BENCH_OUT"])
+        print(json.dumps(WORKERS[args.worker](config)))
+        return 0
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedmem-bench-") as out:
+        load([], out)  # validates the quickstart before anything runs
+        rows = measure(out)
+    text = table(rows, time.perf_counter() - start)
+    print(text)
+    if not args.no_append:
+        append_results(text)
+        print(f"appended to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
