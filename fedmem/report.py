@@ -251,7 +251,10 @@ def print_report(report) -> None:
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row in report.table[1:]:
         table.add_row(*row)
-    console.print(table, width=max(console.width, 120))
+    # Wide enough for every cell unfolded (the audit columns make it wider than a terminal;
+    # Console.print's `width` cannot exceed the console's, so a console of that width prints it).
+    needed = sum(max(len(r[i]) for r in report.table) + 3 for i in range(len(report.table[0])))
+    Console(highlight=False, soft_wrap=True, width=max(console.width, needed + 1)).print(table)
     for missing in report.absent:
         console.print(f"not in these runs: {missing}")
     console.print(f"report: {report.markdown} and {report.html} ({len(report.figures)} figures)")

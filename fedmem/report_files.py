@@ -4,8 +4,11 @@ a sweep, every number read from the results store (fedmem.store).
 The folder is (re)ingested first, so the report always matches the run folders. A
 *combination* is a sweep cell's axis values except the seed (a run outside a sweep is its own
 combination); tables give mean +- sample std over its seeds at each run's final round.
-Audit fields that only some versions write (MIA AUC and ROC points, exposure, QA accuracy) are
-used when present and listed as absent otherwise.
+The audits a run can leave out (membership inference: `attack.membership.enabled`; exposure:
+`attack.exposure.enabled` and `canaries.exposure_per_count`; multiple choice: none held out)
+fill their columns and figures when the runs carry them and are listed as absent otherwise.
+MIA numbers are the headline score's (fedmem.report `headline_score`) over all samples; ROC
+curves and exposures are the global model's.
 """
 
 from __future__ import annotations
@@ -66,10 +69,17 @@ class ReportData:
     rounds: pd.DataFrame  # rounds_wide: one row per (run, round)
     final: pd.DataFrame  # the final round of each run
     style: pd.DataFrame  # combination -> finetuning
-    auc_keys: list[str]
-    accuracy_keys: list[str]
-    roc: pd.DataFrame
-    exposure: pd.DataFrame
+    roc: pd.DataFrame  # store `mia_roc` (global vantage), with combination and seed
+    exposure: pd.DataFrame  # store `exposure` (global vantage), with combination and seed
+
+    def has(self, column: str) -> bool:
+        """Whether any run carries the `runs` column (an audit it ran)."""
+        return bool(self.runs[column].notna().any())
+
+    @property
+    def mia_score(self) -> str:
+        """The headline MIA score(s) of the runs that audited membership, e.g. 'reference'."""
+        return "/".join(dict.fromkeys(self.runs["mia_score"].dropna()))
 
 
 def load_report_data(db: Path, run_ids: list[str]) -> ReportData:
@@ -87,12 +97,6 @@ def load_report_data(db: Path, run_ids: list[str]) -> ReportData:
     last = rounds.groupby("run_id")["round"].transform("max")
     final = rounds[rounds["round"] == last].set_index("run_id")
     style = runs.groupby("combination", sort=False)["finetuning"].first().to_frame()
-    columns = [c for c in rounds.columns if not c.startswith("clients.")]
-    auc_keys = [c for c in columns if re.search(r"auc", c, re.I)]
-    accuracy_keys = [
-        c for c in columns
-        if "accuracy" in c.lower() and "token_accuracy" not in c and not c.startswith("extraction")
-    ]
     roc = store.query(db, f"SELECT * FROM mia_roc WHERE run_id IN ({marks})", tuple(run_ids))
     exposure = store.query(db, f"SELECT * FROM exposure WHERE run_id IN ({marks})",
                            tuple(run_ids))
@@ -100,7 +104,7 @@ def load_report_data(db: Path, run_ids: list[str]) -> ReportData:
     for frame in (roc, exposure):
         if len(frame):
             frame[["combination", "seed"]] = seeds.loc[frame["run_id"]].to_numpy()
-    return ReportData(runs, rounds, final, style, auc_keys, accuracy_keys, roc, exposure)
+    return ReportData(runs, rounds, final, style, roc, exposure)
 
 
 def _final_round_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -111,20 +115,23 @@ def _final_round_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["round"] == last) | frame["round"].isna()]
 
 
+# runs-table audit columns the report shows when some run carries them: (column, header,
+# scale, digits); the MIA AUC header names the headline score.
+AUDIT_COLUMNS = {
+    "mia_auc": ("MIA AUC ({score})", 1.0, 3),
+    "mia_tpr_at_1pct_fpr": ("MIA TPR @ 1% FPR (%)", PCT, 1),
+    "exposure_mean": ("exposure (bits)", 1.0, 2),
+    "qa_accuracy": ("QA accuracy (%)", PCT, 1),
+    "mcq_accuracy": ("MCQ accuracy (%)", PCT, 1),
+}
+
+
 def combination_table(data: ReportData) -> pd.DataFrame:
     """Per combination: seeds, then `<metric>_mean` / `<metric>_std` columns (fractions)."""
-    per_run = data.runs.set_index("run_id")[
-        ["combination", "seed", "exact_rate", "token_accuracy", "longest_match",
-         "heldout_perplexity", "wall_time_s"]
-    ].copy()
-    if data.auc_keys:
-        per_run["mia_auc"] = data.final[data.auc_keys].max(axis=1)
-    for key in data.accuracy_keys:
-        per_run[key] = data.final[key]
-    exposure = _final_round_rows(data.exposure)
-    if len(exposure):
-        injected = exposure[exposure["replicas"].fillna(1) > 0]
-        per_run["exposure"] = injected.groupby("run_id")["exposure"].mean()
+    columns = ["combination", "seed", "exact_rate", "token_accuracy", "longest_match",
+               "heldout_perplexity", "wall_time_s"]
+    columns += [c for c in AUDIT_COLUMNS if data.has(c)]
+    per_run = data.runs.set_index("run_id")[columns].astype({c: float for c in columns[2:]})
     rows = {}
     for combination, group in per_run.groupby("combination", sort=False):
         row: dict[str, float] = {"seeds": len(group)}
@@ -153,11 +160,8 @@ def by_replicas(data: ReportData) -> pd.DataFrame:
 def _table_rows(data: ReportData, table: pd.DataFrame) -> list[list[str]]:
     header = ["combination", "seeds", "exact (%)", "partial: token acc (%)",
               "longest run (tokens)", "held-out ppl"]
-    if data.auc_keys:
-        header.append("MIA AUC (best score)")
-    if "exposure_mean" in table:
-        header.append("exposure (bits)")
-    header += [f"{key} (%)" for key in data.accuracy_keys]
+    audits = [c for c in AUDIT_COLUMNS if f"{c}_mean" in table]
+    header += [AUDIT_COLUMNS[c][0].format(score=data.mia_score) for c in audits]
     header.append("wall time (s)")
     rows = [header]
     for combination, t in table.iterrows():
@@ -166,11 +170,8 @@ def _table_rows(data: ReportData, table: pd.DataFrame) -> list[list[str]]:
                _fmt(t.token_accuracy_mean, t.token_accuracy_std, n, PCT),
                _fmt(t.longest_match_mean, t.longest_match_std, n),
                _fmt(t.heldout_perplexity_mean, t.heldout_perplexity_std, n, digits=2)]
-        if data.auc_keys:
-            row.append(_fmt(t.mia_auc_mean, t.mia_auc_std, n, digits=3))
-        if "exposure_mean" in table:
-            row.append(_fmt(t.exposure_mean, t.exposure_std, n, digits=2))
-        row += [_fmt(t[f"{k}_mean"], t[f"{k}_std"], n, PCT) for k in data.accuracy_keys]
+        row += [_fmt(t[f"{c}_mean"], t[f"{c}_std"], n, AUDIT_COLUMNS[c][1],
+                     AUDIT_COLUMNS[c][2]) for c in audits]
         row.append(_fmt(t.wall_time_s_mean, t.wall_time_s_std, n, digits=0))
         rows.append(row)
     return rows
@@ -214,8 +215,10 @@ CAPTIONS = {
     "LoRA (dashed).",
     "privacy_utility": "Privacy-utility frontier: lower-left is better; stars are "
     "Pareto-optimal combinations.",
-    "mia_roc": "Membership-inference ROC curves at the final round.",
-    "exposure": "Exposure of each canary at the final round, by replica count.",
+    "mia_roc": "Membership-inference ROC curves of the global model at the final round, all "
+    "samples (one panel per score; each combination's lowest seed).",
+    "exposure": "Exposure of each exposure canary under the global model at the final round, "
+    "by replica count (0 = never-injected twins).",
 }
 
 
@@ -238,25 +241,29 @@ def write_report(path: str | Path) -> Report:
     privacy = table.assign(exact_pct_mean=table.exact_rate_mean * PCT,
                            exact_pct_std=table.exact_rate_std * PCT)
     panels = [("exact_pct", "exact extraction, final round (%)")]
-    if data.auc_keys:
-        panels.append(("mia_auc", "membership inference AUC (best score)"))
+    if data.has("mia_auc"):
+        panels.append(("mia_auc", f"membership inference AUC ({data.mia_score})"))
     drawn["privacy_utility"] = figures.privacy_utility(privacy, data.style, panels)
     absent = []
-    if not data.auc_keys:
-        absent.append("MIA AUC (no metrics.jsonl field whose name contains 'auc')")
-    if len(data.roc):
-        final_roc = _final_round_rows(data.roc)
+    if not data.has("mia_auc"):
+        absent.append("MIA AUC (no run audited membership: attack.membership.enabled = false)")
+    roc = data.roc[data.roc["population"] == "all"]
+    if len(roc):
+        final_roc = _final_round_rows(roc)
         lowest = final_roc.groupby("combination")["seed"].transform("min")
         drawn["mia_roc"] = figures.mia_roc(final_roc[final_roc.seed == lowest], data.style)
     else:
-        absent.append("MIA ROC curves (no fpr/tpr points in the run folders)")
+        absent.append("MIA ROC curves (no global curves in the runs' roc/round-NNN.json)")
     if len(data.exposure):
         drawn["exposure"] = figures.exposure_distribution(
             _final_round_rows(data.exposure), data.style)
     else:
-        absent.append("exposure (no per-canary exposure rows in the run folders)")
-    if not data.accuracy_keys:
-        absent.append("QA accuracy (no metrics.jsonl accuracy field besides token accuracy)")
+        absent.append("exposure (no run audited exposure: attack.exposure.enabled = false "
+                      "or canaries.exposure_per_count = 0)")
+    if not data.has("qa_accuracy"):
+        absent.append("QA accuracy (no `utility` in the runs' metrics.jsonl)")
+    elif not data.has("mcq_accuracy"):
+        absent.append("MCQ accuracy (no multiple-choice question held out)")
 
     pngs: dict[str, Path] = {}
     for name, fig in drawn.items():
@@ -274,7 +281,10 @@ def write_report(path: str | Path) -> Report:
         "*exact*: injected canaries whose secret continuation the global model reproduces "
         "token for token (greedy); *partial*: fraction of secret tokens reproduced at the right "
         "position; *longest run*: secret tokens reproduced before the first error; *held-out "
-        "ppl*: perplexity on QA samples no client trained on (utility).",
+        "ppl*: perplexity on QA samples no client trained on (utility); *MIA*: membership "
+        "inference by the headline score over all members vs non-members; *exposure*: mean "
+        "exposure of injected exposure canaries; *QA / MCQ accuracy*: held-out answer match "
+        "and multiple-choice accuracy.",
     ]
     md = [f"# {title}", "", facts, "", "## Memorization and utility by combination", "",
           _markdown_table(rows), "", *notes, "", "## Exact extraction by replica count (%)", "",

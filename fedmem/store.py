@@ -13,11 +13,15 @@ store from folders. Schema (README, "Results store"):
                   keys flattened with dots (extraction.by_replicas.4.exact_rate, clients.0...)
   canary_results  one row per extraction.jsonl line: round, canary, replicas, injected,
                   exact, token_accuracy, longest_match, generated, any other fields as JSON
-  mia_roc         ROC points found in the run folder's JSON files (objects holding equal-length
-                  `fpr` and `tpr` lists), when an audit wrote them
-  exposure        per-canary exposure found in the run folder's JSONL rows (`canary_id` and a
-                  numeric `exposure`), when an audit wrote them
-                  (both: the global model's view only; checkpoint*/ and audits/ are skipped)
+  mia_roc         ROC points of roc/round-NNN.json: round, curve (the MIA score), population
+                  (all, canaries, qa), point, fpr, tpr
+  exposure        exposure.jsonl: round, canary, replicas, exposure (bits)
+                  (both: the global model's view only; client vantages stay in the files)
+
+The runs and rounds tables carry the membership audit's headline score (fedmem.report
+`headline_score`: "reference" when computed, else the first configured score) with its AUC and
+TPR at 1% / 0.1% FPR over all samples, the mean exposure of injected exposure canaries and the
+utility audit's QA and multiple-choice accuracy; NULL where the run did not audit them.
 
 `query(path, sql)` returns a pandas DataFrame; `rounds_wide(path)` pivots round_metrics.
 """
@@ -26,16 +30,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedmem.report import headline_score
+
 if TYPE_CHECKING:
     import pandas as pd
 
+GLOBAL = "global"  # fedmem.audit.GLOBAL (not imported: that would load torch)
 STORE_NAME = "fedmem.sqlite"
 SWEEP_FILE = "sweep.json"
 RUN_FILES = ("config.json", "canaries.jsonl", "metrics.jsonl", "extraction.jsonl", "summary.json")
@@ -63,6 +68,13 @@ CREATE TABLE IF NOT EXISTS runs (
     longest_match REAL,
     heldout_loss REAL,                -- final round
     heldout_perplexity REAL,
+    mia_score TEXT,                   -- headline MIA score (final round), NULL: no MIA audit
+    mia_auc REAL,                     -- its AUC over all members vs non-members
+    mia_tpr_at_1pct_fpr REAL,
+    mia_tpr_at_01pct_fpr REAL,
+    exposure_mean REAL,               -- mean exposure (bits) of injected exposure canaries
+    qa_accuracy REAL,                 -- held-out QA answer match (utility)
+    mcq_accuracy REAL,                -- held-out multiple choice; NULL when none held out
     axes_json TEXT NOT NULL,          -- {axis key: value} of the sweep cell, {} otherwise
     config_json TEXT NOT NULL,
     ingested_at TEXT NOT NULL
@@ -75,6 +87,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL, round INTEGER NOT NULL,
     elapsed_s REAL, heldout_loss REAL, heldout_perplexity REAL,
     exact_rate REAL, token_accuracy REAL, longest_match REAL, bytes_sent INTEGER,
+    mia_score TEXT, mia_auc REAL, mia_tpr_at_1pct_fpr REAL, mia_tpr_at_01pct_fpr REAL,
+    exposure_mean REAL, qa_accuracy REAL, mcq_accuracy REAL,
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS round_metrics (
@@ -89,7 +103,7 @@ CREATE TABLE IF NOT EXISTS canary_results (
 CREATE INDEX IF NOT EXISTS canary_results_run ON canary_results (run_id, round);
 CREATE TABLE IF NOT EXISTS mia_roc (
     run_id TEXT NOT NULL, round INTEGER, curve TEXT NOT NULL, point INTEGER NOT NULL,
-    fpr REAL NOT NULL, tpr REAL NOT NULL
+    fpr REAL NOT NULL, tpr REAL NOT NULL, population TEXT
 );
 CREATE INDEX IF NOT EXISTS mia_roc_run ON mia_roc (run_id);
 CREATE TABLE IF NOT EXISTS exposure (
@@ -98,6 +112,11 @@ CREATE TABLE IF NOT EXISTS exposure (
 );
 CREATE INDEX IF NOT EXISTS exposure_run ON exposure (run_id);
 """
+ROUND_COLUMNS = (
+    "run_id", "round", "elapsed_s", "heldout_loss", "heldout_perplexity", "exact_rate",
+    "token_accuracy", "longest_match", "bytes_sent", "mia_score", "mia_auc",
+    "mia_tpr_at_1pct_fpr", "mia_tpr_at_01pct_fpr", "exposure_mean", "qa_accuracy", "mcq_accuracy",
+)
 TABLES = ("runs", "run_config", "rounds", "round_metrics", "canary_results", "mia_roc", "exposure")
 
 
@@ -110,10 +129,25 @@ def store_for_run(run_dir: Path) -> Path:
     return Path(run_dir).parent / STORE_NAME
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
+    return [(r[1], r[2]) for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
 def connect(db: Path) -> sqlite3.Connection:
+    """The store, created or brought up to the current schema (columns added since a store
+    was made are added to it, NULL for the runs it already holds)."""
     db.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db, timeout=60)
     conn.executescript(SCHEMA)
+    current = sqlite3.connect(":memory:")
+    current.executescript(SCHEMA)
+    with conn:
+        for table in TABLES:
+            have = {name for name, _ in _columns(conn, table)}
+            for name, kind in _columns(current, table):
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    current.close()
     return conn
 
 
@@ -182,80 +216,46 @@ def _sweep_cell(run_dir: Path) -> tuple[str | None, dict | None]:
     return sweep["name"], None
 
 
-def _json_objects(obj: Any, path: str = "") -> Iterator[tuple[str, dict]]:
-    """Every dict inside `obj` with the path of keys leading to it."""
-    if isinstance(obj, dict):
-        yield path, obj
-        for key, value in obj.items():
-            yield from _json_objects(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(obj, list):
-        for item in obj:
-            yield from _json_objects(item, path)
-
-
-def _round_of(obj: dict, file: Path, outer: dict | None) -> int | None:
-    for source in (obj, outer or {}):
-        if isinstance(source.get("round"), int):
-            return source["round"]
-    if m := re.search(r"round[-_]?(\d+)", file.stem):
-        return int(m.group(1))
-    return None
-
-
-def _global_view(obj: dict, outer: dict | None, key_path: str) -> bool:
-    """Only the global model's audit (the view of any participant) goes into mia_roc and
-    exposure: rows or curves of a client's vantage point (`vantage` = "client-i", or a key
-    path starting with "client") are left to the files."""
-    for source in (obj, outer or {}):
-        vantage = source.get("vantage")
-        if isinstance(vantage, str) and vantage != "global":
-            return False
-    return not key_path.startswith("client")
+def _global(row: dict) -> bool:
+    return row.get("vantage", GLOBAL) == GLOBAL
 
 
 def _audit_extras(run_dir: Path) -> tuple[list[tuple], list[tuple]]:
-    """ROC points and per-canary exposures that audits wrote anywhere in the run folder."""
+    """The global model's ROC points (roc/round-NNN.json: {vantage: {score: {population:
+    {"fpr", "tpr"}}}}) and per-canary exposures (exposure.jsonl) of a run folder."""
     roc: list[tuple] = []
-    exposure: list[tuple] = []
-    for file in sorted(run_dir.rglob("*.json*")):
-        if file.name in ("config.json", "summary.json", "canaries.jsonl", SWEEP_FILE):
-            continue
-        inner = file.parts[len(run_dir.parts):-1]
-        if any(p.startswith("checkpoint") or p == "audits" for p in inner) or file.suffix not in (
-            ".json", ".jsonl"
-        ):
-            continue  # saved states, and re-audits (their own files, never the run's audit)
-        try:
-            text = file.read_text()
-            docs = [json.loads(text)] if file.suffix == ".json" else [
-                json.loads(line) for line in text.splitlines() if line.strip()
-            ]
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        for doc in docs:
-            outer = doc if isinstance(doc, dict) else None
-            for key_path, obj in _json_objects(doc):
-                if not _global_view(obj, outer, key_path):
-                    continue
-                fpr, tpr = obj.get("fpr"), obj.get("tpr")
-                if (
-                    isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr)
-                    and fpr and all(isinstance(v, int | float) for v in fpr + tpr)
-                ):
-                    name = obj.get("score") or obj.get("name") or obj.get("method") or key_path
-                    curve = str(name or file.stem)
-                    rnd = _round_of(obj, file, outer)
-                    roc += [(rnd, curve, i, float(f), float(t))
-                            for i, (f, t) in enumerate(zip(fpr, tpr, strict=True))]
-                value = obj.get("exposure")
-                if "canary_id" in obj and isinstance(value, int | float) and not isinstance(
-                    value, bool
-                ):
-                    exposure.append(
-                        (_round_of(obj, file, outer), obj["canary_id"], obj.get("replicas"),
-                         float(value))
-                    )
+    for file in sorted((run_dir / "roc").glob("round-*.json")):
+        rnd = int(file.stem.removeprefix("round-"))
+        for score, populations in json.loads(file.read_text()).get(GLOBAL, {}).items():
+            for population, curve in populations.items():
+                roc += [(rnd, score, population, i, float(f), float(t))
+                        for i, (f, t) in enumerate(zip(curve["fpr"], curve["tpr"], strict=True))]
+    exposure = [
+        (r["round"], r["canary_id"], r.get("replicas"), float(r["exposure"]))
+        for r in _read_jsonl(run_dir / "exposure.jsonl")
+        if _global(r)
+    ]
     return roc, exposure
+
+
+def audit_headline(row: dict | None) -> dict[str, Any]:
+    """The audit numbers of one metrics.jsonl row that the runs and rounds tables carry:
+    the headline MIA score's AUC and TPR at low FPR over all samples, the injected exposure
+    canaries' mean exposure, QA and multiple-choice accuracy; None where not audited."""
+    row = row or {}
+    out: dict[str, Any] = {"mia_score": None, "mia_auc": None, "mia_tpr_at_1pct_fpr": None,
+                           "mia_tpr_at_01pct_fpr": None}
+    if membership := row.get("membership"):
+        score = headline_score(membership)
+        overall = membership["scores"][score]["all"]
+        out.update(mia_score=score, mia_auc=overall["auc"],
+                   mia_tpr_at_1pct_fpr=overall["tpr_at_fpr_0.01"],
+                   mia_tpr_at_01pct_fpr=overall["tpr_at_fpr_0.001"])
+    out["exposure_mean"] = ((row.get("exposure") or {}).get("injected") or {}).get("mean")
+    utility = row.get("utility") or {}
+    out["qa_accuracy"] = utility.get("qa_accuracy")
+    out["mcq_accuracy"] = utility.get("mcq_accuracy")
+    return out
 
 
 # ----------------------------------------------------------------------------- writing
@@ -320,6 +320,7 @@ def ingest_run(run_dir: Path, db: Path | None = None) -> str:
         "longest_match": injected_stat(final, "longest_match"),
         "heldout_loss": _finite(final.get("heldout_loss")),
         "heldout_perplexity": _finite(final.get("heldout_perplexity")),
+        **audit_headline(final),
         "axes_json": json.dumps(axes, sort_keys=True),
         "config_json": json.dumps(config, sort_keys=True),
         "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -328,7 +329,7 @@ def ingest_run(run_dir: Path, db: Path | None = None) -> str:
         (run_id, r["round"], r.get("elapsed_s"), _finite(r.get("heldout_loss")),
          _finite(r.get("heldout_perplexity")), injected_stat(r, "exact_rate"),
          injected_stat(r, "token_accuracy"), injected_stat(r, "longest_match"),
-         r.get("bytes_sent"))
+         r.get("bytes_sent"), *audit_headline(r).values())
         for r in metrics
     ]
     round_metrics = [
@@ -360,13 +361,17 @@ def ingest_run(run_dir: Path, db: Path | None = None) -> str:
                 "INSERT INTO run_config VALUES (?, ?, ?)",
                 [(run_id, k, json.dumps(v)) for k, v in _flat_config(config).items()],
             )
-            conn.executemany("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rounds)
+            conn.executemany(
+                f"INSERT INTO rounds ({', '.join(ROUND_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(ROUND_COLUMNS))})", rounds
+            )
             conn.executemany("INSERT INTO round_metrics VALUES (?, ?, ?, ?)", round_metrics)
             conn.executemany(
                 "INSERT INTO canary_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", canary_rows
             )
             conn.executemany(
-                "INSERT INTO mia_roc VALUES (?, ?, ?, ?, ?, ?)", [(run_id, *p) for p in roc]
+                "INSERT INTO mia_roc (run_id, round, curve, population, point, fpr, tpr) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", [(run_id, *p) for p in roc]
             )
             conn.executemany(
                 "INSERT INTO exposure VALUES (?, ?, ?, ?, ?)", [(run_id, *e) for e in exposure]

@@ -2,23 +2,51 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-import shutil
+import statistics
 
 import pytest
 
 from fedmem.cli import main
 from fedmem.report_files import write_report
 from fedmem.store import query
+from tests.conftest import TINY_OVERRIDES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALWAYS = ("extraction_vs_round", "extraction_vs_replicas", "privacy_utility")
+AUDITED = (*ALWAYS, "mia_roc", "exposure")  # runs that audit membership and exposure (default)
 
 
 @pytest.fixture(scope="module")
 def sweep_report(finished_sweep):
     return write_report(finished_sweep.sweep.folder)
+
+
+@pytest.fixture(scope="module")
+def unaudited_run(tmp_path_factory):
+    """A tiny finished run that audited neither membership inference nor exposure."""
+    from fedmem.cli import train_and_audit
+    from fedmem.config import build_config
+
+    folder = tmp_path_factory.mktemp("unaudited")
+    raw = copy.deepcopy(TINY_OVERRIDES)
+    raw.update(name="unaudited", mode="centralized", output={"dir": str(folder)})
+    raw["federation"] = {**raw["federation"], "rounds": 1}
+    raw["attack"] = {**raw["attack"], "membership": {"enabled": False},
+                     "exposure": {"enabled": False}}
+    train_and_audit(build_config(raw))
+    return folder / "unaudited"
+
+
+def _final_rows(finished_sweep) -> dict[str, list[dict]]:
+    """combination -> the final metrics row of each of its seeds' runs (summary.json)."""
+    rows: dict[str, list[dict]] = {}
+    for cell in finished_sweep.sweep.cells:
+        summary = json.loads((cell.run_dir / "summary.json").read_text())
+        rows.setdefault(cell.combination, []).append(summary["final"])
+    return rows
 
 
 def _markdown_table(text: str, heading: str) -> list[dict[str, str]]:
@@ -34,8 +62,8 @@ def _mean_std(cell: str) -> tuple[float, float]:
 
 
 def test_each_figure_is_a_non_empty_png_next_to_the_report(sweep_report, finished_sweep):
-    assert set(sweep_report.figures) == set(ALWAYS)
-    for name in ALWAYS:
+    assert set(sweep_report.figures) == set(AUDITED)
+    for name in AUDITED:
         png = finished_sweep.sweep.folder / f"{name}.png"
         assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 5000
         assert f"]({name}.png)" in sweep_report.markdown.read_text()
@@ -43,7 +71,7 @@ def test_each_figure_is_a_non_empty_png_next_to_the_report(sweep_report, finishe
 
 def test_html_embeds_its_figures_and_loads_nothing_external(sweep_report):
     page = sweep_report.html.read_text()
-    assert page.count('src="data:image/png;base64,') == len(ALWAYS)
+    assert page.count('src="data:image/png;base64,') == len(AUDITED)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert "<link" not in page and "<script" not in page
 
@@ -82,35 +110,72 @@ def test_replica_table_equals_the_final_round_metrics(sweep_report, finished_swe
         assert float(row["4x"]) == pytest.approx(final[row["combination"]], abs=0.05)
 
 
-def test_report_names_the_audits_these_runs_lack(sweep_report):
-    text = sweep_report.markdown.read_text()
-    absent = text.split("## Not in these runs", 1)[1]
-    for what in ("MIA AUC", "MIA ROC curves", "exposure", "QA accuracy"):
-        assert f"- {what}" in absent
+def test_report_names_the_audits_these_runs_lack(unaudited_run):
+    report = write_report(unaudited_run)
+    assert set(report.figures) == set(ALWAYS)
+    absent = report.markdown.read_text().split("## Not in these runs", 1)[1]
+    for what in ("MIA AUC", "MIA ROC curves", "exposure"):
+        assert f"- {what} (" in absent
+    assert [a.split(" (")[0] for a in report.absent] == ["MIA AUC", "MIA ROC curves", "exposure"]
+    assert not any(h.startswith(("MIA", "exposure")) for h in report.table[0])
+    assert {"QA accuracy (%)", "MCQ accuracy (%)"} <= set(report.table[0])  # utility: always
+    run = query(unaudited_run, "runs").iloc[0]
+    assert run[["mia_score", "mia_auc", "exposure_mean"]].isna().all()
+    assert query(unaudited_run, "mia_roc").empty and query(unaudited_run, "exposure").empty
 
 
-def test_audit_fields_light_up_when_runs_carry_them(finished_sweep, tmp_path):
-    """Runs carrying MIA AUC, ROC points and exposure (as an audit would write them) get the
-    ROC and exposure figures and an AUC column; nothing is listed as absent but QA accuracy."""
-    for cell in (finished_sweep.sweep.cells[0], finished_sweep.sweep.cells[4]):
-        run = shutil.copytree(cell.run_dir, tmp_path / "runs" / cell.name,
-                              ignore=shutil.ignore_patterns("checkpoint"))
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-        for row in rows:
-            row["mia"] = {"loss": {"auc": 0.5 + 0.1 * row["round"]}}
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (run / "mia-round-001.json").write_text(json.dumps(
-            {"round": 1, "loss": {"fpr": [0, 0.2, 1], "tpr": [0, 0.6, 1]}}))
-        (run / "exposure.jsonl").write_text("".join(
-            json.dumps({"round": 1, "canary_id": f"c{i:04d}", "replicas": i % 2 * 4,
-                        "exposure": float(i)}) + "\n" for i in range(6)))
-    report = write_report(tmp_path / "runs")
-    assert set(report.figures) == {*ALWAYS, "mia_roc", "exposure"}
-    assert all(p.stat().st_size > 5000 for p in report.figures.values())
-    assert "MIA AUC (best score)" in report.table[0] and "exposure (bits)" in report.table[0]
-    assert [a.split(" (")[0] for a in report.absent] == ["QA accuracy"]
-    auc = report.table[0].index("MIA AUC (best score)")
-    assert {row[auc] for row in report.table[1:]} == {"0.600"}
+def test_audited_runs_lack_nothing(sweep_report):
+    assert sweep_report.absent == []
+    assert "## Not in these runs" not in sweep_report.markdown.read_text()
+
+
+def test_audit_columns_equal_the_final_round_audits(sweep_report, finished_sweep):
+    """MIA AUC and TPR of the headline score (reference: computed by default), exposure of the
+    injected exposure canaries and held-out QA / MCQ accuracy: mean +- std over seeds of each
+    run's final metrics row."""
+    header = sweep_report.table[0]
+    columns = {
+        "MIA AUC (reference)": (lambda r: r["membership"]["scores"]["reference"]["all"]["auc"],
+                                1, 0.0005),
+        "MIA TPR @ 1% FPR (%)": (
+            lambda r: r["membership"]["scores"]["reference"]["all"]["tpr_at_fpr_0.01"], 100,
+            0.05),
+        "exposure (bits)": (lambda r: r["exposure"]["injected"]["mean"], 1, 0.005),
+        "QA accuracy (%)": (lambda r: r["utility"]["qa_accuracy"], 100, 0.05),
+        "MCQ accuracy (%)": (lambda r: r["utility"]["mcq_accuracy"], 100, 0.05),
+    }
+    assert set(columns) <= set(header)
+    finals = _final_rows(finished_sweep)
+    for row in sweep_report.table[1:]:
+        runs = finals[row[0]]
+        assert len(runs) == 2
+        for column, (field, scale, tol) in columns.items():
+            values = [field(r) * scale for r in runs]
+            mean, std = _mean_std(row[header.index(column)])
+            assert mean == pytest.approx(statistics.mean(values), abs=tol), column
+            assert std == pytest.approx(statistics.stdev(values), abs=tol), column
+
+
+def test_roc_and_exposure_figures_draw_the_global_final_round(sweep_report, finished_sweep):
+    """The figures' data: the final round's global curves over all samples (one panel per
+    configured score) and the final round's global exposure rows, for every combination."""
+    from fedmem.report_files import _final_round_rows, load_report_data
+
+    db = finished_sweep.sweep.folder / "fedmem.sqlite"
+    data = load_report_data(db, [c.name for c in finished_sweep.sweep.cells])
+    cell = finished_sweep.sweep.cells[0]
+    curves = json.loads((cell.run_dir / "roc" / "round-001.json").read_text())["global"]
+    roc = _final_round_rows(data.roc[data.roc.population == "all"])
+    mine = roc[roc.run_id == cell.name].sort_values(["curve", "point"])
+    for score, points in curves.items():
+        got = mine[mine.curve == score]
+        assert got["fpr"].tolist() == points["all"]["fpr"]
+        assert got["tpr"].tolist() == points["all"]["tpr"]
+    exposure = _final_round_rows(data.exposure)
+    assert set(exposure["round"]) == {1}
+    assert set(exposure["combination"]) == set(data.style.index)
+    for name in ("mia_roc", "exposure"):
+        assert sweep_report.figures[name].stat().st_size > 5000
 
 
 def test_cli_report_of_a_single_run_writes_into_its_folder(finished_sweep, capsys):

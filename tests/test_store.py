@@ -10,6 +10,7 @@ import sqlite3
 import pytest
 
 from fedmem.cli import main
+from fedmem.config import MIA_SCORES
 from fedmem.store import TABLES, flatten, ingest_run, query, rounds_wide
 
 
@@ -100,18 +101,82 @@ def test_ingest_is_all_or_nothing(one_run, tmp_path):
     assert _counts(tmp_path / "fedmem.sqlite", "run") == before
 
 
-def test_audit_files_fill_the_mia_and_exposure_tables(one_run, tmp_path):
-    (one_run / "mia").mkdir()
-    (one_run / "mia" / "round-001.json").write_text(json.dumps(
-        {"loss": {"auc": 0.7, "fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.8, 1.0]}}))
-    (one_run / "exposure.jsonl").write_text(
-        json.dumps({"round": 1, "canary_id": "c0000", "replicas": 1, "exposure": 3.5}) + "\n")
+def test_audit_outputs_fill_the_mia_and_exposure_tables_from_the_global_view(one_run, tmp_path):
+    """mia_roc holds every global curve of roc/round-NNN.json (score x population), exposure
+    every global row of exposure.jsonl; a client's vantage, in the audit's own shape, stays in
+    the files."""
+    curves = {int(f.stem.removeprefix("round-")): json.loads(f.read_text())
+              for f in (one_run / "roc").glob("round-*.json")}
+    assert sorted(curves) == [0, 1] and all(set(c) == {"global"} for c in curves.values())
+    for rnd, c in curves.items():
+        (one_run / "roc" / f"round-{rnd:03d}.json").write_text(
+            json.dumps({**c, "client-0": c["global"]}))
+    rows = [json.loads(line) for line in (one_run / "exposure.jsonl").read_text().splitlines()]
+    assert rows and {r["vantage"] for r in rows} == {"global"}
+    with (one_run / "exposure.jsonl").open("a") as f:
+        f.writelines(json.dumps({**r, "vantage": "client-0", "exposure": 99.0}) + "\n"
+                     for r in rows)
     ingest_run(one_run)
-    roc = query(tmp_path, "mia_roc")
-    assert roc[["round", "curve", "fpr", "tpr"]].values.tolist() == [
-        [1, "loss", 0.0, 0.0], [1, "loss", 0.5, 0.8], [1, "loss", 1.0, 1.0]]
-    assert query(tmp_path, "exposure")[["canary_id", "exposure"]].values.tolist() == [
-        ["c0000", 3.5]]
+
+    roc = query(tmp_path, "SELECT * FROM mia_roc ORDER BY round, curve, population, point")
+    expected = sorted(
+        [rnd, score, population, i, f, t]
+        for rnd, c in curves.items()
+        for score, populations in c["global"].items()
+        for population, points in populations.items()
+        for i, (f, t) in enumerate(zip(points["fpr"], points["tpr"], strict=True))
+    )
+    assert roc[["round", "curve", "population", "point", "fpr", "tpr"]].values.tolist() == expected
+    assert set(roc["curve"]) == set(MIA_SCORES)
+    assert set(roc["population"]) == {"all", "canaries", "qa"}
+    exposure = query(tmp_path, "SELECT * FROM exposure ORDER BY round, canary_id")
+    assert exposure[["round", "canary_id", "replicas", "exposure"]].values.tolist() == sorted(
+        [r["round"], r["canary_id"], r["replicas"], r["exposure"]] for r in rows)
+
+
+def test_runs_and_rounds_carry_the_headline_audit_numbers(finished_sweep):
+    cell = finished_sweep.sweep.cells[2]
+    metrics = [json.loads(line) for line in (cell.run_dir / "metrics.jsonl").open()]
+    store = finished_sweep.sweep.folder
+    run = query(store, "SELECT * FROM runs WHERE run_id = ?", (cell.name,)).iloc[0]
+    rounds = query(store, "SELECT * FROM rounds WHERE run_id = ? ORDER BY round", (cell.name,))
+    assert len(rounds) == len(metrics) == 2
+    for got, row in [(run, metrics[-1]), *zip((r for _, r in rounds.iterrows()), metrics,
+                                             strict=True)]:
+        assert got["mia_score"] == "reference"  # computed by default: the headline score
+        overall = row["membership"]["scores"]["reference"]["all"]
+        assert got["mia_auc"] == overall["auc"]
+        assert got["mia_tpr_at_1pct_fpr"] == overall["tpr_at_fpr_0.01"]
+        assert got["mia_tpr_at_01pct_fpr"] == overall["tpr_at_fpr_0.001"]
+        assert got["exposure_mean"] == row["exposure"]["injected"]["mean"]
+        assert got["qa_accuracy"] == row["utility"]["qa_accuracy"]
+        assert got["mcq_accuracy"] == row["utility"]["mcq_accuracy"]
+
+
+def test_the_headline_mia_score_is_the_first_configured_without_reference(one_run, tmp_path):
+    """A run configured without the reference score: its first configured score heads."""
+    config = json.loads((one_run / "config.json").read_text())
+    config["attack"]["membership"]["scores"] = ["zlib", "loss"]
+    (one_run / "config.json").write_text(json.dumps(config))
+    rows = [json.loads(line) for line in (one_run / "metrics.jsonl").open()]
+    for row in rows:
+        scores = row["membership"]["scores"]
+        row["membership"]["scores"] = {k: scores[k] for k in ("zlib", "loss")}
+    (one_run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ingest_run(one_run)
+    run = query(tmp_path, "runs").iloc[0]
+    assert run["mia_score"] == "zlib"
+    assert run["mia_auc"] == rows[-1]["membership"]["scores"]["zlib"]["all"]["auc"]
+
+
+def test_a_store_made_before_the_audit_columns_gains_them(one_run, tmp_path):
+    db = tmp_path / "fedmem.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE mia_roc (run_id TEXT NOT NULL, round INTEGER, curve TEXT NOT NULL,"
+                 " point INTEGER NOT NULL, fpr REAL NOT NULL, tpr REAL NOT NULL)")
+    conn.close()
+    ingest_run(one_run)
+    assert set(query(tmp_path, "mia_roc")["population"]) == {"all", "canaries", "qa"}
 
 
 def test_ingest_rebuilds_a_store_from_folders(finished_sweep, tmp_path, capsys):
