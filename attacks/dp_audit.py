@@ -99,12 +99,15 @@ def attack_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 def canary_direction(dim: int, seed: int, index: int) -> np.ndarray:
     """Unit vector, isotropic in `dim` dimensions, a pure function of (seed, index)."""
     v = np.random.default_rng([seed, index]).standard_normal(dim, dtype=np.float32)
-    return v / np.linalg.norm(v)
+    return v / np.float32(np.sqrt(np.sum(v.astype(np.float64) ** 2)))
 
 
 def cosine(direction: np.ndarray, change: np.ndarray) -> float:
-    norm = float(np.linalg.norm(change))
-    return float(direction @ change) / norm if norm > 0 else 0.0
+    # Elementwise sums in float64, not BLAS dot/norm: the server calls this from Flower's
+    # ServerApp thread, where an OpenBLAS call was seen to spin forever after a resume.
+    change = change.astype(np.float64)
+    norm = float(np.sqrt(np.sum(change * change)))
+    return float(np.sum(direction.astype(np.float64) * change)) / norm if norm > 0 else 0.0
 
 
 def gaussian_fit_epsilon(in_stats: np.ndarray, out_stats: np.ndarray, delta: float) -> float:
