@@ -18,7 +18,7 @@ from fedmem.results import read_jsonl
 AUDITED = {
     "mode": "centralized",
     "data": {"num_samples": 20},
-    "canaries": {"replica_counts": [1], "per_count": 1},
+    "canaries": {"replica_counts": [1], "per_count": 1, "exposure_per_count": 0},
     "federation": {"num_clients": 2, "rounds": 2},
     "training": {"batch_size": 8, "lr": 1e-2, "local_epochs": 6, "max_seq_len": 128},
     "dp_audit": {"records": 200},

@@ -24,9 +24,13 @@ def test_three_clients_one_dataset_each_run_end_to_end(tiny_raw, tmp_path, monke
     assert [r["round"] for r in rows] == [0, 1]
     clients = rows[1]["clients"]
     assert set(clients) == {"0", "1", "2"}
-    canaries = read_jsonl(config.run_dir / "canaries.jsonl")
+    canaries = [
+        *read_jsonl(config.run_dir / "canaries.jsonl"),
+        *read_jsonl(config.run_dir / "exposure_canaries.jsonl"),
+    ]
     copies = [c for canary in canaries for c in canary["clients"]]
-    # Each client trained on its dataset's 90% plus the canary copies placed on it.
+    # Each client trained on its dataset's 90% plus the canary copies (memorization and
+    # exposure canaries) placed on it.
     for client, qa in enumerate((9, 18, 27)):
         assert clients[str(client)]["examples"] == qa + copies.count(client)
     assert set(rows[1]["extraction"]["by_replicas"]) == {"0", "1", "4"}
