@@ -12,6 +12,7 @@ import fcntl
 import math
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,16 +35,22 @@ def ensure_tiny_base(model: ModelConfig) -> Path:
     """Return the cached base folder for this tiny-Llama shape, building it if missing."""
     recipe = {k: v for k, v in asdict(model).items() if k not in ("name", "finetuning")}
     key = config_hash(RECIPE_VERSION, recipe)
-    target = cache_root() / "base" / key
+    return build_once(cache_root() / "base" / key, lambda tmp: build_tiny_base(model, tmp))
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """The model folder `target`, built by `build(tmp)` the first time only: under a file
+    lock (parallel clients wait rather than build twice), into a temporary folder renamed
+    into place, so a folder with config.json is always complete."""
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{key}.lock", "w") as lock:
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").exists():
-            tmp = target.parent / f"{key}.tmp"
+            tmp = target.parent / f"{target.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            build_tiny_base(model, tmp)
+            build(tmp)
             tmp.rename(target)
     return target
 

