@@ -385,19 +385,63 @@ class Config:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a TOML file, apply `a.b=value` overrides, and validate."""
+    """Read a TOML file (and the files it names as `base`), apply `a.b=value` overrides,
+    and validate."""
+    return build_config(apply_overrides(read_config_file(path), overrides))
+
+
+BASE_KEY = "base"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw tables of a config file. A file may start with `base = "other.toml"` (relative
+    to itself): its tables are then merged over the base file's, key by key, recursively, so
+    a preset states only what it changes."""
+    return _read_with_bases(Path(path), ())
+
+
+def _read_with_bases(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
+    raw = read_toml(path, "config file")
+    if BASE_KEY not in raw:
+        return raw
+    base = raw.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: give a config file path, e.g. base = '../x.toml'")
+    base_path = (path.parent / base).resolve()
+    if base_path in children or base_path == path.resolve():
+        raise ConfigError(f"{path}: base = {base!r}: files name each other as base")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base = {base!r}: no such file {base_path}")
+    return merge_tables(_read_with_bases(base_path, (*children, path.resolve())), raw)
+
+
+def merge_tables(under: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `under`: tables merge key by key, anything else replaces."""
+    out = dict(under)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables; a missing, unreadable or malformed file is a one-line
+    `ConfigError` naming it (`what` says what kind of file was expected)."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))  # no newline translation
+        return tomllib.loads(path.read_bytes().decode("utf-8"))  # no newline translation
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a {what}") from None
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {err.strerror}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not valid UTF-8 (byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
-    return build_config(apply_overrides(raw, overrides))
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...]) -> dict:
@@ -407,7 +451,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ..
     out = copy.deepcopy(dict(raw))
     for item in overrides:
         key, value = parse_override(item)
-        _set_dotted(out, key, value)
+        set_dotted(out, key, value)
     return out
 
 
@@ -426,7 +470,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, parsed["v"] if list(parsed) == ["v"] else text
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested mapping, creating the sections on the way."""
     *parents, leaf = key.split(".")
     node = raw
     for i, part in enumerate(parents):
@@ -693,7 +738,7 @@ def to_run_config(config: Config) -> dict[str, bool | int | float | str]:
 
 def from_run_config(flat: Mapping[str, Any]) -> Config:
     """Inverse of `to_run_config`."""
-    hints = _flat_hints()
+    hints = flat_hints()
     raw: dict[str, Any] = {}
     for key, value in flat.items():
         hint = hints.get(key)
@@ -702,11 +747,12 @@ def from_run_config(flat: Mapping[str, Any]) -> Config:
                 value = json.loads(value)
             except json.JSONDecodeError:
                 raise ConfigError(f"{key} = {value!r}: expected a JSON list") from None
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return build_config(raw)
 
 
-def _flat_hints() -> dict[str, Any]:
+def flat_hints() -> dict[str, Any]:
+    """Every dotted config key and its type hint."""
     out: dict[str, Any] = {}
 
     def walk(cls: type, prefix: str) -> None:

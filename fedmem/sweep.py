@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +33,12 @@ from typing import Any
 from fedmem.config import (
     Config,
     ConfigError,
-    _flat_hints,
-    _set_dotted,
     build_config,
+    flat_hints,
     parse_override,
+    read_config_file,
+    read_toml,
+    set_dotted,
     to_dict,
     to_run_config,
 )
@@ -81,37 +82,29 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
     `overrides` (`key=value`, as `--set`) apply to every cell after the file's [set]."""
     path = Path(path)
-    try:
-        spec = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"{path}: no such sweep file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise SweepError(f"{path}: invalid TOML: {err}") from None
+    spec = read_toml(path, "sweep file")
     if unknown := sorted(set(spec) - SWEEP_KEYS):
         allowed = ", ".join(sorted(SWEEP_KEYS))
         raise SweepError(f"{path}: unknown key '{unknown[0]}' (allowed: {allowed})")
     if not isinstance(spec.get("base"), str):
         raise SweepError(f"{path}: base: give the base config file, e.g. base = \"../x.toml\"")
     base_path = (path.parent / spec["base"]).resolve()
-    try:
-        base = tomllib.loads(base_path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"{path}: base = {spec['base']!r}: no such file {base_path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise SweepError(f"{path}: base {base_path}: invalid TOML: {err}") from None
+    if not base_path.is_file():
+        raise SweepError(f"{path}: base = {spec['base']!r}: no such file {base_path}")
+    base = read_config_file(base_path)
     name = spec.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise SweepError(f"{path}: name = {name!r}: must be a plain folder name")
 
-    hints = _flat_hints()
+    hints = flat_hints()
     fixed = _table(path, spec, "set")
     for key, value in fixed.items():
         _check_key(path, f"set.{key}", key, hints)
-        _set_dotted(base, key, value)
+        set_dotted(base, key, value)
     for item in overrides:
         key, value = parse_override(item)
         _check_key(path, f"--set {key}", key, hints)
-        _set_dotted(base, key, value)
+        set_dotted(base, key, value)
 
     groups = _axis_groups(path, spec, hints)
     axes = tuple(key for group in groups for key in group[0])
@@ -134,7 +127,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         ) or name
         raw = json.loads(json.dumps(base))  # deep copy, plain types
         for key, value in values.items():
-            _set_dotted(raw, key, value)
+            set_dotted(raw, key, value)
         raw["name"] = cell_name
         raw.setdefault("output", {})["dir"] = str(folder)
         try:

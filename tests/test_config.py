@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from fedmem.config import (
     from_run_config,
     load_config,
     parse_override,
+    to_dict,
     to_run_config,
 )
 
@@ -94,6 +96,40 @@ def test_load_reports_missing_file_and_bad_toml(tmp_path):
         load_config(bad)
 
 
+def test_a_file_states_only_what_it_changes_over_its_base(tmp_path):
+    (tmp_path / "base.toml").write_text(
+        'name = "b"\nseed = 3\n[training]\nlr = 0.1\nbatch_size = 4\n[federation]\nrounds = 9\n'
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mid.toml").write_text('base = "../base.toml"\n[training]\nlr = 0.2\n')
+    (tmp_path / "top.toml").write_text(
+        'base = "sub/mid.toml"\nname = "t"\n[dp_sgd]\nenabled = true\n'
+    )
+    cfg = load_config(tmp_path / "top.toml", ["federation.rounds=2"])
+    assert (cfg.name, cfg.seed, cfg.training.lr, cfg.training.batch_size) == ("t", 3, 0.2, 4)
+    assert (cfg.federation.rounds, cfg.dp_sgd.enabled) == (2, True)
+
+
+def test_a_missing_or_circular_base_is_named(tmp_path):
+    (tmp_path / "a.toml").write_text('base = "nope.toml"\n')
+    with pytest.raises(ConfigError, match=r"a\.toml: base = 'nope\.toml': no such file"):
+        load_config(tmp_path / "a.toml")
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(ConfigError, match="name each other as base"):
+        load_config(tmp_path / "a.toml")
+
+
+def test_every_mitigation_preset_is_the_quickstart_plus_its_mitigation():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    quickstart = to_dict(load_config(configs / "quickstart.toml"))
+    for path in sorted((configs / "mitigations").glob("*.toml")):
+        preset = to_dict(load_config(path))
+        changed = {k for k in quickstart if preset[k] != quickstart[k]} - {"name"}
+        assert changed and changed <= {"model", "training", "dp_sgd", "client_dp", "secagg",
+                                       "goldfish", "weight_noise"}, (path, changed)
+
+
 def test_flat_run_config_round_trips():
     cfg = build_config(
         {"model": {"finetuning": "lora"}, "canaries": {"replica_counts": [2, 16], "clients": [1]}}
@@ -105,8 +141,6 @@ def test_flat_run_config_round_trips():
 
 
 def test_shipped_configs_are_valid():
-    from pathlib import Path
-
     for path in sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.toml")):
         if "sweeps" not in path.parts:  # sweep files: tests/test_sweep.py
             load_config(path)
