@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 		| xargs $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps
 	touch $(STAMP)
 
+# The first run builds the tiny Llama's tokenizer and warm-started base once (about 2
+# minutes on 2 cores; cached under ~/.cache/fedmem), as a download would be elsewhere.
 run: $(STAMP)
+	$(BIN)/fedmem prepare configs/quickstart.toml
 	$(BIN)/fedmem run configs/quickstart.toml
 
 test: $(STAMP)

@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         help="override an attack.* key, e.g. --set 'attack.decoding=[\"greedy\", \"beam\"]'",
     )
     audit.add_argument("--name", default=None, help="output folder under RUN_DIR/audits/")
+    ready = sub.add_parser(
+        "prepare",
+        help="build and cache what a config loads (tokenizer, base model) and check its data, "
+        "without training: for install steps and container images",
+    )
+    ready.add_argument("config")
+    ready.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show = sub.add_parser("config", help="print the resolved config")
     show.add_argument("config")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -124,6 +131,21 @@ def prepare(config: Config) -> None:
     elif not data.pooled_texts:
         raise ConfigError("data: the centralized baseline gets no training samples")
     load_tokenizer(config)
+
+
+def prepare_verbosely(config: Config) -> None:
+    import time
+
+    from fedmem.models import cache_root
+    from fedmem.report import console
+
+    started = time.perf_counter()
+    with console.status(f"building {config.model.name}'s tokenizer and base model, once"):
+        prepare(config)
+    console.print(
+        f"{config.name}: {config.model.name} and its data ready in "
+        f"{time.perf_counter() - started:.0f}s (models cached under {cache_root()})"
+    )
 
 
 def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
@@ -326,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, overrides)
         if args.command == "deploy-local":
             return deploy(config, args.workdir)
+        if args.command == "prepare":
+            prepare_verbosely(config)
+            return 0
         if args.command == "config":
             print(flower_table(config) if args.flower else json.dumps(to_dict(config), indent=2))
             return 0

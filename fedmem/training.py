@@ -1,7 +1,10 @@
 """The one local training loop (FL clients and the centralized baseline) and held-out loss.
 
 Each sample is one row (never packed with others), so a canary copy is a training record of
-its own; rows are padded per batch to the longest row and pads carry no loss. A label mask
+its own; rows are padded per batch to the longest row and pads carry no loss. The plain
+variant computes a batch in groups of rows of similar length (`length_groups`), whose
+gradients add up to the whole batch's: generated QA rows are a third of a canary's length,
+and one padded batch spent about half its compute on pads. A label mask
 (goldfish) can take further training positions out of the loss, and so can each row's
 prompt length (answer-only loss); evaluation never uses either. Batches are built on the
 cpu and moved to the model's device.
@@ -20,6 +23,9 @@ from transformers import PreTrainedTokenizerBase
 from fedmem.config import TrainingConfig
 
 IGNORE_INDEX = -100
+# One more forward and backward pass costs about as much as this many padded tokens of the
+# tiny Llama on a CPU core (what `length_groups` weighs a further group against).
+GROUP_OVERHEAD_TOKENS = 64
 
 # A row's token ids -> one flag per position, True = the position's label stays in the loss.
 LabelMask = Callable[[Sequence[int]], list[bool]]
@@ -86,6 +92,10 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)))
 
+    def targets(self) -> int:
+        """Next-token targets in the loss (labels past the first position, not ignored)."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
 
 
 def collate(
@@ -116,6 +126,28 @@ def shuffled_index_batches(n_rows: int, batch_size: int, rng: random.Random) -> 
     rng.shuffle(order)
     for start in range(0, n_rows, batch_size):
         yield order[start : start + batch_size]
+
+
+def length_groups(
+    lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS
+) -> list[list[int]]:
+    """Positions 0..n-1 of one batch's rows, grouped so that padding each group to its
+    longest row costs least: padded tokens plus `overhead` per group (exact, by dynamic
+    programming over the rows sorted by length)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0.0] + [math.inf] * len(order)  # best[e]: cost of the shortest e rows
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        widest = lengths[order[end - 1]]
+        for start in range(end):
+            cost = best[start] + (end - start) * widest + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
 
 
 def record_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -158,10 +190,30 @@ class StepVariant:
         """Row indices of each step of one epoch."""
         return shuffled_index_batches(self.n_rows, self.batch_size, rng)
 
+    def groups(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Positions of one batch's rows computed together (see `length_groups`)."""
+        return length_groups(lengths)
+
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.module(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
         ).loss
+
+    def backward(self, parts: Sequence[Batch]) -> float:
+        """Gradients of the token-mean loss over all parts of one batch, one part at a time
+        (each part's mean weighted by its share of the targets); returns that loss."""
+        if len(parts) == 1:
+            loss = self.loss(parts[0])
+            loss.backward()
+            return float(loss.detach())
+        counts = [part.targets() for part in parts]
+        total, value = sum(counts), 0.0
+        for part, count in zip(parts, counts, strict=True):
+            if count:
+                loss = self.loss(part) * (count / total)
+                loss.backward()
+                value += float(loss.detach())
+        return value if total else math.nan
 
     def empty_batch(self) -> None:
         """Prepare a step on a batch that sampled no row (only sampled batches can be empty)."""
@@ -224,13 +276,17 @@ def train_local(
         while done < total_steps:
             for indices in steps.epoch(rng):
                 if indices:
-                    prompts = (
-                        [prompt_lengths[i] for i in indices] if prompt_lengths is not None else None
-                    )
-                    batch = collate([rows[i] for i in indices], pad_id, label_mask, prompts)
-                    loss = steps.loss(batch.to(device))
-                    loss.backward()
-                    losses.append(float(loss.detach()))
+                    parts = [
+                        collate(
+                            [rows[indices[i]] for i in group],
+                            pad_id,
+                            label_mask,
+                            None if prompt_lengths is None
+                            else [prompt_lengths[indices[i]] for i in group],
+                        ).to(device)
+                        for group in steps.groups([len(rows[i]) for i in indices])
+                    ]
+                    losses.append(steps.backward(parts))
                 else:
                     steps.empty_batch()
                 steps.step()

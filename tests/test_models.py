@@ -77,3 +77,17 @@ def test_missing_model_path_is_a_config_error(tiny_raw, tmp_path):
     cfg = build_config({**tiny_raw, "model": {"name": str(tmp_path / "absent")}})
     with pytest.raises(ConfigError, match="model.name"):
         load_tokenizer(cfg)
+
+
+def test_prepare_builds_the_base_into_the_cache_without_training(tiny_raw, tmp_path, monkeypatch,
+                                                                   capsys):
+    from fedmem.cli import main
+    from tests.conftest import write_toml
+
+    monkeypatch.setenv("FEDMEM_CACHE_DIR", str(tmp_path / "cache"))
+    raw = {**tiny_raw, "model": {**tiny_raw["model"], "pretrain_steps": 2}}
+    assert main(["prepare", str(write_toml(tmp_path / "c.toml", raw))]) == 0
+    assert len(list((tmp_path / "cache" / "base").glob("*/model.safetensors"))) == 1
+    assert not (tmp_path / "runs").exists()
+    assert "ready in" in capsys.readouterr().out
+    assert main(["prepare", str(tmp_path / "c.toml"), "--set", "model.nope=1"]) == 2

@@ -6,7 +6,15 @@ import torch
 
 from fedmem.config import TrainingConfig, build_config
 from fedmem.models import build_model, get_trainable_state, load_tokenizer
-from fedmem.training import IGNORE_INDEX, collate, encode_samples, mean_token_loss, train_local
+from fedmem.training import (
+    IGNORE_INDEX,
+    StepVariant,
+    collate,
+    encode_samples,
+    length_groups,
+    mean_token_loss,
+    train_local,
+)
 
 TEXTS = ["Question: what treats asthma?\nAnswer: albuterol", "Question: code for flu?\nAnswer: J11"]
 
@@ -76,3 +84,29 @@ def test_mean_token_loss_ignores_padding(tiny_raw):
     expected = sum(loss * k for loss, k in zip(apart, n, strict=True)) / sum(n)
     assert abs(together - expected) < 1e-4
     assert torch.is_grad_enabled()
+
+
+def test_length_groups_pad_least_and_keep_every_row_once():
+    lengths = [120, 40, 44, 130, 38, 41, 125, 45]
+    groups = length_groups(lengths, overhead=64)
+    assert sorted(i for g in groups for i in g) == list(range(8))
+    short, long = ([lengths[i] for i in g] for g in groups)
+    assert (sorted(short), sorted(long)) == ([38, 40, 41, 44, 45], [120, 125, 130])
+    assert length_groups([50] * 8) == [list(range(8))]  # equal rows: one pass
+    assert len(length_groups([10, 500], overhead=10_000)) == 1  # a pass dearer than its padding
+
+
+def test_a_batch_computed_in_length_groups_has_the_whole_batch_gradient(tiny_raw):
+    cfg = build_config(tiny_raw)
+    tok = load_tokenizer(cfg)
+    rows = encode_samples(tok, [TEXTS[0] * 6, TEXTS[1], TEXTS[0], TEXTS[1] * 5], 128)
+    assert len({len(r) for r in rows}) == 4
+    grads = []
+    for groups in ([[0, 1, 2, 3]], [[1, 2], [0, 3]]):
+        model = build_model(cfg)
+        steps = StepVariant(model, torch.optim.SGD(model.parameters(), lr=0.1), 4, TrainingConfig())
+        loss = steps.backward([collate([rows[i] for i in g], tok.pad_token_id) for g in groups])
+        grads.append((loss, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (whole_loss, whole), (grouped_loss, grouped) = grads
+    assert abs(whole_loss - grouped_loss) < 1e-5
+    assert (whole - grouped).norm() < 1e-5 * whole.norm()

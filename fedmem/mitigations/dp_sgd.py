@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -195,6 +195,10 @@ class DPSteps(StepVariant):
         if self.sampler is None:
             return super().epoch(rng)
         return self.sampler
+
+    def groups(self, lengths: Sequence[int]) -> list[list[int]]:
+        # opacus collects one per-sample gradient per row in a single backward pass.
+        return [list(range(len(lengths)))]
 
     def loss(self, batch: Batch) -> torch.Tensor:
         logits = self.module(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
