@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -197,17 +198,21 @@ def build_model(config: Config, seed: int = 0) -> torch.nn.Module:
         targets = lora_target_modules(config, model)
         # LoRA's A matrices are drawn from torch's RNG; seed so every process agrees.
         torch.manual_seed(seed)
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.rank,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=list(targets),
-                fan_in_fan_out=model.config.model_type in CONV1D_FAMILIES,
-                task_type="CAUSAL_LM",
-            ),
-        )
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning
+            # on every client of every round, about code that is not ours).
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.rank,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(targets),
+                    fan_in_fan_out=model.config.model_type in CONV1D_FAMILIES,
+                    task_type="CAUSAL_LM",
+                ),
+            )
     return model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import benchmarks.speed_ratios as bench
+from fedmem.results import read_jsonl
 
 
 def test_a_bench_run_is_appended_to_its_section_and_other_sections_are_kept(
@@ -39,3 +40,32 @@ def test_the_table_has_one_row_per_ratio_with_its_number():
     assert "| a / b | 1.23 | 1.10 | <= 1.15 | 2 s vs 1 s |" in lines
     assert "| c / d | 12.00 | - | >= 10 | x |" in lines
     assert "CPUs" in lines[0] and "torch" in lines[0] and "flwr" in lines[0]
+
+
+TINY = [
+    "model.hidden_size=64", "model.num_layers=2", "model.num_heads=2",
+    "model.intermediate_size=128", "model.vocab_size=512", "model.pretrain_steps=5",
+    "data.num_samples=60", "canaries.per_count=1", "canaries.exposure_per_count=0",
+    "attack.membership.enabled=false", "attack.exposure.enabled=false",
+]
+
+
+def test_every_kind_of_step_is_timed_on_the_clients_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "EXTRA", TINY)
+    for finetuning in ("lora", "full"):
+        plain = bench.load([f"model.finetuning={finetuning}"], str(tmp_path))
+        dp = bench.load([f"model.finetuning={finetuning}", "dp_sgd.enabled=true"], str(tmp_path))
+        timings = [bench.step_time(plain, "plain-one-pass", steps=2, warmup=1),
+                   bench.step_time(plain, "plain", steps=2, warmup=1),
+                   bench.step_time(dp, "dp", steps=2, warmup=1)]
+        assert all(t.wall_s > 0 and t.cpu_s > 0 for t in timings)
+
+
+def test_the_plain_loop_trains_and_audits_every_round(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "EXTRA", TINY)
+    config = bench.load(["federation.rounds=2", "training.local_steps=1", "name=plain"],
+                        str(tmp_path))
+    result = bench.worker_plain(config)
+    assert result["wall_s"] > 0
+    rounds = [r["round"] for r in read_jsonl(config.run_dir / "metrics.jsonl")]
+    assert rounds == [0, 1, 2]
