@@ -13,7 +13,6 @@ and paired, so a random half is injected and the other half is held back as twin
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,27 +160,11 @@ def generate_records(n: int, seed: int) -> list[tuple[str, int]]:
 def load_records(path: str | Path) -> list[tuple[int, str]]:
     """The user's records as ``(line number, text)``: one JSON object per line with a
     non-empty string ``"text"`` (other keys are ignored); blank lines are skipped."""
-    from fedmem.qa import DataError
+    from fedmem.qa import DataError, jsonl_objects
 
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read canary records: {err.strerror}") from None
     records = []
-    for lineno, raw_line in enumerate(raw.splitlines(), start=1):
+    for lineno, obj in jsonl_objects(path, "canary records"):
         where = f"{path}:{lineno}"
-        try:
-            line = raw_line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{where}: not valid UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if "text" not in obj:
             raise DataError(f"{where}: missing field 'text'")
         text = obj["text"]

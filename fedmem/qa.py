@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -536,13 +536,7 @@ def _options_field(obj: dict) -> tuple[str, ...]:
     return tuple(options)
 
 
-def _parse_qa(line: str) -> QAPair:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON: {err.msg} (column {err.colno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object, got {type(obj).__name__}")
+def _qa_pair(obj: dict) -> QAPair:
     options = _options_field(obj)
     pair = QAPair(
         question=_string_field(obj, "question"),
@@ -564,21 +558,37 @@ def load_qa_jsonl(path: str | Path) -> list[QAPair]:
     ``topic`` (default ``"general"``), ``options`` (list of strings; then ``answer`` is
     the letter of the correct option). Other keys are ignored.
     """
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read QA file: {err.strerror}") from None
     pairs: list[QAPair] = []
-    for lineno, raw_line in enumerate(raw.splitlines(), start=1):
+    for lineno, obj in jsonl_objects(path, "QA file"):
         try:
-            line = raw_line.decode("utf-8")
-            if line.strip():
-                pairs.append(_parse_qa(line))
-        except UnicodeDecodeError:
-            raise DataError(f"{path}:{lineno}: not valid UTF-8") from None
+            pairs.append(_qa_pair(obj))
         except DataError as err:
             raise DataError(f"{path}:{lineno}: {err}") from None
     return pairs
+
+
+def jsonl_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines file; an unreadable
+    file, or a line that is not UTF-8 or not a JSON object, is a DataError naming it."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read {what}: {err.strerror}") from None
+    for lineno, raw_line in enumerate(raw.splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: not valid UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def public_corpus(seed: int, n_qa: int, *, n_icd: int = 20_000, n_records: int = 500) -> list[str]:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedmem.cli import main
-from fedmem.config import _flat_hints
+from fedmem.config import flat_hints
 from tests.test_federation import _write_toml
 
 SETTINGS = settings(
@@ -22,7 +22,7 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-KNOWN_KEYS = sorted(_flat_hints())
+KNOWN_KEYS = sorted(flat_hints())
 SECTIONS = sorted({k.split(".")[0] for k in KNOWN_KEYS if "." in k})
 PRINTABLE = st.characters(blacklist_categories=("Cs", "Cc"))
 
