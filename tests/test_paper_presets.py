@@ -1,4 +1,4 @@
-"""configs/paper/: the reference study's setting at full scale, valid config today."""
+"""configs/paper/: the reference study's setting at full scale (PAPER.md), valid config."""
 
 from __future__ import annotations
 
@@ -29,3 +29,13 @@ def test_preset_validates_with_the_study_settings(path):
     assert counts.count(10) / len(counts) == pytest.approx(0.3)
     assert counts.count(1) / len(counts) == pytest.approx(0.7)
     assert config.attack.suffix_tokens == 50
+    assert sorted(config.attack.prefix_lengths()) == [10, 50, 100, 200, 500]
+
+
+@pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])
+def test_preset_gives_each_client_one_study_dataset_and_canaries_by_data_size(path):
+    config = load_config(path)
+    assert (config.data.source, config.data.partition) == ("datasets", "by-source")
+    assert config.data.datasets == ("flashcards", "medmcqa", "pubmedqa")
+    assert config.data.flashcards.size == 10_000
+    assert config.canaries.placement == "proportional"
