@@ -265,8 +265,11 @@ def sweep(path: str, overrides: list[str], dry_run: bool = False, verbose: bool 
         f"after another in {spec.folder}"
     )
     with sweep_progress(spec) as events:
-        ran = run_sweep(spec, lambda config, on_round: train_and_audit(config, on_round, verbose),
-                        events)
+        ran = run_sweep(
+            spec,
+            lambda config, on_round, resume: train_and_audit(config, on_round, verbose, resume),
+            events,
+        )
     console.print(f"{len(ran)} cells run now, {len(spec.cells) - len(ran)} already finished")
     report(str(spec.folder))
 

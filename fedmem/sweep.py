@@ -225,6 +225,19 @@ def cell_is_finished(cell: Cell) -> bool:
     return True
 
 
+def cell_can_resume(cell: Cell) -> bool:
+    """An unfinished cell folder made from this very config, with a complete checkpoint."""
+    from fedmem.results import last_complete_round
+
+    try:
+        saved = json.loads((cell.run_dir / "config.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    if _first_difference(saved, to_dict(cell.config)) is not None:
+        return False
+    return last_complete_round(cell.run_dir) is not None
+
+
 def _first_difference(saved: dict, wanted: dict) -> str | None:
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
@@ -241,7 +254,8 @@ def _first_difference(saved: dict, wanted: dict) -> str | None:
     return None
 
 
-RunCell = Callable[[Config, Callable[[dict], None] | None], Any]
+# (config, on_round, resume) -> trains and audits one cell; resume continues its folder
+RunCell = Callable[[Config, Callable[[dict], None] | None, bool], Any]
 
 
 @dataclass
@@ -277,8 +291,10 @@ def write_sweep_file(sweep: Sweep) -> None:
 def run_sweep(sweep: Sweep, run_cell: RunCell, events: SweepEvents | None = None) -> list[str]:
     """Run every unfinished cell in order; returns the names of the cells run now.
 
-    `run_cell(config, on_round)` trains and audits one config (as `fedmem run` does). An
-    exception stops the sweep; the interrupted cell is rerun from scratch next time."""
+    `run_cell(config, on_round, resume)` trains and audits one config (as `fedmem run` does,
+    with `--resume` when `resume`). An exception stops the sweep; next time the interrupted
+    cell continues after its last complete round, or reruns from scratch when it has none
+    (or was made from another config)."""
     from fedmem.store import ensure_ingested
 
     events = events or SweepEvents()
@@ -290,11 +306,12 @@ def run_sweep(sweep: Sweep, run_cell: RunCell, events: SweepEvents | None = None
             if events.cell_done:
                 events.cell_done(index, cell, True)
             continue
-        if cell.run_dir.exists():
+        resume = cell_can_resume(cell)
+        if cell.run_dir.exists() and not resume:
             shutil.rmtree(cell.run_dir)
         if events.cell_started:
             events.cell_started(index, cell)
-        run_cell(cell.config, events.round_done)
+        run_cell(cell.config, events.round_done, resume)
         if not (cell.run_dir / "summary.json").exists():
             raise RuntimeError(f"cell {cell.name} ended without writing summary.json")
         ran.append(cell.name)
@@ -307,9 +324,12 @@ def describe_cells(sweep: Sweep) -> list[dict]:
     """One row per cell for `--dry-run`: name and status."""
     rows = []
     for cell in sweep.cells:
-        status = "done" if cell_is_finished(cell) else (
-            "partial (reruns)" if cell.run_dir.exists() else "to run"
-        )
+        if cell_is_finished(cell):
+            status = "done"
+        elif cell_can_resume(cell):
+            status = "partial (resumes)"
+        else:
+            status = "partial (reruns)" if cell.run_dir.exists() else "to run"
         rows.append({"cell": cell.name, "status": status})
     return rows
 

@@ -72,7 +72,8 @@ TINY_SWEEP = {
 @pytest.fixture(scope="session")
 def finished_sweep(tmp_path_factory):
     """A 2x2 grid x 2 seeds of tiny centralized runs, interrupted by a failure injected in the
-    middle of its 4th cell, then resumed. Yields what both attempts did."""
+    middle of its 4th cell (after round 0's checkpoint), then resumed. Yields what both
+    attempts did."""
     import copy
     import json
     from types import SimpleNamespace
@@ -91,13 +92,13 @@ def finished_sweep(tmp_path_factory):
     class Interrupted(Exception):
         pass
 
-    def failing_fourth_cell(config, on_round):
+    def failing_fourth_cell(config, on_round, resume):
         def on_round_then_fail(row):
-            if row["round"] == 1:
+            if row["round"] == 0:
                 raise Interrupted("killed in the middle of a cell")
 
         fail = config.name == sweep.cells[3].name
-        train_and_audit(config, on_round_then_fail if fail else on_round)
+        train_and_audit(config, on_round_then_fail if fail else on_round, resume=resume)
 
     with pytest.raises(Interrupted):
         run_sweep(sweep, failing_fourth_cell)
@@ -110,11 +111,15 @@ def finished_sweep(tmp_path_factory):
     mtimes = {n: (folder / "runs" / "tiny-sweep" / n / "summary.json").stat().st_mtime_ns
               for n in finished_first}
 
+    partial_round0 = (partial / "metrics.jsonl").read_text().splitlines()[0]
     rerun: list[str] = []
+    resumed: list[str] = []
 
-    def counting(config, on_round):
+    def counting(config, on_round, resume):
         rerun.append(config.name)
-        train_and_audit(config, on_round)
+        if resume:
+            resumed.append(config.name)
+        train_and_audit(config, on_round, resume=resume)
 
     returned = run_sweep(sweep, counting)
     yield SimpleNamespace(
@@ -122,6 +127,8 @@ def finished_sweep(tmp_path_factory):
         finished_first=finished_first,
         partial_rounds=partial_rounds,
         partial_finished=partial_finished,
+        partial_round0=partial_round0,
+        resumed=resumed,
         mtimes=mtimes,
         rerun=rerun,
         returned=returned,

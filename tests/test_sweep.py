@@ -114,7 +114,7 @@ def test_every_sweep_file_in_configs_expands_and_validates():
 def test_the_interruption_left_three_finished_cells_and_a_partial_one(finished_sweep):
     names = [c.name for c in finished_sweep.sweep.cells]
     assert finished_sweep.finished_first == sorted(names[:3])
-    assert finished_sweep.partial_rounds == [0, 1]  # audited, then killed before summary.json
+    assert finished_sweep.partial_rounds == [0]  # audited, then killed before summary.json
     assert not finished_sweep.partial_finished
 
 
@@ -130,11 +130,13 @@ def test_resuming_leaves_finished_cells_untouched(finished_sweep):
         assert summary.stat().st_mtime_ns == mtime
 
 
-def test_the_interrupted_cell_is_rerun_from_scratch(finished_sweep):
+def test_the_interrupted_cell_continues_after_its_last_checkpoint(finished_sweep):
     folder = finished_sweep.sweep.cells[3].run_dir
-    assert not (folder / "left-over-from-the-killed-run").exists()
-    rounds = [json.loads(line)["round"] for line in (folder / "metrics.jsonl").open()]
-    assert rounds == [0, 1]
+    assert finished_sweep.resumed == [finished_sweep.sweep.cells[3].name]
+    assert (folder / "left-over-from-the-killed-run").exists()  # the folder was kept
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == finished_sweep.partial_round0  # round 0 was not redone
+    assert [json.loads(line)["round"] for line in lines] == [0, 1]
 
 
 def test_every_cell_ends_with_a_complete_run_folder(finished_sweep):
