@@ -1,10 +1,10 @@
 """The one local training loop (FL clients and the centralized baseline) and held-out loss.
 
 Each sample is one row (never packed with others), so a canary copy is a training record of
-its own; rows are padded per batch to the longest row and pads carry no loss. The plain
-variant computes a batch in groups of rows of similar length (`length_groups`), whose
-gradients add up to the whole batch's: generated QA rows are a third of a canary's length,
-and one padded batch spent about half its compute on pads. A label mask
+its own; rows are padded per batch to the longest row and pads carry no loss. The loop
+computes a batch in groups of rows of similar length (`length_groups`), whose gradients add
+up to the whole batch's (per-sample gradients, under DP-SGD): generated QA rows are a third
+of a canary's length, and one padded batch spent about half its compute on pads. A label mask
 (goldfish) can take further training positions out of the loss, and so can each row's
 prompt length (answer-only loss); evaluation never uses either. Batches are built on the
 cpu and moved to the model's device.

@@ -55,9 +55,9 @@ def test_every_kind_of_step_is_timed_on_the_clients_rows(tmp_path, monkeypatch):
     for finetuning in ("lora", "full"):
         plain = bench.load([f"model.finetuning={finetuning}"], str(tmp_path))
         dp = bench.load([f"model.finetuning={finetuning}", "dp_sgd.enabled=true"], str(tmp_path))
-        timings = [bench.step_time(plain, "plain-one-pass", steps=2, warmup=1),
-                   bench.step_time(plain, "plain", steps=2, warmup=1),
-                   bench.step_time(dp, "dp", steps=2, warmup=1)]
+        timings = [bench.step_time(config, kind, steps=2, warmup=1)
+                   for config, kind in ((plain, "plain"), (plain, "plain-one-pass"),
+                                        (dp, "dp"), (dp, "dp-one-pass"))]
         assert all(t.wall_s > 0 and t.cpu_s > 0 for t in timings)
 
 

@@ -13,8 +13,8 @@ from fedmem.centralized import run_centralized
 from fedmem.config import build_config
 from fedmem.results import read_jsonl
 
-# Training sized so that single audit records are memorized without noise: 12 epochs at a
-# high rate, mostly over the ~100 included audit records (little QA, one canary copy).
+# Training sized so that single audit records are memorized without noise: 2 rounds of
+# `epochs` at a high rate, mostly over the ~100 included audit records (little QA, one canary).
 AUDITED = {
     "mode": "centralized",
     "data": {"num_samples": 20},
@@ -32,12 +32,15 @@ _runs: dict[str, dict] = {}
 _folders: dict[str, Path] = {}  # run name -> run folder
 
 
-def _audited_run(tmp_path_factory, tiny_raw, seed: int = 0, fault: str = "none", **dp) -> dict:
+def _audited_run(
+    tmp_path_factory, tiny_raw, seed: int = 0, fault: str = "none", epochs: int = 6, **dp
+) -> dict:
     """Summary of a tiny audited centralized run, computed once per session and setting."""
-    key = json.dumps([seed, fault, dp], sort_keys=True)
+    key = json.dumps([seed, fault, epochs, dp], sort_keys=True)
     if key not in _runs:
         raw = copy.deepcopy(tiny_raw) | copy.deepcopy(AUDITED)
         raw["model"] = tiny_raw["model"]
+        raw["training"]["local_epochs"] = epochs
         raw["seed"] = seed
         raw["name"] = f"audit-{len(_runs)}"
         raw["output"] = {"dir": str(tmp_path_factory.mktemp("dp-audit"))}
@@ -60,7 +63,9 @@ def _bound(summary: dict) -> float:
 
 @pytest.mark.slow
 def test_without_noise_the_record_level_bound_is_clearly_above_zero(tmp_path_factory, tiny_raw):
-    summary = _audited_run(tmp_path_factory, tiny_raw, noise_multiplier=0.0)
+    # 20 epochs: at 12 the audit records' AUROC is about 0.7 and the bound can fall to 0 with
+    # float rounding alone; at 20 it was 0.46-0.87 over seeds 0-2 (AUROC 0.78-0.82).
+    summary = _audited_run(tmp_path_factory, tiny_raw, epochs=10, noise_multiplier=0.0)
     facts = _record(summary)
     assert facts["records"] == 200 and facts["score"] == "llr"
     assert facts["epsilon_claimed"] == float("inf") and facts["verdict"] == "consistent"
@@ -92,7 +97,7 @@ def test_dp_sgd_without_clipping_is_flagged_as_a_violation(tmp_path_factory, tin
 
 @pytest.mark.slow
 def test_audit_records_and_their_inclusion_bits_are_in_the_run_folder(tmp_path_factory, tiny_raw):
-    summary = _audited_run(tmp_path_factory, tiny_raw, noise_multiplier=0.0)
+    summary = _audited_run(tmp_path_factory, tiny_raw, epochs=10, noise_multiplier=0.0)
     folder = _folders[summary["name"]]
     records = read_jsonl(folder / "dp_audit_records.jsonl")
     assert len(records) == 200

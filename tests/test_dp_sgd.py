@@ -48,10 +48,22 @@ def _rows(config, n=16, max_len=64):
     return encode_samples(load_tokenizer(config), TEXTS[:n], max_len)
 
 
-@pytest.mark.parametrize("finetuning", ["full", "lora"])
-def test_update_is_the_sum_of_clipped_per_record_gradients(tiny_raw, finetuning):
+@pytest.mark.parametrize(
+    ("finetuning", "groups", "poisson"),
+    [
+        ("full", [[0, 1, 2, 3]], False),
+        ("lora", [[0, 1, 2, 3]], False),
+        ("full", [[0, 3], [1], [2]], True),  # a batch in length groups: one backward each
+        ("lora", [[2, 1], [3, 0]], True),
+        ("full", [[0, 1, 2, 3]], True),
+        ("full", [[0, 3], [1], [2]], False),
+    ],
+)
+def test_update_is_the_sum_of_clipped_per_record_gradients(tiny_raw, finetuning, groups, poisson):
     clip = 1e-3  # far below every record's gradient norm: each one is clipped
-    config = _config(tiny_raw, finetuning, noise_multiplier=0.0, max_grad_norm=clip, poisson=False)
+    config = _config(
+        tiny_raw, finetuning, noise_multiplier=0.0, max_grad_norm=clip, poisson=poisson
+    )
     pad = load_tokenizer(config).pad_token_id
     rows = _rows(config, n=4)  # rows of different lengths: the batch is padded
     assert len({len(r) for r in rows}) > 1
@@ -75,7 +87,7 @@ def test_update_is_the_sum_of_clipped_per_record_gradients(tiny_raw, finetuning)
     inner = torch.optim.SGD(params, lr=0.0)
     inner.register_step_pre_hook(lambda *_: seen.extend(p.grad.clone() for p in params))
     steps = private.variant(model.train(), inner, len(rows), config.training)
-    steps.loss(collate(rows, pad)).backward()
+    steps.backward([collate([rows[i] for i in group], pad) for group in groups])
     steps.step()
     steps.close()
     for got, e in zip(seen, expected, strict=True):

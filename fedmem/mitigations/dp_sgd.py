@@ -186,6 +186,10 @@ class DPSteps(StepVariant):
             raise RuntimeError("opacus' sample rate differs from the one sigma was derived for")
         if private.fault != "none":
             break_mechanism(dp_optimizer, private)
+        # A batch is computed in length groups, one backward pass each; opacus stacks their
+        # per-sample gradients into the batch's one step. (It forbids this under Poisson
+        # sampling only to catch accumulation *across* steps, which this loop never does.)
+        module.allow_grad_accumulation()
         # Clipping happens per record inside the DP optimizer, never on the noisy sum.
         super().__init__(module, dp_optimizer, n_rows, cfg)
         self.grad_clip = 0.0
@@ -196,13 +200,26 @@ class DPSteps(StepVariant):
             return super().epoch(rng)
         return self.sampler
 
-    def groups(self, lengths: Sequence[int]) -> list[list[int]]:
-        # opacus collects one per-sample gradient per row in a single backward pass.
-        return [list(range(len(lengths)))]
-
     def loss(self, batch: Batch) -> torch.Tensor:
         logits = self.module(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return record_losses(logits, batch.labels).mean()
+
+    def backward(self, parts: Sequence[Batch]) -> float:
+        """Each part's mean per-record loss, backward on its own: opacus scales a part's
+        per-sample gradients by its row count, so each row gets its own loss's gradient
+        whatever part it is in. Returns the mean per-record loss over the batch."""
+        total, rows = 0.0, 0
+        for part in parts:
+            loss = self.loss(part)
+            loss.backward()
+            total += float(loss.detach()) * len(part.input_ids)
+            rows += len(part.input_ids)
+        # One batch's parts, not accumulated batches: the optimizer divides the noisy sum by
+        # the expected batch size times the number of stacked passes, so stack them here.
+        for param in self.module.parameters():
+            if isinstance(getattr(param, "grad_sample", None), list):
+                param.grad_sample = torch.cat(param.grad_sample, dim=0)
+        return total / rows
 
     def empty_batch(self) -> None:
         # opacus' shape for "no record sampled": the step adds noise only, and is counted.
