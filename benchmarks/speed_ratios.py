@@ -72,8 +72,8 @@ def worker_federated(config) -> dict:
 
     import torch
 
-    from fedmem.federation import run_federated
-    from fedmem.results import read_jsonl
+    from fedmem.drivers.simulation import run_federated
+    from fedmem.files import read_jsonl
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     torch.set_num_threads(1)  # the ServerApp's audits, like the plain loop's
@@ -106,9 +106,9 @@ def worker_plain(config) -> dict:
     import torch
 
     from clients.app import client_rows, training_seed
-    from fedmem.models import build_model, get_trainable_state, load_tokenizer
-    from fedmem.models import set_trainable_state as set_state
-    from fedmem.results import RunRecorder
+    from fedmem.models.loading import build_model, get_trainable_state, load_tokenizer
+    from fedmem.models.loading import set_trainable_state as set_state
+    from fedmem.runs.recorder import RunRecorder
     from fedmem.training import train_local
 
     torch.set_num_threads(1)  # as each FL client (client_cpus < 2) and the FL audits
@@ -202,7 +202,7 @@ def step_time(config, kind: str, steps: int = 12, warmup: int = 2) -> Timing:
 
     from clients.app import client_rows, private_training_for
     from fedmem.mitigations.dp_sgd import DPSteps
-    from fedmem.models import build_model, load_tokenizer
+    from fedmem.models.loading import build_model, load_tokenizer
     from fedmem.training import StepVariant, train_local
 
     def one_pass(variant):
@@ -237,8 +237,8 @@ def extraction_times(config, per_prompt_limit: int = 16) -> tuple[Timing, Timing
     import torch
 
     from attacks.extraction import extract, greedy_continuations
-    from fedmem.audit import extraction_targets
-    from fedmem.models import build_model, load_tokenizer
+    from fedmem.audits.model_audit import extraction_targets
+    from fedmem.models.loading import build_model, load_tokenizer
 
     torch.set_num_threads(1)
     model = build_model(config, seed=config.seed).eval()
@@ -420,7 +420,7 @@ def table(rows: list[Row], seconds: float) -> str:
 
 
 def append_results(text: str) -> None:
-    from fedmem.results import atomic_write_text
+    from fedmem.files import atomic_write_text
 
     existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
     if HEADING not in existing:

@@ -12,12 +12,12 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.client import ClientApp, NumPyClient
 
 from fedmem.config import Config, from_run_config, to_run_config
-from fedmem.dataset import build_federated_data
+from fedmem.data.federated import build_federated_data
 from fedmem.mitigations.client_dp import client_weight
 from fedmem.mitigations.client_mods import mitigation_mod
-from fedmem.mitigations.dp_sgd import HISTORY_METRIC, RESUMED_HISTORIES
+from fedmem.mitigations.dp_history import HISTORY_METRIC, RESUMED_HISTORIES
 from fedmem.mitigations.goldfish import goldfish_label_mask
-from fedmem.models import (
+from fedmem.models.loading import (
     build_model,
     get_trainable_state,
     load_tokenizer,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 @lru_cache(maxsize=8)
 def client_rows(config: Config, client: int) -> tuple[list[list[int]], list[int] | None]:
     """The client's training rows and, under answer-only loss, their prompt lengths."""
-    data = build_federated_data(config)
+    data = build_federated_data(config, load_tokenizer)
     return encode_training_rows(
         load_tokenizer(config),
         data.client_texts[client],

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# The published medical QA datasets fedmem loads (fedmem.medical), one per client by source.
+# The published medical QA datasets fedmem loads (fedmem.data.medical), one per client by source.
 MEDICAL_DATASETS = ("flashcards", "medmcqa", "pubmedqa")
 
 
@@ -63,18 +63,18 @@ class LoraConfig:
     rank: int = field(default=16, metadata=_range(1))
     alpha: float = field(default=32.0, metadata=_range(0.0, lo_open=True))
     dropout: float = field(default=0.05, metadata=_range(0.0, 0.9))
-    # Empty: the preset of the model's family (fedmem.models.LORA_PRESETS, by model_type).
+    # Empty: the preset of the model's family (fedmem.models.loading.LORA_PRESETS, by model_type).
     target_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """Where one published medical dataset comes from (fedmem.medical reads its layout)."""
+    """Where one published medical dataset comes from (fedmem.data.medical reads its layout)."""
 
     # A local file in a published format (.json, .jsonl or .parquet); empty = the hub.
     path: str = ""
     # Hub id, subset and split, read through `datasets` (extra `[hub]`); empty hub_id and
-    # hub_subset mean the dataset's published ones (fedmem.medical.HUB_DEFAULTS).
+    # hub_subset mean the dataset's published ones (fedmem.data.medical.HUB_DEFAULTS).
     hub_id: str = ""
     hub_subset: str = ""
     split: str = "train"
@@ -721,19 +721,43 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 def to_run_config(config: Config) -> dict[str, bool | int | float | str]:
     """Flower's flat run config: dotted keys; lists travel as JSON strings."""
-    flat: dict[str, bool | int | float | str] = {}
+    return {
+        key: json.dumps(value) if isinstance(value, list) else value
+        for key, value in flatten_dotted(to_dict(config)).items()
+    }
 
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, Mapping):
-                walk(value, f"{prefix}{key}.")
-            elif isinstance(value, list):
-                flat[prefix + key] = json.dumps(value)
-            else:
-                flat[prefix + key] = value
 
-    walk(to_dict(config), "")
-    return flat
+def flatten_dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The leaves of nested mappings under dotted keys ({"a": {"b": 1}} -> {"a.b": 1});
+    lists and other values are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def is_location_key(key: str) -> bool:
+    """Keys that say where and how a run folder is written (`name`, `output.*`), never what
+    the run computes: two configs that differ only there describe the same run."""
+    return key == "name" or key.startswith("output.")
+
+
+def config_differences(
+    a: Config | Mapping[str, Any], b: Config | Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) wherever two configs (objects or their saved
+    JSON) differ, location keys aside, sorted by key. The one rule for "the same run":
+    resuming a folder, skipping a finished sweep cell and `fedmem compare` all use it."""
+    flat_a = flatten_dotted(to_dict(a) if isinstance(a, Config) else a)
+    flat_b = flatten_dotted(to_dict(b) if isinstance(b, Config) else b)
+    return [
+        (key, flat_a.get(key), flat_b.get(key))
+        for key in sorted(set(flat_a) | set(flat_b))
+        if not is_location_key(key) and flat_a.get(key) != flat_b.get(key)
+    ]
 
 
 def from_run_config(flat: Mapping[str, Any]) -> Config:

@@ -16,13 +16,14 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid
 
+from fedmem.audits.dp.canary_clients import CanaryClients
+from fedmem.audits.dp.run_audit import client_canaries_enabled
 from fedmem.config import Config, ConfigError, from_run_config, to_run_config
 from fedmem.mitigations import client_dp, secure_aggregation
-from fedmem.mitigations.dp_sgd import RESUMED_HISTORIES
-from fedmem.models import build_model, get_trainable_state, set_trainable_state
-from fedmem.privacy_audit import client_canaries_enabled
-from fedmem.results import RunRecorder, load_checkpoint
-from server.canary_clients import CanaryClients
+from fedmem.mitigations.dp_history import RESUMED_HISTORIES
+from fedmem.models.loading import build_model, get_trainable_state, set_trainable_state
+from fedmem.runs.folder import load_checkpoint
+from fedmem.runs.recorder import RunRecorder
 from server.measure import MeasuredFitWorkflow
 from server.rounds import RoundFitStage
 from server.strategy import AuditedFedAvg

@@ -24,7 +24,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from fedmem.faults import parse_failure
-from fedmem.mitigations.dp_sgd import HISTORY_METRIC
+from fedmem.mitigations.dp_history import HISTORY_METRIC
 from fedmem.seeding import seed_global_rngs
 
 FIT_METRICS = "fitres.metrics"  # where Flower's compat layer puts FitRes.metrics

@@ -9,7 +9,7 @@ from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, para
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from fedmem.mitigations.dp_sgd import HISTORY_METRIC
+from fedmem.mitigations.dp_history import HISTORY_METRIC
 
 # Fit metrics that are bookkeeping, not facts of the round: the client's index (the key of
 # its facts) and its DP-SGD accountant history (kept for resuming, see server/rounds.py).

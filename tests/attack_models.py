@@ -8,8 +8,7 @@ from functools import lru_cache
 import torch
 
 from fedmem.config import ModelConfig
-from fedmem.models import new_tiny_llama
-from fedmem.pretraining import train_tokenizer
+from fedmem.models.tiny_llama import new_tiny_llama, train_tokenizer
 
 TINY_SHAPE = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
 CORPUS = [

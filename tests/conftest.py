@@ -78,9 +78,9 @@ def finished_sweep(tmp_path_factory):
     import json
     from types import SimpleNamespace
 
-    from fedmem.cli import train_and_audit
-    from fedmem.store import query
-    from fedmem.sweep import load_sweep, run_sweep
+    from fedmem.drivers.cli import train_and_audit
+    from fedmem.drivers.sweep import load_sweep, run_sweep
+    from fedmem.runs.store import query
 
     folder = tmp_path_factory.mktemp("sweep")
     base = copy.deepcopy(TINY_OVERRIDES)

@@ -86,7 +86,7 @@ def run_fedmem_in_process(config, resume: bool = False) -> dict:
     """A whole fedmem federated run (real ServerApp logic, real clients and mods) over an
     in-process grid: no Ray, so it takes seconds. Returns the run's summary."""
     from clients.app import make_client_app
-    from fedmem.results import RunRecorder
+    from fedmem.runs.recorder import RunRecorder
     from server.app import run_server
 
     grid = InProcessGrid(make_client_app(config), config.federation.num_clients, {})

@@ -7,7 +7,7 @@ import torch
 
 from clients.app import client_rows
 from fedmem.config import TrainingConfig, build_config
-from fedmem.models import build_model, get_trainable_state, load_tokenizer
+from fedmem.models.loading import build_model, get_trainable_state, load_tokenizer
 from fedmem.training import IGNORE_INDEX, collate, encode_answer_rows, train_local
 
 PROMPT = "Closed Question: Aspirin was given to 20 patients.\nDoes aspirin help?\nThe answer is:"

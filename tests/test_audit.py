@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmem.audit import audit_model, client_vantage
+from fedmem.audits.model_audit import audit_model, client_vantage
 from fedmem.config import ConfigError, build_config
+from fedmem.files import read_jsonl
 from fedmem.mitigations import secure_aggregation
-from fedmem.models import build_model, get_trainable_state
-from fedmem.results import RunRecorder, load_checkpoint, read_jsonl, round_checkpoint_dir
+from fedmem.models.loading import build_model, get_trainable_state
+from fedmem.runs.folder import load_checkpoint, round_checkpoint_dir
+from fedmem.runs.recorder import RunRecorder
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc
 from tests.inprocess import InProcessGrid, run_rounds

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fedmem.audit_records import make_audit_records
 from fedmem.config import build_config
-from fedmem.dataset import build_federated_data
+from fedmem.data.audit_records import make_audit_records
+from fedmem.data.federated import build_federated_data
+from fedmem.models.loading import load_tokenizer
 
 
 def test_each_record_is_included_with_probability_one_half_independently():
@@ -19,7 +20,7 @@ def test_each_record_is_included_with_probability_one_half_independently():
 
 def test_included_records_are_one_row_of_their_client_and_excluded_ones_never_appear(tiny_raw):
     config = build_config({**tiny_raw, "dp_sgd": {"enabled": True}})
-    data = build_federated_data(config)
+    data = build_federated_data(config, load_tokenizer)
     assert len(data.audit_records) == config.dp_audit.records
     rows = Counter((c, t) for c, texts in enumerate(data.client_texts) for t in texts)
     for record in data.audit_records:
@@ -30,9 +31,10 @@ def test_included_records_are_one_row_of_their_client_and_excluded_ones_never_ap
 
 
 def test_runs_without_dp_carry_no_audit_records_and_unchanged_data(tiny_raw):
-    plain = build_federated_data(build_config(tiny_raw))
+    plain = build_federated_data(build_config(tiny_raw), load_tokenizer)
     assert plain.audit_records == ()
-    dp = build_federated_data(build_config({**tiny_raw, "dp_sgd": {"enabled": True}}))
+    dp_config = build_config({**tiny_raw, "dp_sgd": {"enabled": True}})
+    dp = build_federated_data(dp_config, load_tokenizer)
     without_records = [
         [t for t in texts if not t.startswith("audit ")] for texts in dp.client_texts
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import benchmarks.speed_ratios as bench
-from fedmem.results import read_jsonl
+from fedmem.files import read_jsonl
 
 
 def test_a_bench_run_is_appended_to_its_section_and_other_sections_are_kept(

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from fedmem.canaries import (
+from fedmem.data.canaries import (
     DEFAULT_REPLICA_COUNTS,
     MIN_SECRET_FRACTION,
     Canary,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from attacks.extraction import split_record
-from fedmem.canaries import load_records, make_canaries, split_records
 from fedmem.config import build_config
-from fedmem.dataset import build_federated_data
-from fedmem.models import load_tokenizer
-from fedmem.qa import DataError
+from fedmem.data.canaries import load_records, make_canaries, split_records
+from fedmem.data.federated import build_federated_data
+from fedmem.files import DataError
+from fedmem.models.loading import load_tokenizer
 
 
 def _records(path, n: int) -> str:
@@ -47,7 +47,7 @@ def _user_canaries(tiny_raw, path, **canaries):
 
 def test_user_records_half_injected_half_held_back_as_twins(tiny_raw, tmp_path):
     path = _records(tmp_path / "notes.jsonl", 8)  # tiny_raw needs 2 counts x 2 x 2 = 8
-    data = build_federated_data(_user_canaries(tiny_raw, path, split_unit="chars"))
+    data = build_federated_data(_user_canaries(tiny_raw, path, split_unit="chars"), load_tokenizer)
     texts = {json.loads(line)["text"] for line in Path(path).read_text().splitlines()}
     assert {c.text for c in data.canaries} == texts
     injected = [c for c in data.canaries if c.injected]
@@ -60,8 +60,9 @@ def test_user_records_half_injected_half_held_back_as_twins(tiny_raw, tmp_path):
 
 def test_user_records_are_paired_in_a_seeded_random_order(tiny_raw, tmp_path):
     path = _records(tmp_path / "notes.jsonl", 8)
-    a = build_federated_data(_user_canaries(tiny_raw, path, split_unit="chars"))
-    b = build_federated_data(_user_canaries({**tiny_raw, "seed": 1}, path, split_unit="chars"))
+    a = build_federated_data(_user_canaries(tiny_raw, path, split_unit="chars"), load_tokenizer)
+    other_seed = _user_canaries({**tiny_raw, "seed": 1}, path, split_unit="chars")
+    b = build_federated_data(other_seed, load_tokenizer)
     in_file_order = [json.loads(line)["text"] for line in Path(path).read_text().splitlines()]
     assert [c.text for c in a.canaries] != in_file_order
     assert [c.text for c in a.canaries] != [c.text for c in b.canaries]
@@ -99,7 +100,7 @@ def test_record_shorter_than_the_prefix_fails_with_its_line(tmp_path):
 def test_too_few_records_for_injected_and_twins_is_a_data_error(tiny_raw, tmp_path):
     path = _records(tmp_path / "notes.jsonl", 7)
     with pytest.raises(DataError, match="7 records, but 8 are needed"):
-        build_federated_data(_user_canaries(tiny_raw, path, split_unit="chars"))
+        build_federated_data(_user_canaries(tiny_raw, path, split_unit="chars"), load_tokenizer)
 
 
 def test_proportional_placement_follows_client_data_sizes():

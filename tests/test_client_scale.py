@@ -15,8 +15,8 @@ import pytest
 
 import clients.app as client_app
 from fedmem.config import ConfigError, build_config
-from fedmem.federation import backend_config, check_resources
-from fedmem.models import build_model, get_trainable_state
+from fedmem.drivers.simulation import backend_config, check_resources
+from fedmem.models.loading import build_model, get_trainable_state
 
 
 def _config(tiny_raw, finetuning="full", dp=False):
@@ -92,7 +92,7 @@ def test_a_ray_address_connects_to_the_cluster_without_claiming_its_resources(ti
 def test_the_icd10_list_is_parsed_once_then_read_back_equal_from_the_cache(
     tmp_path, monkeypatch
 ):
-    from fedmem.resources import icd10
+    from fedmem.data.resources import icd10
 
     monkeypatch.setenv("FEDMEM_CACHE_DIR", str(tmp_path))
     icd10.load_icd10_codes.cache_clear()

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from fedmem.cli import main
 from fedmem.config import build_config
-from fedmem.results import read_jsonl
+from fedmem.drivers.cli import main
+from fedmem.files import read_jsonl
 from tests.test_federation import _write_toml
 
 EVERYTHING_ON_LORA = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedmem.config import ConfigError, build_config
-from fedmem.federation import backend_config
+from fedmem.drivers.simulation import backend_config
 
 
 def test_unknown_dataset_name_is_rejected_with_its_index():

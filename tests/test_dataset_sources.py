@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from fedmem.config import ConfigError, build_config
-from fedmem.dataset import build_federated_data
-from fedmem.qa import format_question
+from fedmem.data.federated import build_federated_data
+from fedmem.data.qa import format_question
+from fedmem.models.loading import load_tokenizer
 from tests.medical_files import per_source_raw
 
 
@@ -17,7 +18,7 @@ def _qa_of(data, client: int) -> list[str]:
 
 
 def test_each_client_holds_exactly_its_own_dataset(tiny_raw, tmp_path):
-    data = build_federated_data(build_config(per_source_raw(tiny_raw, tmp_path)))
+    data = build_federated_data(build_config(per_source_raw(tiny_raw, tmp_path)), load_tokenizer)
     heads = ("Open Question:", "MCQ:", "Closed Question:")
     for client, head in enumerate(heads):
         qa = _qa_of(data, client)
@@ -26,7 +27,7 @@ def test_each_client_holds_exactly_its_own_dataset(tiny_raw, tmp_path):
 
 def test_sizes_per_client_follow_the_dataset_sizes(tiny_raw, tmp_path):
     raw = per_source_raw(tiny_raw, tmp_path, sizes=(10, 20, 30))
-    data = build_federated_data(build_config(raw))
+    data = build_federated_data(build_config(raw), load_tokenizer)
     # 10% of each dataset is held out before injection: 1, 2 and 3 examples.
     assert [len(_qa_of(data, c)) for c in range(3)] == [9, 18, 27]
     assert (
@@ -38,7 +39,7 @@ def test_sizes_per_client_follow_the_dataset_sizes(tiny_raw, tmp_path):
 def test_proportional_canaries_favour_the_larger_clients(tiny_raw, tmp_path):
     raw = per_source_raw(tiny_raw, tmp_path, sizes=(4, 4, 80))
     raw["canaries"] = {**raw["canaries"], "replica_counts": [8], "per_count": 4}
-    data = build_federated_data(build_config(raw))
+    data = build_federated_data(build_config(raw), load_tokenizer)
     copies = [c for canary in data.canaries for c in canary.clients]
     assert copies.count(2) > copies.count(0) + copies.count(1)
 
@@ -51,7 +52,7 @@ def test_by_source_needs_one_client_per_dataset(tiny_raw, tmp_path):
 
 
 def test_prompt_chars_cover_the_prompt_of_qa_and_none_of_a_canary(tiny_raw, tmp_path):
-    data = build_federated_data(build_config(per_source_raw(tiny_raw, tmp_path)))
+    data = build_federated_data(build_config(per_source_raw(tiny_raw, tmp_path)), load_tokenizer)
     canaries = {c.text for c in (*data.canaries, *data.exposure_canaries)}
     for text, chars in zip(data.pooled_texts, data.pooled_prompt_chars, strict=True):
         if text in canaries:
@@ -64,7 +65,7 @@ def test_prompt_chars_cover_the_prompt_of_qa_and_none_of_a_canary(tiny_raw, tmp_
 
 def test_chat_template_renders_the_question_as_user_and_answer_as_assistant(tiny_raw, tmp_path):
     # A tiny Llama saved with a ChatML template, as SmolLM2's tokenizer has.
-    from fedmem.models import load_base_model, load_tokenizer
+    from fedmem.models.loading import load_base_model, load_tokenizer
 
     base = build_config(tiny_raw)
     tokenizer = load_tokenizer(base)
@@ -78,7 +79,7 @@ def test_chat_template_renders_the_question_as_user_and_answer_as_assistant(tiny
     tokenizer.chat_template = None
     raw = per_source_raw(tiny_raw, tmp_path / "data")
     raw["model"] = {"name": str(folder), "chat_template": True}
-    data = build_federated_data(build_config(raw))
+    data = build_federated_data(build_config(raw), load_tokenizer)
     text, chars = data.client_texts[0][0], data.client_prompt_chars[0][0]
     if text in {c.text for c in data.canaries}:
         text, chars = data.client_texts[0][1], data.client_prompt_chars[0][1]

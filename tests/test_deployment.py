@@ -16,9 +16,9 @@ import psutil
 import pytest
 import yaml
 
-from fedmem.cli import main
 from fedmem.config import build_config
-from fedmem.deployment import (
+from fedmem.drivers.cli import main
+from fedmem.drivers.deployment import (
     deployed_run_config,
     flower_cli_config,
     local_deployment,

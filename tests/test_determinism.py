@@ -11,10 +11,11 @@ from flwr.common import parameters_to_ndarrays
 from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
-from fedmem.cli import main
 from fedmem.config import build_config
+from fedmem.drivers.cli import main
+from fedmem.files import read_jsonl
 from fedmem.mitigations import client_dp, secure_aggregation
-from fedmem.results import MEASURED_FIELDS, read_jsonl, without_measurements
+from fedmem.runs.folder import MEASURED_FIELDS, without_measurements
 from server.rounds import RoundFitStage
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc

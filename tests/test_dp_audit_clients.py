@@ -9,12 +9,12 @@ from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from attacks.dp_audit import canary_direction
-from fedmem.cli import main
+from fedmem.audits.dp.canary_clients import CanaryClients
+from fedmem.audits.dp.run_audit import ClientCanaryAudit, canary_seed, client_epsilon
 from fedmem.config import build_config
+from fedmem.drivers.cli import main
+from fedmem.files import read_jsonl
 from fedmem.mitigations import client_dp, secure_aggregation
-from fedmem.privacy_audit import ClientCanaryAudit, canary_seed, client_epsilon
-from fedmem.results import read_jsonl
-from server.canary_clients import CanaryClients
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc
 from tests.inprocess import InProcessGrid, run_rounds

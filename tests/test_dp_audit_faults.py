@@ -9,7 +9,7 @@ import torch
 
 from fedmem.config import ConfigError, build_config
 from fedmem.mitigations.dp_sgd import private_training
-from fedmem.models import build_model, load_tokenizer
+from fedmem.models.loading import build_model, load_tokenizer
 from fedmem.training import collate, encode_samples, record_losses
 
 TEXTS = [f"Question: which drug treats condition {i}?\nAnswer: drug {i * 7}" for i in range(4)]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fedmem.centralized import run_centralized
 from fedmem.config import build_config
-from fedmem.results import read_jsonl
+from fedmem.drivers.centralized import run_centralized
+from fedmem.files import read_jsonl
 
 # Training sized so that single audit records are memorized without noise: 2 rounds of
 # `epochs` at a high rate, mostly over the ~100 included audit records (little QA, one canary).

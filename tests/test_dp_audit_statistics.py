@@ -62,7 +62,7 @@ def test_record_score_is_the_log_likelihood_ratio_or_the_log_likelihood_without_
 
 def test_token_log_probs_are_the_models_next_token_loss(tiny_raw):
     from fedmem.config import build_config
-    from fedmem.models import build_model, load_tokenizer
+    from fedmem.models.loading import build_model, load_tokenizer
     from fedmem.training import encode_samples, mean_token_loss
 
     config = build_config(tiny_raw)
@@ -192,7 +192,7 @@ def test_opacus_prv_accountant_agrees_with_dp_accounting_pld_within_one_percent(
 def test_terminal_summary_shows_claim_bounds_and_verdict_of_each_audit():
     from rich.console import Console
 
-    from fedmem.report import dp_audit_table
+    from fedmem.runs.report import dp_audit_table
 
     record = {
         "records": 200,

@@ -12,17 +12,17 @@ from flwr.app import ConfigRecord
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from fedmem.cli import main
 from fedmem.config import ConfigError, build_config
+from fedmem.drivers.cli import main
+from fedmem.files import read_jsonl
 from fedmem.mitigations.dp_sgd import history_to_record, private_training, sample_rate
-from fedmem.models import (
+from fedmem.models.loading import (
     build_model,
     get_trainable_state,
     load_tokenizer,
     set_trainable_state,
     trainable_names,
 )
-from fedmem.results import read_jsonl
 from fedmem.training import collate, encode_samples, record_losses, train_local
 
 TEXTS = [

@@ -18,8 +18,7 @@ from attacks.extraction import (
     worst_case,
 )
 from fedmem.config import ModelConfig
-from fedmem.models import new_tiny_llama
-from fedmem.pretraining import train_tokenizer
+from fedmem.models.tiny_llama import new_tiny_llama, train_tokenizer
 
 RECORD = (
     "Medical Note: MRN 4829-1734\nPatient: Jane Roe, 12 Elm Street, Springfield.\n"

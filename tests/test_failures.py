@@ -14,8 +14,8 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from fedmem.config import ConfigError, build_config
 from fedmem.faults import failure_report_mod, injected_failure, parse_failure
+from fedmem.files import read_jsonl
 from fedmem.mitigations import client_dp, secure_aggregation
-from fedmem.results import read_jsonl
 from server.rounds import RoundFitStage
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc
@@ -212,7 +212,7 @@ def test_failures_and_abandoned_rounds_are_recorded_in_metrics_jsonl(tiny_raw):
 
 
 def test_the_round_line_names_failed_clients_and_an_abandoned_round():
-    from fedmem.report import round_line
+    from fedmem.runs.report import round_line
 
     ext = {"injected": {"exact_rate": 0.0, "token_accuracy": 0.5}}
     row = {

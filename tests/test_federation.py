@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from fedmem.cli import main
 from fedmem.config import build_config
-from fedmem.results import read_jsonl
+from fedmem.drivers.cli import main
+from fedmem.files import read_jsonl
 
 
 def _write_toml(path, raw: dict) -> None:

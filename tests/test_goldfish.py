@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedmem.config import ConfigError, GoldfishConfig, TrainingConfig, build_config
 from fedmem.mitigations.goldfish import goldfish_label_mask, goldfish_mask
-from fedmem.models import get_trainable_state
+from fedmem.models.loading import get_trainable_state
 from fedmem.training import IGNORE_INDEX, collate, train_local
 
 VOCAB = 64

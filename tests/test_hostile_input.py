@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedmem.cli import main
 from fedmem.config import flat_hints
+from fedmem.drivers.cli import main
 from tests.test_federation import _write_toml
 
 SETTINGS = settings(
@@ -32,7 +32,7 @@ def harness(tiny_raw, tmp_path, monkeypatch, capsys):
     """Runs `fedmem run` with training replaced by a recorder; checks the outcome."""
     started = []
     monkeypatch.setattr(
-        "fedmem.cli.run", lambda config, verbose=False, resume=False: started.append(config)
+        "fedmem.drivers.cli.run", lambda config, verbose=False, resume=False: started.append(config)
     )
     output = tmp_path / "runs"
     counter = itertools.count()
@@ -229,7 +229,7 @@ def test_a_qa_file_with_garbage_fails_naming_file_and_first_bad_line(
     def no_training(*args, **kwargs):
         raise AssertionError("a file with a bad line reached training")
 
-    monkeypatch.setattr("fedmem.federation.run_federated", no_training)
+    monkeypatch.setattr("fedmem.drivers.simulation.run_federated", no_training)
     data = tmp_path / f"qa-{len(list(tmp_path.glob('qa-*')))}.jsonl"
     data.write_bytes(b"\n".join([*before, bad, *after]) + b"\n")
     raw = {**tiny_raw, "data": {"source": "jsonl", "path": str(data)}}

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from fedmem.config import DatasetConfig
-from fedmem.medical import load_medical
-from fedmem.qa import DataError, format_qa
+from fedmem.data.medical import load_medical
+from fedmem.data.qa import format_qa
+from fedmem.files import DataError
 
 MEDMCQA_ROW = {
     "id": "e9ad821a",

@@ -11,7 +11,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
 
 from fedmem.config import ConfigError, build_config
-from fedmem.models import (
+from fedmem.models.loading import (
     build_model,
     get_trainable_state,
     load_base_model,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedmem.config import ConfigError, build_config
-from fedmem.models import (
+from fedmem.models.loading import (
     build_model,
     get_trainable_state,
     load_base_model,
@@ -81,7 +81,7 @@ def test_missing_model_path_is_a_config_error(tiny_raw, tmp_path):
 
 def test_prepare_builds_the_base_into_the_cache_without_training(tiny_raw, tmp_path, monkeypatch,
                                                                    capsys):
-    from fedmem.cli import main
+    from fedmem.drivers.cli import main
     from tests.conftest import write_toml
 
     monkeypatch.setenv("FEDMEM_CACHE_DIR", str(tmp_path / "cache"))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedmem.partition import partition_by_source, partition_dirichlet, partition_iid
+from fedmem.data.partition import partition_by_source, partition_dirichlet, partition_iid
 
 
 def assert_disjoint_cover(parts: list[list[int]], n_items: int) -> None:

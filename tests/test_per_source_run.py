@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fedmem.cli import run
 from fedmem.config import build_config
-from fedmem.results import read_jsonl
+from fedmem.drivers.cli import run
+from fedmem.files import read_jsonl
 from tests.medical_files import per_source_raw
 
 

@@ -5,10 +5,9 @@ from collections import Counter
 
 import pytest
 
-from fedmem.canaries import make_canaries
-from fedmem.qa import (
+from fedmem.data.canaries import make_canaries
+from fedmem.data.qa import (
     SOURCES,
-    DataError,
     QAPair,
     format_qa,
     format_question,
@@ -16,7 +15,8 @@ from fedmem.qa import (
     load_qa_jsonl,
     public_corpus,
 )
-from fedmem.resources.icd10 import load_icd10_codes
+from fedmem.data.resources.icd10 import load_icd10_codes
+from fedmem.files import DataError
 
 
 @pytest.fixture(scope="module")

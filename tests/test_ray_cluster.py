@@ -20,14 +20,15 @@ from pathlib import Path
 import pytest
 
 from fedmem.config import build_config, to_run_config
-from fedmem.deployment import free_port, stop_process_tree
+from fedmem.drivers.deployment import free_port, stop_process_tree
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 RUN = (
     "import json, sys, logging; "
-    "from fedmem.config import from_run_config; from fedmem.federation import run_federated; "
+    "from fedmem.config import from_run_config; "
+    "from fedmem.drivers.simulation import run_federated; "
     "run_federated(from_run_config(json.loads(sys.argv[1])))"
 )
 

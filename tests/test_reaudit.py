@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from fedmem.cli import main
 from fedmem.config import ConfigError, build_config
-from fedmem.models import build_model
-from fedmem.reaudit import reaudit, saved_rounds
-from fedmem.results import RunRecorder, read_jsonl
+from fedmem.drivers.cli import main
+from fedmem.files import read_jsonl
+from fedmem.models.loading import build_model
+from fedmem.runs.reaudit import reaudit, saved_rounds
+from fedmem.runs.recorder import RunRecorder
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import statistics
 
 import pytest
 
-from fedmem.cli import main
-from fedmem.report_files import write_report
-from fedmem.store import query
+from fedmem.drivers.cli import main
+from fedmem.runs.report_files import write_report
+from fedmem.runs.store import query
 from tests.conftest import TINY_OVERRIDES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -27,8 +27,8 @@ def sweep_report(finished_sweep):
 @pytest.fixture(scope="module")
 def unaudited_run(tmp_path_factory):
     """A tiny finished run that audited neither membership inference nor exposure."""
-    from fedmem.cli import train_and_audit
     from fedmem.config import build_config
+    from fedmem.drivers.cli import train_and_audit
 
     folder = tmp_path_factory.mktemp("unaudited")
     raw = copy.deepcopy(TINY_OVERRIDES)
@@ -159,7 +159,7 @@ def test_audit_columns_equal_the_final_round_audits(sweep_report, finished_sweep
 def test_roc_and_exposure_figures_draw_the_global_final_round(sweep_report, finished_sweep):
     """The figures' data: the final round's global curves over all samples (one panel per
     configured score) and the final round's global exposure rows, for every combination."""
-    from fedmem.report_files import _final_round_rows, load_report_data
+    from fedmem.runs.report_files import _final_round_rows, load_report_data
 
     db = finished_sweep.sweep.folder / "fedmem.sqlite"
     data = load_report_data(db, [c.name for c in finished_sweep.sweep.cells])

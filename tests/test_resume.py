@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from fedmem.audit import audit_model
-from fedmem.cli import main
+from fedmem.audits.model_audit import audit_model
 from fedmem.config import build_config, to_dict
-from fedmem.models import build_model
-from fedmem.results import (
+from fedmem.drivers.cli import main
+from fedmem.files import read_jsonl
+from fedmem.models.loading import build_model
+from fedmem.runs.folder import (
     RESUME_FILE,
-    RunRecorder,
     load_checkpoint,
-    read_jsonl,
     round_checkpoint_dir,
     without_measurements,
 )
+from fedmem.runs.recorder import RunRecorder
 from tests.inprocess import run_fedmem_in_process
 from tests.test_federation import _write_toml
 
@@ -47,7 +47,7 @@ def _crash_after(run_dir: Path, last_complete: int) -> None:
 
 def test_every_round_leaves_a_checkpoint_that_reproduces_its_audit(tiny_raw):
     config = build_config({**tiny_raw, "mode": "centralized"})
-    from fedmem.centralized import run_centralized
+    from fedmem.drivers.centralized import run_centralized
 
     run_centralized(config)
     rows = read_jsonl(config.run_dir / "metrics.jsonl")
@@ -83,7 +83,7 @@ def test_federated_resume_restores_model_accountants_and_adaptive_clip_norm(tiny
 
 def test_resume_drops_rows_of_the_round_that_did_not_complete(tiny_raw):
     config = build_config({**tiny_raw, "mode": "centralized"})
-    from fedmem.centralized import run_centralized
+    from fedmem.drivers.centralized import run_centralized
 
     run_centralized(config)
     _crash_after(config.run_dir, last_complete=1)
@@ -127,7 +127,9 @@ def test_resume_accepts_the_same_config_given_again(tiny_raw, tmp_path, monkeypa
     run_dir = _saved_run(tiny_raw, tmp_path)
     _write_toml(tmp_path / "c.toml", tiny_raw)
     resumed = []
-    monkeypatch.setattr("fedmem.cli.run", lambda config, verbose, resume: resumed.append(config))
+    monkeypatch.setattr(
+        "fedmem.drivers.cli.run", lambda config, verbose, resume: resumed.append(config)
+    )
     assert main(["run", str(tmp_path / "c.toml"), "--resume", str(run_dir)]) == 0
     assert resumed == [build_config(tiny_raw)]
 
@@ -158,7 +160,7 @@ def test_resume_of_a_complete_run_is_refused(tiny_raw, tmp_path, capsys):
 
 def _cli(config_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "fedmem.cli", "run", *args]
+    command = [sys.executable, "-m", "fedmem.drivers.cli", "run", *args]
     if config_path:
         command.insert(4, str(config_path))
     return subprocess.Popen(
@@ -199,7 +201,7 @@ def test_a_run_killed_in_round_3_resumes_to_the_uninterrupted_metrics(tiny_raw, 
 
 def test_resume_continues_a_run_moved_to_another_folder(tiny_raw, tmp_path):
     config = build_config({**tiny_raw, "mode": "centralized"})
-    from fedmem.centralized import run_centralized
+    from fedmem.drivers.centralized import run_centralized
 
     run_centralized(config)
     finished = _rows(config.run_dir)

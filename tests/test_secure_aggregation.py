@@ -12,8 +12,9 @@ from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from fedmem.config import ConfigError, build_config
-from fedmem.dataset import build_federated_data
+from fedmem.data.federated import build_federated_data
 from fedmem.mitigations import client_dp, secure_aggregation
+from fedmem.models.loading import load_tokenizer
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc
 from tests.inprocess import InProcessGrid, run_rounds
@@ -126,7 +127,7 @@ def test_bytes_sent_is_the_masked_upload(tiny_raw):
 
 def test_max_weight_is_derived_from_the_largest_client(tiny_raw):
     config = _config(tiny_raw)
-    sizes = [len(t) for t in build_federated_data(config).client_texts]
+    sizes = [len(t) for t in build_federated_data(config, load_tokenizer).client_texts]
     assert secure_aggregation.max_weight(config) == max(sizes)
 
 
@@ -158,8 +159,8 @@ def _config_raw(tiny_raw) -> dict:
 
 @pytest.mark.slow
 def test_secagg_run_on_ray_records_the_fit_stage_and_no_float_upload(tiny_raw, tmp_path):
-    from fedmem.cli import main
-    from fedmem.results import read_jsonl
+    from fedmem.drivers.cli import main
+    from fedmem.files import read_jsonl
     from tests.test_federation import _write_toml
 
     raw = {**_config_raw(tiny_raw), "model": {**tiny_raw["model"], "finetuning": "lora"}}

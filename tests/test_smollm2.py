@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedmem.config import build_config
-from fedmem.models import build_model, load_base_model, load_tokenizer
+from fedmem.models.loading import build_model, load_base_model, load_tokenizer
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ import sqlite3
 
 import pytest
 
-from fedmem.cli import main
 from fedmem.config import MIA_SCORES
-from fedmem.store import TABLES, flatten, ingest_run, query, rounds_wide
+from fedmem.drivers.cli import main
+from fedmem.runs.store import TABLES, flatten, ingest_run, query, rounds_wide
 
 
 def _counts(db, run_id: str) -> dict[str, int]:

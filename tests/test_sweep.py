@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fedmem.cli import main
 from fedmem.config import load_config, to_dict
-from fedmem.sweep import SweepError, load_sweep
+from fedmem.drivers.cli import main
+from fedmem.drivers.sweep import SweepError, load_sweep
 from tests.conftest import write_toml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_a_finished_cell_from_another_config_is_refused(tmp_path, base_file):
     other = to_dict(load_config(base_file, ["training.lr=0.5"]))
     (folder / "config.json").write_text(json.dumps(other))
     (folder / "summary.json").write_text("{}")
-    from fedmem.sweep import cell_is_finished
+    from fedmem.drivers.sweep import cell_is_finished
 
     with pytest.raises(SweepError, match=r"another config \(training\.lr"):
         cell_is_finished(sweep.cells[0])

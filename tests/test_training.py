@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedmem.config import TrainingConfig, build_config
-from fedmem.models import build_model, get_trainable_state, load_tokenizer
+from fedmem.models.loading import build_model, get_trainable_state, load_tokenizer
 from fedmem.training import (
     IGNORE_INDEX,
     StepVariant,

@@ -7,11 +7,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import fedmem.results
-from fedmem.audit import RoundAudit
+import fedmem.runs.recorder
+from fedmem.audits.model_audit import RoundAudit
 from fedmem.config import ConfigError, build_config
 from fedmem.mitigations.weight_noise import add_weight_noise, noised_weights
-from fedmem.results import RunRecorder
+from fedmem.runs.recorder import RunRecorder
 
 
 def tiny_lm() -> LlamaForCausalLM:
@@ -89,7 +89,7 @@ def test_audit_sees_noise_while_the_training_state_is_untouched(tmp_path, monkey
         seen.append(snapshot(model))
         return RoundAudit(metrics={})
 
-    monkeypatch.setattr(fedmem.results, "audit_model", fake_audit)
+    monkeypatch.setattr(fedmem.runs.recorder, "audit_model", fake_audit)
     config = build_config({"weight_noise": {"sigma": 0.1}, "output": {"dir": str(tmp_path)}})
     recorder = RunRecorder(config)
     model = tiny_lm()

@@ -31,12 +31,6 @@ from fedmem.config import Config, DPSGDConfig, TrainingConfig
 from fedmem.training import Batch, StepVariant, planned_steps, record_losses
 
 HISTORY_FIELDS = ("noise_multiplier", "sample_rate", "steps")
-# A client reports its accountant history (JSON of `history_to_record`) in its fit metrics
-# under this key, so the server can checkpoint it and hand it back to a resumed run.
-HISTORY_METRIC = "dp_history"
-# The fit-config key under which a resumed server hands clients their saved histories
-# (JSON: client index -> record).
-RESUMED_HISTORIES = "dp_sgd.resumed_histories"
 UNCLIPPED = 1e12  # a clip norm no per-record gradient reaches
 
 

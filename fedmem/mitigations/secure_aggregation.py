@@ -18,8 +18,9 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.default_workflows import default_fit_workflow
 
 from fedmem.config import Config, ConfigError
-from fedmem.dataset import build_federated_data
+from fedmem.data.federated import build_federated_data
 from fedmem.mitigations.client_dp import client_weight
+from fedmem.models.loading import load_tokenizer
 
 FIT_METRICS_RECORD = "fitres.metrics"  # where Flower's compat layer puts FitRes.metrics
 
@@ -29,7 +30,7 @@ def max_weight(config: Config) -> float:
 
     Each client scales its state by weight / max_weight before quantizing: a larger weight
     would overflow, and a needlessly large bound wastes quantization precision."""
-    sizes = [len(texts) for texts in build_federated_data(config).client_texts]
+    sizes = [len(texts) for texts in build_federated_data(config, load_tokenizer).client_texts]
     largest = max(client_weight(config, n) for n in sizes)
     configured = config.secagg.max_weight
     if configured and configured < largest:

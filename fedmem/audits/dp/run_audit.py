@@ -1,0 +1,221 @@
+"""The DP audit of a run: the accountant's epsilon beside an empirical lower bound, per round.
+
+Every DP run (DP-SGD or client-level DP) is audited from the same single training run:
+
+- record level: the run's audit records (fedmem.data.audit_records) are scored on each global
+  model against the model before fine-tuning; the scores of included vs excluded records give
+  one-run lower bounds on epsilon (attacks.dp_audit), set against the smallest epsilon the
+  run claims for a record (DP-SGD's largest client epsilon so far; a client-level epsilon
+  covers each record of the client too);
+- client level (federated client DP with `dp_audit.client_canaries > 0`): canary
+  clients, inserted by fedmem.audits.dp.canary_clients, are measured by the cosine of their
+  direction with the final model's change ("final_model") and with every round's change
+  ("all_iterates").
+
+The verdict is `VIOLATION` when a lower bound exceeds the claim. The lower bounds a verdict
+rests on hold jointly with probability `dp_audit.confidence` (Bonferroni over the two).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from attacks.dp_audit import (
+    attack_auroc,
+    canary_direction,
+    cosine,
+    gaussian_composition_epsilon,
+    gaussian_fit_epsilon,
+    gdp_lower_bound,
+    one_run_bounds,
+    record_scores,
+    token_log_probs,
+    verdict,
+)
+from fedmem.config import Config
+from fedmem.data.federated import build_federated_data
+from fedmem.models.loading import get_trainable_state, load_tokenizer
+from fedmem.training import encode_samples
+
+_CANARY_STREAM = 7  # seeds the canary directions, apart from the data's streams
+
+
+def client_canaries_enabled(config: Config) -> bool:
+    return (
+        config.mode == "federated"
+        and config.client_dp.enabled
+        and config.dp_audit.client_canaries > 0
+    )
+
+
+def canary_seed(config: Config) -> int:
+    return config.seed * 1_000_003 + _CANARY_STREAM
+
+
+def inserted_canaries(config: Config) -> range:
+    """Direction indices of the canary clients (the never-inserted ones follow them)."""
+    return range(config.dp_audit.client_canaries)
+
+
+def client_epsilon(config: Config, rounds: int) -> float:
+    """The client-level epsilon after `rounds` rounds of DP-FedAvg (dp-accounting): each
+    round is a Gaussian mechanism of noise multiplier z on the clipped sum, counted as if
+    every client took part in every round (sampling could only lower it)."""
+    dp = config.client_dp
+    return gaussian_composition_epsilon(dp.noise_multiplier, rounds, dp.delta)
+
+
+def flat_state(model: torch.nn.Module) -> np.ndarray:
+    """The trainable state as one float64 vector (the space canary directions live in)."""
+    return np.concatenate([a.ravel() for a in get_trainable_state(model)]).astype(np.float64)
+
+
+class RunDPAudit:
+    """Measures each audited global model; holds what later rounds compare against."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.records = build_federated_data(config, load_tokenizer).audit_records
+        self.included = np.array([r.included for r in self.records], dtype=bool)
+        self.rows: list[list[int]] = []
+        if self.records:
+            tokenizer = load_tokenizer(config)
+            texts = [r.text for r in self.records]
+            self.rows = encode_samples(tokenizer, texts, config.training.max_seq_len)
+        self.base_log_probs: list[np.ndarray] | None = None
+        self.canaries = ClientCanaryAudit(config) if client_canaries_enabled(config) else None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.records) or self.canaries is not None
+
+    def measure(
+        self, server_round: int, model: torch.nn.Module, dp_epsilon_max: float | None
+    ) -> dict | None:
+        """The audit facts for `model` as the global model after `server_round` (None at
+        round 0, the model before fine-tuning, which is only remembered)."""
+        if not self.active:
+            return None
+        facts: dict = {}
+        if self.records:
+            pad_id = load_tokenizer(self.config).pad_token_id
+            log_probs = token_log_probs(model, self.rows, pad_id)
+            if server_round == 0:
+                self.base_log_probs = log_probs
+            else:
+                facts["record"] = self._record_level(server_round, log_probs, dp_epsilon_max)
+        if self.canaries is not None:
+            client = self.canaries.observe(server_round, flat_state(model))
+            if client is not None:
+                facts["client"] = client
+        return facts or None
+
+    def replay(self, server_round: int, model: torch.nn.Module) -> None:
+        """Feed a saved global model back in after a resume, without computing bounds: the
+        round-0 log-probs (the LLR reference) and the client canaries' running cosines."""
+        if self.records and server_round == 0:
+            pad_id = load_tokenizer(self.config).pad_token_id
+            self.base_log_probs = token_log_probs(model, self.rows, pad_id)
+        if self.canaries is not None:
+            self.canaries.observe(server_round, flat_state(model))
+
+    def _record_level(
+        self, server_round: int, log_probs: list[np.ndarray], dp_epsilon_max: float | None
+    ) -> dict:
+        cfg = self.config.dp_audit
+        claimed, delta, claimed_by = record_claim(self.config, server_round, dp_epsilon_max)
+        use_base = cfg.score == "llr" and self.base_log_probs is not None
+        scores = record_scores(log_probs, self.base_log_probs if use_base else None)
+        in_scores, out_scores = scores[self.included], scores[~self.included]
+        facts: dict = {
+            "records": len(self.records),
+            "included": int(self.included.sum()),
+            "score": "llr" if use_base else "loss",
+            "epsilon_claimed": claimed,
+            "claimed_by": claimed_by,
+            "delta": delta,
+            "confidence": cfg.confidence,
+        }
+        if not len(in_scores) or not len(out_scores):
+            return {**facts, "verdict": "undetermined (every record on one side)"}
+        significance = (1 - cfg.confidence) / 2  # two methods, one joint confidence
+        bounds = one_run_bounds(in_scores, out_scores, delta, significance)
+        for name, bound in bounds.items():
+            facts[f"epsilon_{name}"] = bound.epsilon
+            facts[f"guesses_{name}"] = bound.guesses
+            facts[f"correct_{name}"] = bound.correct
+        facts["auroc"] = attack_auroc(in_scores, out_scores)
+        facts["verdict"] = verdict([b.epsilon for b in bounds.values()], claimed)
+        return facts
+
+
+def record_claim(
+    config: Config, server_round: int, dp_epsilon_max: float | None
+) -> tuple[float, float, str]:
+    """(epsilon, delta, which mechanism) of the smallest epsilon the run claims per record."""
+    claims = []
+    if config.dp_sgd.enabled:
+        eps = math.inf if dp_epsilon_max is None else float(dp_epsilon_max)
+        claims.append((eps, config.dp_sgd.delta, "dp_sgd"))
+    if config.client_dp.enabled and config.mode == "federated":
+        eps = client_epsilon(config, server_round)
+        claims.append((eps, config.client_dp.delta, "client_dp"))
+    return min(claims)
+
+
+class ClientCanaryAudit:
+    """Cosines of canary directions with the global model's change (Andrew et al. 2023).
+
+    Directions 0..k-1 belong to the inserted canary clients, k..2k-1 are never inserted; all
+    are regenerated from their seed when needed (a few ms each), never stored.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.k = config.dp_audit.client_canaries
+        self.seed = canary_seed(config)
+        self.initial: np.ndarray | None = None
+        self.previous: np.ndarray | None = None
+        self.cosine_sums = np.zeros(2 * self.k)  # all iterates: sum over rounds of cosines
+
+    def observe(self, server_round: int, state: np.ndarray) -> dict | None:
+        if self.initial is None or self.previous is None:
+            self.initial = self.previous = state
+            return None
+        step, total = state - self.previous, state - self.initial
+        self.previous = state
+        final = np.empty(2 * self.k)
+        for i in range(2 * self.k):
+            direction = canary_direction(state.size, self.seed, i).astype(np.float64)
+            self.cosine_sums[i] += cosine(direction, step)
+            final[i] = cosine(direction, total)
+        return self._facts(server_round, {"final_model": final, "all_iterates": self.cosine_sums})
+
+    def _facts(self, server_round: int, statistics: dict[str, np.ndarray]) -> dict:
+        dp, cfg = self.config.client_dp, self.config.dp_audit
+        claimed = client_epsilon(self.config, server_round)
+        significance = (1 - cfg.confidence) / 2  # two threat models, one joint confidence
+        facts: dict = {
+            "canaries": self.k,
+            "unobserved": self.k,
+            "epsilon_claimed": claimed,
+            "delta": dp.delta,
+            "confidence": cfg.confidence,
+        }
+        bounds = []
+        for name, stats in statistics.items():
+            inserted, unobserved = stats[: self.k], stats[self.k :]
+            bound = gdp_lower_bound(inserted, unobserved, dp.delta, significance)
+            bounds.append(bound)
+            facts[name] = {
+                "epsilon_estimate": gaussian_fit_epsilon(inserted, unobserved, dp.delta),
+                "epsilon_lower_bound": bound,
+                "cosine_mean_inserted": float(inserted.mean()),
+                "cosine_mean_unobserved": float(unobserved.mean()),
+                "cosine_std_unobserved": float(unobserved.std(ddof=1)),
+            }
+        facts["verdict"] = verdict(bounds, claimed)
+        return facts

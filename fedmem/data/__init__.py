@@ -1,0 +1,1 @@
+"""Data: generated and published medical QA, canaries, DP audit records, partitions."""

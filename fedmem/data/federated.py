@@ -1,0 +1,234 @@
+"""From config to data: QA samples split into held-out and per-client training sets, with
+canaries injected into the training sets of their clients.
+
+The held-out split is taken before anything is injected, so no canary copy can land in it
+(the reference study split after duplication); with the published datasets it is taken
+from each dataset separately (the study split each 90/10). With `partition = "by-source"`
+client i holds `data.datasets[i]`, and `canaries.placement = "proportional"` sends copies to
+clients in proportion to their data sizes, as the study did. Everything is a pure function
+of the config, so the server and every client process rebuild identical data without
+shipping it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from fedmem.config import Config, ConfigError
+from fedmem.data.audit_records import AuditRecord, audit_records, inject_audit_records
+from fedmem.data.canaries import (
+    Canary,
+    inject,
+    load_records,
+    make_canaries,
+    make_exposure_canaries,
+    split_records,
+)
+from fedmem.data.partition import partition_by_source, partition_dirichlet, partition_iid
+from fedmem.data.qa import (
+    QAPair,
+    format_qa,
+    format_question,
+    generate_qa,
+    load_qa_jsonl,
+    prompt_parts,
+)
+from fedmem.files import DataError
+
+# Independent seed streams, so changing e.g. the canaries leaves the QA split untouched.
+_SPLIT_STREAM, _PARTITION_STREAM, _CANARY_STREAM, _INJECT_STREAM = 1, 2, 3, 4
+_EXPOSURE_STREAM, _EXPOSURE_INJECT_STREAM = 5, 6
+_AUDIT_RECORD_STREAM, _AUDIT_INJECT_STREAM = 7, 8
+
+
+def _seed(config: Config, stream: int) -> int:
+    return config.seed * 1_000_003 + stream
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    client_texts: tuple[tuple[str, ...], ...]  # training samples per client, canaries inside
+    # Characters of each client text that are its prompt (masked under answer-only loss);
+    # 0 for canaries, which are trained on whole.
+    client_prompt_chars: tuple[tuple[int, ...], ...]
+    heldout: tuple[QAPair, ...]  # never trained on, canary-free
+    heldout_texts: tuple[str, ...]  # the held-out pairs rendered as training texts are
+    canaries: tuple[Canary, ...]  # injected ones and their never-injected twins
+    exposure_canaries: tuple[Canary, ...] = ()  # digit secrets, injected ones and twins
+    # DP audit records, included (one row each) or not; () when no DP audit runs.
+    audit_records: tuple[AuditRecord, ...] = ()
+
+    @property
+    def pooled_texts(self) -> tuple[str, ...]:
+        return tuple(t for texts in self.client_texts for t in texts)
+
+    @property
+    def pooled_prompt_chars(self) -> tuple[int, ...]:
+        return tuple(c for chars in self.client_prompt_chars for c in chars)
+
+
+def load_pairs(config: Config) -> list[QAPair]:
+    if config.data.source == "jsonl":
+        return load_qa_jsonl(config.data.path)
+    if config.data.source == "datasets":
+        from fedmem.data.medical import load_medical
+
+        return [
+            pair
+            for name in config.data.datasets
+            for pair in load_medical(name, getattr(config.data, name))
+        ]
+    return generate_qa(config.data.num_samples, seed=config.seed)
+
+
+def split_heldout(pairs: list[QAPair], fraction: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_held = max(1, round(len(pairs) * fraction))
+    held = sorted(order[:n_held])
+    train = sorted(order[n_held:])
+    return [pairs[i] for i in train], [pairs[i] for i in held]
+
+
+def split_heldout_by_source(pairs: list[QAPair], fraction: float, seed: int) -> tuple[list, list]:
+    """`split_heldout` within each source (in order of appearance), concatenated."""
+    train: list[QAPair] = []
+    held: list[QAPair] = []
+    for i, source in enumerate(dict.fromkeys(p.source for p in pairs)):
+        t, h = split_heldout([p for p in pairs if p.source == source], fraction, seed + i)
+        train += t
+        held += h
+    return train, held
+
+
+def partition(config: Config, pairs: list[QAPair]) -> list[list[int]]:
+    n = config.federation.num_clients
+    seed = _seed(config, _PARTITION_STREAM)
+    match config.data.partition:
+        case "iid":
+            return partition_iid(len(pairs), n, seed)
+        case "by-source" if config.data.source == "datasets":
+            return partition_by_source([p.source for p in pairs], n, config.data.datasets)
+        case "by-source":
+            return partition_by_source([p.source for p in pairs], n)
+        case "dirichlet":
+            return partition_dirichlet(
+                [p.topic for p in pairs], n, config.data.dirichlet_alpha, seed
+            )
+    raise AssertionError(config.data.partition)
+
+
+# The models layer's tokenizer loader (fedmem.models.loading.load_tokenizer): data takes it
+# as an argument, as torchtune's dataset builders take their tokenizer.
+TokenizerLoader = Callable[[Config], Any]
+
+# A QA pair -> (training text, characters of it that are the prompt).
+Renderer = Callable[[QAPair], tuple[str, int]]
+
+
+def renderer(config: Config, load_tokenizer: TokenizerLoader) -> Renderer:
+    """How QA pairs become training text: `format_qa`, or with `model.chat_template` the
+    tokenizer's chat template (user: the question, assistant: the cue and the answer)."""
+    if not config.model.chat_template:
+        return lambda pair: (format_qa(pair), len(format_question(pair)))
+    tokenizer = load_tokenizer(config)
+
+    def render(pair: QAPair) -> tuple[str, int]:
+        body, cue = prompt_parts(pair)
+        user = [{"role": "user", "content": body}]
+        prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": f"{cue} {pair.answer}"}], tokenize=False
+        )
+        if not text.startswith(prompt):
+            raise ConfigError(
+                f"model.chat_template = true: the template of {config.model.name!r} does not "
+                "render the prompt as the start of the conversation"
+            )
+        return text, len(prompt)
+
+    return render
+
+
+def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tuple[str, int]] | None:
+    """The user's canary records as `(text, split)`, shuffled (seeded) so that make_canaries'
+    pairing injects a random half and holds back the rest as twins; None: generate them."""
+    c = config.canaries
+    if c.source == "generated":
+        return None
+    tokenizer = None
+    if c.split_unit == "tokens":
+        tokenizer = load_tokenizer(config)
+    records = split_records(load_records(c.path), c.prefix_length, c.split_unit, c.path, tokenizer)
+    needed = 2 * len(c.replica_counts) * c.per_count
+    if len(records) < needed:
+        raise DataError(
+            f"{c.path}: {len(records)} records, but {needed} are needed: "
+            f"canaries.per_count ({c.per_count}) x {len(c.replica_counts)} replica counts, "
+            "twice (half are held back as never-injected twins)"
+        )
+    random.Random(_seed(config, _CANARY_STREAM)).shuffle(records)
+    return records
+
+
+@lru_cache(maxsize=4)
+def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> FederatedData:
+    """Every client's training texts (QA rows with canaries, exposure canaries and DP audit
+    records injected), the held-out set and the canaries. `load_tokenizer` (the models
+    layer's) is called only when the config renders with a chat template or splits canary
+    records by tokens."""
+    pairs = load_pairs(config)
+    split = split_heldout_by_source if config.data.source == "datasets" else split_heldout
+    train, heldout = split(pairs, config.data.heldout_fraction, _seed(config, _SPLIT_STREAM))
+    parts = partition(config, train)
+    render = renderer(config, load_tokenizer)
+    rendered = [render(pair) for pair in train]
+    prompt_chars = dict(rendered)
+    client_texts = [[rendered[i][0] for i in idx] for idx in parts]
+    canaries = make_canaries(
+        config.canaries.replica_counts,
+        config.canaries.per_count,
+        config.canary_clients(),
+        config.canaries.placement,
+        seed=_seed(config, _CANARY_STREAM),
+        records=canary_records(config, load_tokenizer),
+        client_weights=[len(idx) for idx in parts],
+    )
+    injected = inject(client_texts, canaries, seed=_seed(config, _INJECT_STREAM))
+    exposure = make_exposure_canaries(
+        config.canaries.replica_counts,
+        config.canaries.exposure_per_count,
+        config.canaries.exposure_digits,
+        config.canary_clients(),
+        config.canaries.placement,
+        seed=_seed(config, _EXPOSURE_STREAM),
+        client_weights=[len(idx) for idx in parts],
+    )
+    injected = inject(injected, exposure, seed=_seed(config, _EXPOSURE_INJECT_STREAM))
+    records = audit_records(config, seed=_seed(config, _AUDIT_RECORD_STREAM))
+    injected = inject_audit_records(injected, records, seed=_seed(config, _AUDIT_INJECT_STREAM))
+    return FederatedData(
+        client_texts=tuple(tuple(t) for t in injected),
+        client_prompt_chars=tuple(tuple(prompt_chars.get(t, 0) for t in ts) for ts in injected),
+        heldout=tuple(heldout),
+        heldout_texts=tuple(render(pair)[0] for pair in heldout),
+        canaries=tuple(canaries),
+        exposure_canaries=tuple(exposure),
+        audit_records=records,
+    )
+
+
+def check_every_client_trains(config: Config, data: FederatedData) -> None:
+    """Reject a config whose partition leaves a client without training samples (its
+    every round would fail) before anything is written."""
+    for client, texts in enumerate(data.client_texts):
+        if not texts:
+            raise ConfigError(
+                f"federation.num_clients = {config.federation.num_clients}: client {client} "
+                f"gets no training samples (data.partition = {config.data.partition!r}, "
+                f"{sum(len(t) for t in data.client_texts)} samples in all)"
+            )

@@ -1,0 +1,1 @@
+"""Drivers: the CLI, simulation, deployment, the centralized baseline, sweeps."""

@@ -1,0 +1,1 @@
+"""Runs: the run folder, checkpoints and resume, the recorder, the store, reports."""

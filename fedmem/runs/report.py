@@ -1,0 +1,265 @@
+"""What a person reads in the terminal: a line per round, the final summary table, sweep
+progress, the report's table and the side-by-side comparison of two runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedmem.config import config_differences
+from fedmem.runs.store import (
+    RUN_FILES,
+    StoreError,
+    flatten,
+    headline_score,
+    mitigations_label,
+)
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def round_line(row: dict, rounds: int) -> str:
+    ext = row["extraction"]["injected"]
+    train = [c["train_loss"] for c in row["clients"].values() if "train_loss" in c]
+    train_txt = f"train loss {sum(train) / len(train):.3f}  " if train else ""
+    parts = [
+        f"round {row['round']}/{rounds}  {train_txt}held-out ppl {row['heldout_perplexity']:.2f}",
+        f"exact {ext['exact_rate']:.1%}  token acc {ext['token_accuracy']:.1%}",
+    ]
+    if exposure := row.get("exposure"):
+        parts.append(f"exposure {exposure['injected']['mean']:.1f} bits")
+    if membership := row.get("membership"):
+        score = headline_score(membership)
+        parts.append(f"MIA AUC {membership['scores'][score]['all']['auc']:.2f} ({score})")
+    parts.append(f"({row['elapsed_s']:.0f}s)")
+    failed = [str(f["client"]) if f["client"] is not None else "?" for f in row.get("failures", [])]
+    if failed:
+        parts.append(f"failed: client {', '.join(failed)}")
+    if "abandoned" in row:
+        parts.append(f"ROUND ABANDONED: {row['abandoned']}")
+    return "  ".join(parts)
+
+
+@contextmanager
+def round_progress(rounds: int) -> Iterator[Callable[[dict], None]]:
+    """A progress bar over rounds; yields the callback that reports each audited round."""
+    columns = (TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("rounds", total=rounds)
+
+        def on_round(row: dict) -> None:
+            progress.console.print(round_line(row, rounds))
+            progress.update(task, completed=row["round"])
+
+        yield on_round
+
+
+def summary_table(summary: dict) -> Table:
+    final_row = summary["final"]
+    extraction = final_row["extraction"]
+    before = summary["before"]["extraction"]["by_replicas"]
+    final = extraction["by_replicas"]
+    exposure = final_row.get("exposure", {}).get("by_replicas", {})
+    membership = final_row.get("membership")
+    score = headline_score(membership) if membership else None
+    decoding = extraction.get("decoding", "greedy")
+    table = Table(
+        title=(
+            f"{summary['name']}: {summary['mode']}, {summary['finetuning']} fine-tuning, "
+            f"{summary['rounds']} rounds — canary extraction ({decoding}, "
+            f"{extraction.get('prefix_tokens', '')} prefix tokens -> secret)"
+        )
+    )
+    columns = ["replicas", "canaries", "exact (before)", "exact", "token acc", "edit sim"]
+    columns += ["longest run", "exposure (bits)", f"MIA AUC ({score})" if score else "MIA AUC"]
+    for col in columns:
+        table.add_column(col, justify="right")
+    for replicas in sorted(final, key=int):
+        f = final[replicas]
+        label = "0 (twins, never injected)" if replicas == "0" else f"{replicas}x"
+        exp = exposure.get(replicas, {}).get("mean")
+        auc = membership["scores"][score]["by_replicas"].get(replicas) if score else None
+        table.add_row(
+            label,
+            str(f["n"]),
+            f"{before[replicas]['exact_rate']:.1%}",
+            f"{f['exact_rate']:.1%}",
+            f"{f['token_accuracy']:.1%}",
+            f"{f.get('edit_similarity', 0.0):.1%}",
+            f"{f['longest_match']:.1f}",
+            "-" if exp is None else f"{exp:.1f}",
+            "-" if auc is None else f"{auc:.2f}",
+        )
+    return table
+
+
+def membership_table(row: dict) -> Table:
+    """Each MIA score: AUC and TPR at 1% and 0.1% FPR over all members vs non-members."""
+    m = row["membership"]
+    table = Table(
+        title=(
+            f"membership inference, round {row['round']}: {m['members']} members "
+            f"(injected canaries, training QA) vs {m['nonmembers']} non-members "
+            "(twins, held-out QA)"
+        )
+    )
+    for col in ("score", "AUC", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "AUC canaries", "AUC QA"):
+        table.add_column(col, justify="right")
+    for name, entry in m["scores"].items():
+        table.add_row(
+            name,
+            f"{entry['all']['auc']:.3f}",
+            f"{entry['all']['tpr_at_fpr_0.01']:.1%}",
+            f"{entry['all']['tpr_at_fpr_0.001']:.1%}",
+            f"{entry['canaries']['auc']:.3f}" if "canaries" in entry else "-",
+            f"{entry['qa']['auc']:.3f}" if "qa" in entry else "-",
+        )
+    return table
+
+
+def utility_line(row: dict) -> str:
+    u = row.get("utility")
+    if not u:
+        return ""
+    mcq = f"{u['mcq_accuracy']:.1%} of {u['mcq_n']}" if u["mcq_n"] else "no MCQ held out"
+    return f"held-out QA answer match {u['qa_accuracy']:.1%}; multiple choice {mcq}"
+
+
+def _eps(value: float) -> str:
+    return "inf" if value == float("inf") else f"{value:.3f}"
+
+
+def dp_audit_table(audit: dict) -> Table:
+    """The accountant's epsilon beside the one-run empirical lower bounds, per audit."""
+    table = Table(title="DP audit: claimed epsilon vs empirical lower bound (one run)")
+    for col in ("audit", "claimed eps", "delta", "lower bound", "method", "evidence", "verdict"):
+        table.add_column(col, justify="right")
+    if record := audit.get("record"):
+        claim = f"{_eps(record['epsilon_claimed'])} ({record['claimed_by']})"
+        for method in ("one_run", "one_run_fdp"):
+            if f"epsilon_{method}" not in record:
+                continue
+            table.add_row(
+                f"record ({record['included']}/{record['records']} records in)",
+                claim,
+                f"{record['delta']:g}",
+                _eps(record[f"epsilon_{method}"]),
+                method,
+                f"{record[f'correct_{method}']}/{record[f'guesses_{method}']} guesses right",
+                record["verdict"],
+            )
+    if client := audit.get("client"):
+        for threat in ("final_model", "all_iterates"):
+            facts = client[threat]
+            table.add_row(
+                f"client ({client['canaries']} canary clients)",
+                _eps(client["epsilon_claimed"]),
+                f"{client['delta']:g}",
+                _eps(facts["epsilon_lower_bound"]),
+                f"gdp, {threat}",
+                f"Gaussian-fit estimate {_eps(facts['epsilon_estimate'])}",
+                client["verdict"],
+            )
+    return table
+
+
+def print_summary(summary: dict, run_dir) -> None:
+    final = summary["final"]
+    console.print(summary_table(summary))
+    if "dp_audit" in summary:
+        console.print(dp_audit_table(summary["dp_audit"]))
+    if "membership" in final:
+        console.print(membership_table(final))
+    if line := utility_line(final):
+        console.print(line)
+    view = final.get("client_view", {})
+    if view.get("status") == "unavailable":
+        console.print(f"client vantage point: unavailable ({view['reason']})")
+    for client, metrics in view.get("clients", {}).items():
+        ext = metrics["extraction"]["injected"]
+        console.print(
+            f"server's view of client {client}'s update: exact {ext['exact_rate']:.1%}, "
+            f"token acc {ext['token_accuracy']:.1%} (global model: "
+            f"{final['extraction']['injected']['exact_rate']:.1%})"
+        )
+    console.print(
+        f"held-out loss {summary['before']['heldout_loss']:.3f} -> {final['heldout_loss']:.3f} "
+        f"(perplexity {final['heldout_perplexity']:.2f}); "
+        f"trainable {summary['trainable_parameters']:,} of {summary['parameters']:,} parameters; "
+        f"{final['bytes_sent']:,} bytes sent by clients in the last round; "
+        f"{summary['wall_time_s']:.0f}s"
+    )
+    console.print(f"run folder: {run_dir}")
+
+
+def print_report(report) -> None:
+    table = Table(title=f"{report.folder}: final round, mean ± std over seeds")
+    for i, col in enumerate(report.table[0]):
+        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
+    for row in report.table[1:]:
+        table.add_row(*row)
+    # Wide enough for every cell unfolded (the audit columns make it wider than a terminal;
+    # Console.print's `width` cannot exceed the console's, so a console of that width prints it).
+    needed = sum(max(len(r[i]) for r in report.table) + 3 for i in range(len(report.table[0])))
+    Console(highlight=False, soft_wrap=True, width=max(console.width, needed + 1)).print(table)
+    for missing in report.absent:
+        console.print(f"not in these runs: {missing}")
+    console.print(f"report: {report.markdown} and {report.html} ({len(report.figures)} figures)")
+
+
+# ----------------------------------------------------------------------------- compare
+
+COMPARE_SKIP = ("clients.", "fit_stage.", "extraction.by_client.", "elapsed_s", "round")
+
+
+def _run_facts(folder: Path) -> tuple[dict, dict]:
+    folder = Path(folder)
+    if not (folder / "summary.json").exists():
+        raise StoreError(f"{folder}: not a finished run folder (no {RUN_FILES[-1]})")
+    config = json.loads((folder / "config.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
+    facts = {
+        "mode": config["mode"],
+        "model": config["model"]["name"],
+        "finetuning": config["model"]["finetuning"],
+        "mitigations": mitigations_label(config),
+        "seed": config["seed"],
+        "rounds": summary["rounds"],
+        "trainable parameters": summary["trainable_parameters"],
+        "wall time (s)": summary["wall_time_s"],
+    }
+    metrics = {k: v for k, v in flatten(summary["final"]).items()
+               if not k.startswith(COMPARE_SKIP)}
+    return {"facts": facts, "metrics": metrics}, config
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def comparison_table(run_a: str | Path, run_b: str | Path) -> Table:
+    """Facts, final-round metrics and differing config keys of two runs, with B - A."""
+    a, config_a = _run_facts(Path(run_a))
+    b, config_b = _run_facts(Path(run_b))
+    table = Table(title=f"A = {run_a}   B = {run_b}")
+    for col, justify in (("", "left"), ("A", "right"), ("B", "right"), ("B - A", "right")):
+        table.add_column(col, justify=justify)
+    for key, value in a["facts"].items():
+        table.add_row(key, _cell(value), _cell(b["facts"][key]), "")
+    table.add_section()
+    for key in sorted(set(a["metrics"]) | set(b["metrics"])):
+        va, vb = a["metrics"].get(key), b["metrics"].get(key)
+        delta = f"{vb - va:+.4g}" if va is not None and vb is not None else ""
+        table.add_row(key, _cell(va), _cell(vb), delta)
+    table.add_section()
+    for key, was, now in config_differences(config_a, config_b):
+        table.add_row(f"config {key}", _cell(was), _cell(now), "")
+    return table
