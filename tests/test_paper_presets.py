@@ -1,4 +1,4 @@
-"""configs/paper/: the reference study's setting at full scale (PAPER.md), valid config."""
+"""configs/paper/: the reference study's setting at full scale (docs/study.md), valid config."""
 
 from __future__ import annotations
 

@@ -480,7 +480,7 @@ def generate_qa(n: int, seed: int) -> list[QAPair]:
 
 
 # prompt format -> (heading of the question, cue the answer follows). "qa" is fedmem's own;
-# the others are the reference study's per dataset (see /work/shared/PAPER.md).
+# the others are the reference study's per dataset (see docs/study.md).
 PROMPT_FORMATS = {
     "qa": ("Question:", "Answer:"),
     "open": ("Open Question:", "The answer is:"),
