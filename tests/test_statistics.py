@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
-from attacks.statistics import Interval, clopper_pearson, wilson
+from attacks import statistics
+from attacks.statistics import (
+    Interval,
+    auc_interval,
+    bootstrap_interval,
+    clopper_pearson,
+    mann_whitney_auc,
+    wilson,
+)
 
 PROPERTIES = settings(max_examples=60, deadline=None)
 
@@ -123,3 +133,111 @@ def test_clopper_pearson_is_symmetric_and_nested_in_confidence(kn):
     assert (ci.low, ci.high) == pytest.approx((1 - mirror.high, 1 - mirror.low), abs=1e-9)
     wider = clopper_pearson(k, n, 0.99)
     assert wider.low <= ci.low and ci.high <= wider.high
+
+
+# --- bootstrap -------------------------------------------------------------------------------
+
+
+def test_bootstrap_of_two_values_by_hand():
+    # Means of resamples of {0, 1} are 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4: the 2.5 %
+    # and 97.5 % quantiles are 0 and 1.
+    ci = bootstrap_interval([0.0, 1.0], resamples=4000)
+    assert (ci.estimate, ci.low, ci.high) == (0.5, 0.0, 1.0)
+    assert ci.method == "percentile bootstrap (mean)" and ci.note == ""
+
+
+def test_bootstrap_of_the_mean_matches_normal_theory_on_a_large_sample():
+    # For n = 400 the percentile interval of the mean is close to mean +- z * sd / sqrt(n),
+    # sd the plug-in (ddof = 0) standard deviation.
+    x = np.random.default_rng(1).normal(3.0, 2.0, 400)
+    ci = bootstrap_interval(x, resamples=4000, seed=2)
+    half = stats.norm.ppf(0.975) * x.std() / math.sqrt(x.size)
+    assert ci.estimate == pytest.approx(x.mean())
+    assert ci.low == pytest.approx(x.mean() - half, abs=0.1 * half)
+    assert ci.high == pytest.approx(x.mean() + half, abs=0.1 * half)
+
+
+def test_bootstrap_agrees_with_scipy_percentile_bootstrap():
+    x = np.random.default_rng(3).exponential(1.0, 60)
+    ours = bootstrap_interval(x, np.median, resamples=5000, seed=4)
+    ref = stats.bootstrap((x,), np.median, method="percentile", n_resamples=5000, rng=5)
+    width = ref.confidence_interval.high - ref.confidence_interval.low
+    assert ours.low == pytest.approx(ref.confidence_interval.low, abs=0.15 * width)
+    assert ours.high == pytest.approx(ref.confidence_interval.high, abs=0.15 * width)
+    assert ours.method == "percentile bootstrap (median)"
+
+
+def test_bootstrap_is_seeded_and_chunking_does_not_change_it(monkeypatch):
+    x = np.random.default_rng(6).normal(size=300)
+    first = bootstrap_interval(x, seed=7)
+    assert bootstrap_interval(x, seed=7) == first
+    assert bootstrap_interval(x, seed=8) != first
+    monkeypatch.setattr(statistics, "_CHUNK_CELLS", 1000)  # many small chunks
+    assert bootstrap_interval(x, seed=7) == first
+
+
+def test_a_single_item_or_equal_items_give_a_degenerate_interval_that_says_so():
+    for x in ([3.0], [2.0, 2.0, 2.0]):
+        ci = bootstrap_interval(x)
+        assert ci.low == ci.high == ci.estimate and ci.note == statistics.DEGENERATE
+
+
+@pytest.mark.parametrize("x", [[], [1.0, math.nan], [math.inf]])
+def test_bootstrap_refuses_empty_or_non_finite_values(x):
+    with pytest.raises(ValueError):
+        bootstrap_interval(x)
+
+
+# --- AUC -------------------------------------------------------------------------------------
+
+
+def test_auc_by_hand_with_a_tie():
+    # Pairs (member, non-member): 0.9 and 0.8 beat both (4), 0.5 ties 0.5 (1/2) and beats 0.3.
+    assert mann_whitney_auc([0.9, 0.8, 0.5], [0.5, 0.3]) == 5.5 / 6
+
+
+scores = st.lists(st.integers(-5, 5).map(float), min_size=1, max_size=40)
+
+
+@PROPERTIES
+@given(scores, scores)
+def test_auc_is_scikit_learns_and_the_mann_whitney_u(members, nonmembers):
+    labels = [1] * len(members) + [0] * len(nonmembers)
+    auc = mann_whitney_auc(members, nonmembers)
+    assert auc == pytest.approx(roc_auc_score(labels, members + nonmembers), abs=1e-12)
+    u = stats.mannwhitneyu(members, nonmembers).statistic
+    assert auc == pytest.approx(u / (len(members) * len(nonmembers)), abs=1e-12)
+
+
+def test_auc_interval_is_stratified_and_covers_the_true_auc():
+    # Members ~ N(1, 1), non-members ~ N(0, 1): true AUC = Phi(1 / sqrt(2)).
+    rng = np.random.default_rng(9)
+    members, nonmembers = rng.normal(1, 1, 150), rng.normal(0, 1, 300)
+    ci = auc_interval(members, nonmembers, resamples=2000, seed=10)
+    assert ci.low < stats.norm.cdf(1 / math.sqrt(2)) < ci.high
+    assert ci.estimate == mann_whitney_auc(members, nonmembers)
+    assert 0.05 < ci.high - ci.low < 0.15
+    assert ci.method == "stratified percentile bootstrap (Mann-Whitney AUC)"
+
+
+def test_auc_interval_under_perfect_separation_is_degenerate_and_says_so():
+    # Stratified resampling keeps both classes in every resample, so every AUC is 1.
+    ci = auc_interval([5.0, 6.0, 7.0], [1.0, 2.0])
+    assert (ci.estimate, ci.low, ci.high) == (1.0, 1.0, 1.0)
+    assert ci.note == statistics.DEGENERATE
+    assert ci.format(digits=2) == "1.00 [1.00, 1.00] (" + statistics.DEGENERATE + ")"
+
+
+def test_auc_interval_is_seeded_and_chunking_does_not_change_it(monkeypatch):
+    rng = np.random.default_rng(11)
+    members, nonmembers = rng.normal(0.5, 1, 40), rng.normal(0, 1, 70)
+    first = auc_interval(members, nonmembers, seed=3)
+    monkeypatch.setattr(statistics, "_CHUNK_CELLS", 500)
+    assert auc_interval(members, nonmembers, seed=3) == first
+
+
+def test_auc_needs_both_classes():
+    with pytest.raises(ValueError):
+        auc_interval([], [1.0])
+    with pytest.raises(ValueError):
+        mann_whitney_auc([1.0], [])
