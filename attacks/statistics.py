@@ -24,6 +24,15 @@ What each interval means, and when it is invalid:
   non-member, ties counting 1/2 (equal to scikit-learn's roc_auc_score). Under-covers with few
   items of either class and collapses to [1, 1] (or [0, 0]) under perfect separation, where it
   says nothing about how close to 1 the true AUC is.
+- `tpr_at_fpr(members, nonmembers, fpr)`: the true-positive rate at the lowest score threshold
+  whose false-positive rate on the non-members is at most `fpr` (the most members flagged
+  while spending at most floor(fpr * n0) false positives; the point `attacks.membership.roc`
+  reports), with a Clopper-Pearson interval over the members at that threshold. The interval
+  is conditional on the threshold: it ignores that the threshold itself is set by the few
+  highest non-member scores, so at small FPRs it is too narrow. With fewer than
+  ceil(1 / fpr) non-members not even one false positive can be spent, the threshold sits at
+  FPR = 0 whatever the target, and the answer is `Unresolvable` (reported as n/a) instead of
+  a number that looks like a TPR at that FPR.
 """
 
 from __future__ import annotations
@@ -48,6 +57,10 @@ class Interval:
     confidence: float
     method: str
     note: str = ""
+
+    @property
+    def resolvable(self) -> bool:
+        return True
 
     def format(self, unit: str = "", digits: int = 1) -> str:
         """'62.5 % [24.5, 91.5]' for unit '%' (values scaled by 100), '3.2 bits [2.1, 4.0]'
@@ -225,4 +238,75 @@ def auc_interval(
     estimate = mann_whitney_auc(members, nonmembers)
     return _percentile_interval(
         estimate, replicates, confidence, "stratified percentile bootstrap (Mann-Whitney AUC)"
+    )
+
+
+@dataclass(frozen=True)
+class Unresolvable:
+    """A TPR at an FPR that the non-member count cannot resolve; formats as n/a."""
+
+    fpr: float
+    nonmembers: int
+    needed: int
+
+    @property
+    def resolvable(self) -> bool:
+        return False
+
+    def format(self, unit: str = "", digits: int = 1) -> str:
+        return f"n/a (needs ≥ {self.needed} non-members)"
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def as_dict(self) -> dict[str, float | str | None]:
+        return {
+            "estimate": None,
+            "low": None,
+            "high": None,
+            "fpr": self.fpr,
+            "nonmembers": self.nonmembers,
+            "needed": self.needed,
+            "note": self.format(),
+        }
+
+
+# Float slack so that e.g. 0.001 * 1000 counts as one false positive and 1 / 0.001 as 1000.
+_SLACK = 1e-9
+
+
+def min_nonmembers_for_fpr(fpr: float) -> int:
+    """ceil(1 / fpr): the fewest non-members with which one false positive fits under fpr."""
+    if not 0.0 < fpr <= 1.0:
+        raise ValueError(f"fpr must be in (0, 1], got {fpr}")
+    return math.ceil(1.0 / fpr - _SLACK)
+
+
+def tpr_at_fpr(
+    member_scores: ArrayLike,
+    nonmember_scores: ArrayLike,
+    fpr: float,
+    confidence: float = 0.95,
+) -> Interval | Unresolvable:
+    """TPR at the lowest threshold (score >= threshold flags a member) with FPR <= `fpr`,
+    with a Clopper-Pearson interval over the members; `Unresolvable` with too few
+    non-members. Higher scores mean "more likely a member"."""
+    _check_confidence(confidence)
+    needed = min_nonmembers_for_fpr(fpr)
+    members = _finite_1d(member_scores, "members")
+    nonmembers = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    if nonmembers.size < needed:
+        return Unresolvable(fpr, int(nonmembers.size), needed)
+    nonmembers = _finite_1d(nonmembers, "non-members")
+    spend = math.floor(fpr * nonmembers.size + _SLACK)  # false positives allowed
+    if spend >= nonmembers.size:
+        flagged, false_positives = members.size, nonmembers.size
+    else:
+        # Flag scores strictly above the (spend + 1)-th highest non-member score.
+        bar = np.sort(nonmembers)[::-1][spend]
+        flagged, false_positives = int((members > bar).sum()), int((nonmembers > bar).sum())
+    ci = clopper_pearson(flagged, members.size, confidence)
+    spent = f"{false_positives} of {nonmembers.size} non-members above the threshold"
+    return Interval(
+        ci.estimate, ci.low, ci.high, confidence, f"{ci.method} at FPR <= {fpr:g} ({spent})"
     )

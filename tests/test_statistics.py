@@ -14,12 +14,16 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from attacks import statistics
+from attacks.membership import roc
 from attacks.statistics import (
     Interval,
+    Unresolvable,
     auc_interval,
     bootstrap_interval,
     clopper_pearson,
     mann_whitney_auc,
+    min_nonmembers_for_fpr,
+    tpr_at_fpr,
     wilson,
 )
 
@@ -241,3 +245,61 @@ def test_auc_needs_both_classes():
         auc_interval([], [1.0])
     with pytest.raises(ValueError):
         mann_whitney_auc([1.0], [])
+
+
+# --- TPR at a fixed FPR -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fpr, needed", [(0.01, 100), (0.001, 1000), (0.3, 4), (1.0, 1)])
+def test_an_fpr_needs_ceil_one_over_fpr_non_members(fpr, needed):
+    assert min_nonmembers_for_fpr(fpr) == needed
+
+
+def test_too_few_non_members_is_unresolvable_not_a_number():
+    result = tpr_at_fpr([1.0, 2.0], np.arange(999.0), 0.001)
+    assert isinstance(result, Unresolvable) and not result.resolvable
+    assert result.format("%") == str(result) == "n/a (needs ≥ 1000 non-members)"
+    assert result.as_dict()["estimate"] is None
+    assert tpr_at_fpr([1.0, 2.0], np.arange(1000.0), 0.001).resolvable
+
+
+def test_tpr_at_one_percent_by_hand():
+    # 100 non-members scoring 0..99: one false positive may be spent, so the threshold sits
+    # just above the second-highest non-member (98); members above 98 are flagged, a member
+    # tied with it is not. 2 of 4 members: TPR 50 % with its Clopper-Pearson interval.
+    result = tpr_at_fpr([99.5, 98.5, 98.0, 50.0], np.arange(100.0), 0.01)
+    cp = clopper_pearson(2, 4)
+    assert (result.estimate, result.low, result.high) == (0.5, cp.low, cp.high)
+    assert (
+        result.method == "Clopper-Pearson at FPR <= 0.01 (1 of 100 non-members above the threshold)"
+    )
+    assert result.format("%") == "50.0 % [6.8, 93.2]"
+
+
+@PROPERTIES
+@given(
+    st.lists(st.integers(0, 30).map(float), min_size=1, max_size=60),
+    st.lists(st.integers(0, 30).map(float), min_size=100, max_size=400),
+    st.sampled_from([0.01, 0.02, 0.05, 0.001]),
+)
+def test_tpr_at_fpr_is_the_point_membership_roc_reports(members, nonmembers, fpr):
+    result = tpr_at_fpr(members, nonmembers, fpr)
+    assert result.resolvable == (len(nonmembers) >= min_nonmembers_for_fpr(fpr))
+    if result.resolvable:
+        labels = [True] * len(members) + [False] * len(nonmembers)
+        reported = roc(members + nonmembers, labels)
+        assert result.estimate == pytest.approx(_roc_tpr_at(reported, fpr), abs=1e-12)
+        assert result.estimate == pytest.approx(reported.tpr_at.get(fpr, result.estimate))
+        assert reported.auc == pytest.approx(mann_whitney_auc(members, nonmembers), abs=1e-12)
+
+
+def test_where_roc_falls_back_to_fpr_zero_the_interval_says_n_a():
+    # attacks.membership.roc reports the TPR at FPR = 0 under the 0.1 % label with 200
+    # non-members; the report shows n/a instead.
+    members, nonmembers = [5.0, 6.0], list(np.arange(200.0) / 100)
+    assert roc(members + nonmembers, [True] * 2 + [False] * 200).tpr_at[0.001] == 1.0
+    assert str(tpr_at_fpr(members, nonmembers, 0.001)) == "n/a (needs ≥ 1000 non-members)"
+
+
+def _roc_tpr_at(r, fpr: float) -> float:
+    return max(t for f, t in zip(r.fpr, r.tpr, strict=True) if f <= fpr)
