@@ -33,13 +33,32 @@ What each interval means, and when it is invalid:
   ceil(1 / fpr) non-members not even one false positive can be spent, the threshold sits at
   FPR = 0 whatever the target, and the answer is `Unresolvable` (reported as n/a) instead of
   a number that looks like a TPR at that FPR.
+
+Paired tests compare two runs (A, B) over the same items, item i of A and of B being the same
+canary (`align` pairs them by id). Their p-values are two-sided and assume the items are
+independent; they say whether the runs differ on these canaries, not on other canaries.
+
+- `mcnemar_exact(a, b)`: for a yes/no outcome per item ("extracted exactly"). Only discordant
+  items (extracted in one run only) carry information; under "no difference" each is equally
+  likely to favour A or B, so the p-value is the exact two-sided binomial test of the
+  discordant split against 1/2. Concordant items only show up in n. With fewer than 6
+  discordant items no split can reach p < 0.05 (the smallest p with 5 is 2 / 2^5 = 0.0625).
+- `paired_wilcoxon(a, b)`: Wilcoxon signed-rank test on the differences b - a of a per-item
+  number (token accuracy, exposure), via scipy.stats.wilcoxon. Zero differences (an item
+  equal in both runs) follow `zero_method`: 'zsplit' (default) keeps them in n with half
+  their ranks on each side; 'wilcox' drops them. Keeping them can make p smaller or larger
+  than dropping them. The p-value is exact for n <= 50 without zeros or tied |differences|,
+  and from the normal approximation (with tie correction) otherwise, which is rough for
+  small n. The test assumes the differences are symmetric about their median; with fewer
+  than 6 pairs no outcome reaches p < 0.05.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -309,4 +328,100 @@ def tpr_at_fpr(
     spent = f"{false_positives} of {nonmembers.size} non-members above the threshold"
     return Interval(
         ci.estimate, ci.low, ci.high, confidence, f"{ci.method} at FPR <= {fpr:g} ({spent})"
+    )
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A two-sided paired test of run B against run A over the same `n` items."""
+
+    statistic: float
+    p_value: float
+    n: int
+    method: str
+    direction: int  # +1: B above A, -1: B below A, 0: neither
+    detail: str  # what the p-value rests on, e.g. "12 discordant of 32"
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.p_value <= alpha
+
+    def describe(self, a: str = "A", b: str = "B") -> str:
+        """One line, e.g. 'B < A, p = 0.004 (McNemar exact, 12 discordant of 32)'."""
+        sign = {1: ">", -1: "<", 0: "="}[self.direction]
+        return f"{b} {sign} {a}, {format_p(self.p_value)} ({self.method}, {self.detail})"
+
+
+def format_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def align(a: Mapping[K, V], b: Mapping[K, V]) -> tuple[list[V], list[V]]:
+    """The values of two runs keyed by item (canary id), paired in one order; the two runs
+    must hold the same items."""
+    if a.keys() != b.keys():
+        missing = sorted(map(str, a.keys() ^ b.keys()))[:5]
+        raise ValueError(f"align: the runs hold different items, e.g. {missing}")
+    keys = list(a)
+    return [a[k] for k in keys], [b[k] for k in keys]
+
+
+def _paired(a: Sequence, b: Sequence, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(a), np.asarray(b)
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        raise ValueError(f"{what}: needs two equally long, non-empty sequences")
+    return x, y
+
+
+def _booleans(x: np.ndarray) -> np.ndarray:
+    if x.dtype != bool and not np.isin(x, (0, 1)).all():
+        raise ValueError("mcnemar_exact: outcomes must be booleans (or 0/1)")
+    return x.astype(bool)
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> PairedTest:
+    """Exact McNemar test: two-sided binomial test of the discordant pairs against 1/2.
+    The statistic is the smaller discordant count, as in statsmodels' exact McNemar."""
+    x, y = _paired(a, b, "mcnemar_exact")
+    x, y = _booleans(x), _booleans(y)
+    only_a, only_b = int((x & ~y).sum()), int((~x & y).sum())
+    discordant = only_a + only_b
+    p = 1.0 if discordant == 0 else float(stats.binomtest(only_b, discordant).pvalue)
+    return PairedTest(
+        statistic=float(min(only_a, only_b)),
+        p_value=p,
+        n=int(x.size),
+        method="McNemar exact",
+        direction=int(np.sign(only_b - only_a)),
+        detail=f"{discordant} discordant of {x.size}",
+    )
+
+
+def paired_wilcoxon(
+    a: Sequence[float],
+    b: Sequence[float],
+    zero_method: Literal["zsplit", "wilcox", "pratt"] = "zsplit",
+) -> PairedTest:
+    """Wilcoxon signed-rank test on b - a (scipy.stats.wilcoxon, two-sided). The direction
+    is the sign of the signed-rank sum W+ - W- (zeros ranked as `zero_method` ranks them)."""
+    x, y = _paired(a, b, "paired_wilcoxon")
+    d = _finite_1d(y, "paired_wilcoxon") - _finite_1d(x, "paired_wilcoxon")
+    zeros = int((d == 0).sum())
+    detail = f"{d.size} pairs, {zeros} zero differences"
+    if zeros == d.size:
+        return PairedTest(0.0, 1.0, int(d.size), f"Wilcoxon signed-rank ({zero_method})", 0, detail)
+    result = stats.wilcoxon(d, zero_method=zero_method, alternative="two-sided")
+    ranked = d[d != 0] if zero_method == "wilcox" else d
+    ranks = stats.rankdata(np.abs(ranked))
+    signed = float(ranks[ranked > 0].sum() - ranks[ranked < 0].sum())
+    return PairedTest(
+        statistic=float(result.statistic),
+        p_value=float(result.pvalue),
+        n=int(d.size),
+        method=f"Wilcoxon signed-rank ({zero_method})",
+        direction=int(np.sign(signed)),
+        detail=detail,
     )

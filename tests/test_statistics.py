@@ -18,11 +18,14 @@ from attacks.membership import roc
 from attacks.statistics import (
     Interval,
     Unresolvable,
+    align,
     auc_interval,
     bootstrap_interval,
     clopper_pearson,
     mann_whitney_auc,
+    mcnemar_exact,
     min_nonmembers_for_fpr,
+    paired_wilcoxon,
     tpr_at_fpr,
     wilson,
 )
@@ -303,3 +306,122 @@ def test_where_roc_falls_back_to_fpr_zero_the_interval_says_n_a():
 
 def _roc_tpr_at(r, fpr: float) -> float:
     return max(t for f, t in zip(r.fpr, r.tpr, strict=True) if f <= fpr)
+
+
+# --- paired tests ----------------------------------------------------------------------------
+
+
+def _runs(only_a: int, only_b: int, both: int, neither: int) -> tuple[list[bool], list[bool]]:
+    a = [True] * only_a + [False] * only_b + [True] * both + [False] * neither
+    b = [False] * only_a + [True] * only_b + [True] * both + [False] * neither
+    return a, b
+
+
+def test_mcnemar_exact_by_hand():
+    # 10 canaries extracted only in A, 2 only in B: under "no difference" the 12 discordant
+    # split like a fair coin, so p = 2 * P(X <= 2), X ~ Binomial(12, 1/2) = 2 * 79 / 4096.
+    a, b = _runs(only_a=10, only_b=2, both=5, neither=15)
+    t = mcnemar_exact(a, b)
+    assert t.p_value == pytest.approx(2 * (1 + 12 + 66) / 2**12, rel=1e-12)
+    assert (t.statistic, t.n, t.direction) == (2.0, 32, -1)
+    assert t.describe() == "B < A, p = 0.039 (McNemar exact, 12 discordant of 32)"
+    assert t.describe("full", "LoRA").startswith("LoRA < full, p = 0.039")
+    assert t.significant() and not t.significant(alpha=0.01)
+
+
+def test_mcnemar_without_discordant_pairs_is_p_one():
+    t = mcnemar_exact(*_runs(0, 0, 4, 4))
+    assert (t.p_value, t.direction) == (1.0, 0)
+    assert t.describe() == "B = A, p = 1.000 (McNemar exact, 0 discordant of 8)"
+
+
+def test_mcnemar_needs_six_discordant_pairs_to_reach_five_percent():
+    assert mcnemar_exact(*_runs(5, 0, 0, 0)).p_value == 2 / 2**5
+    assert mcnemar_exact(*_runs(6, 0, 0, 0)).p_value == 2 / 2**6
+
+
+@PROPERTIES
+@given(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30), st.integers(0, 30))
+def test_mcnemar_properties(only_a, only_b, both, neither):
+    if only_a + only_b + both + neither == 0:
+        return
+    a, b = _runs(only_a, only_b, both, neither)
+    t, swapped = mcnemar_exact(a, b), mcnemar_exact(b, a)
+    assert swapped.p_value == t.p_value and swapped.direction == -t.direction
+    # Concordant items change n, never the p-value.
+    assert mcnemar_exact(*_runs(only_a, only_b, 1, 0)).p_value == t.p_value
+    assert 0.0 < t.p_value <= 1.0
+
+
+def test_mcnemar_refuses_unpaired_or_non_boolean_outcomes():
+    with pytest.raises(ValueError):
+        mcnemar_exact([True], [True, False])
+    with pytest.raises(ValueError):
+        mcnemar_exact([0.3, 1.0], [1.0, 0.0])
+    assert mcnemar_exact([1, 0], [0, 0]).direction == -1  # 0/1 is fine
+
+
+# Darwin's Zea mays data as in scipy.stats.wilcoxon's documentation: height differences
+# (cross- minus self-fertilized, eighths of an inch) of 15 pairs.
+DARWIN = [6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75]
+
+
+def _exact_signed_rank_p(w: int, n: int) -> float:
+    """Two-sided exact p: 2 P(W <= w), W the sum of a random subset of the ranks 1..n."""
+    ways = [1] + [0] * (n * (n + 1) // 2)  # ways[s]: subsets of the ranks summing to s
+    for r in range(1, n + 1):
+        for s in range(len(ways) - 1, r - 1, -1):
+            ways[s] += ways[s - r]
+    return min(1.0, 2 * sum(ways[: w + 1]) / 2**n)
+
+
+def test_wilcoxon_on_darwins_data_is_the_exact_null_distribution():
+    t = paired_wilcoxon([0.0] * 15, DARWIN)
+    # The negative differences (-48, -67) have ranks 10 and 14: W- = 24 = min(W+, W-).
+    assert t.statistic == 24.0
+    assert t.p_value == pytest.approx(_exact_signed_rank_p(24, 15), rel=1e-12)
+    assert t.p_value == pytest.approx(0.041259765625, rel=1e-12)
+    assert t.direction == 1 and t.n == 15
+    assert t.describe() == (
+        "B > A, p = 0.041 (Wilcoxon signed-rank (zsplit), 15 pairs, 0 zero differences)"
+    )
+
+
+def test_zero_differences_follow_the_zero_method():
+    a, b = [0.0] * 17, DARWIN + [0, 0]
+    for method in ("zsplit", "wilcox", "pratt"):
+        ours = paired_wilcoxon(a, b, zero_method=method)
+        ref = stats.wilcoxon(b, zero_method=method)
+        assert (ours.statistic, ours.p_value) == (ref.statistic, ref.pvalue)
+        assert ours.n == 17 and ours.detail == "17 pairs, 2 zero differences"
+    # Keeping the two zeros (zsplit) moves p below the drop-them value here.
+    assert paired_wilcoxon(a, b).p_value < paired_wilcoxon(a, b, zero_method="wilcox").p_value
+
+
+def test_no_difference_at_all_is_p_one():
+    t = paired_wilcoxon([0.5, 0.7, 0.9], [0.5, 0.7, 0.9])
+    assert (t.p_value, t.direction) == (1.0, 0) and not t.significant()
+
+
+@PROPERTIES
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=5))
+def test_five_pairs_can_never_be_significant(differences):
+    t = paired_wilcoxon([0.0] * len(differences), differences)
+    assert t.p_value >= 0.0625 and not t.significant()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(-4, 4).map(float), min_size=1, max_size=40))
+def test_wilcoxon_direction_and_symmetry(differences):
+    t = paired_wilcoxon([0.0] * len(differences), differences)
+    flipped = paired_wilcoxon(differences, [0.0] * len(differences))
+    assert flipped.p_value == pytest.approx(t.p_value) and flipped.direction == -t.direction
+    if all(d > 0 for d in differences):
+        assert t.direction == 1
+
+
+def test_align_pairs_runs_by_canary_id():
+    a, b = align({"c1": True, "c2": False}, {"c2": True, "c1": True})
+    assert (a, b) == ([True, False], [True, True])
+    with pytest.raises(ValueError, match="different items"):
+        align({"c1": 1.0}, {"c2": 1.0})
