@@ -18,10 +18,13 @@ from attacks.membership import roc
 from attacks.statistics import (
     Interval,
     Unresolvable,
+    aggregate_seeds,
     align,
     auc_interval,
+    bonferroni,
     bootstrap_interval,
     clopper_pearson,
+    holm,
     mann_whitney_auc,
     mcnemar_exact,
     min_nonmembers_for_fpr,
@@ -425,3 +428,71 @@ def test_align_pairs_runs_by_canary_id():
     assert (a, b) == ([True, False], [True, True])
     with pytest.raises(ValueError, match="different items"):
         align({"c1": 1.0}, {"c2": 1.0})
+
+
+# --- seeds and multiple testing ---------------------------------------------------------------
+
+
+def test_mean_over_three_seeds_with_its_t_interval():
+    # mean 0.625, s = 0.125, t(0.975, df = 2) = 4.3027 (the textbook table value).
+    ci = aggregate_seeds([0.5, 0.75, 0.625])
+    half = 4.302652729749464 * 0.125 / math.sqrt(3)
+    assert ci.estimate == 0.625
+    assert (ci.low, ci.high) == pytest.approx((0.625 - half, 0.625 + half), rel=1e-12)
+    ref = stats.t.interval(0.95, 2, loc=0.625, scale=stats.sem([0.5, 0.75, 0.625]))
+    assert (ci.low, ci.high) == pytest.approx(ref, rel=1e-12)
+    assert ci.method == "t-interval over 3 seeds" and ci.note == ""
+
+
+def test_one_seed_is_the_value_with_no_interval():
+    ci = aggregate_seeds([3.2])
+    assert ci.estimate == 3.2 and math.isnan(ci.low) and math.isnan(ci.high)
+    assert ci.format("bits") == "3.2 bits (one seed)"
+    assert ci.as_dict()["low"] is None
+
+
+def test_seeds_that_agree_exactly_say_so():
+    ci = aggregate_seeds([1.0, 1.0, 1.0])
+    assert (ci.low, ci.high) == (1.0, 1.0) and ci.note == "seeds agree exactly: zero width"
+
+
+def test_two_seeds_give_a_wide_interval_and_it_is_not_clipped():
+    ci = aggregate_seeds([0.0, 1.0])  # t(0.975, 1) = 12.706
+    assert ci.low < -5 and ci.high > 5
+
+
+def test_holm_and_bonferroni_by_hand():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> 0.06
+    # (running maximum), back in the given order:
+    h = holm(p)
+    assert h.adjusted == pytest.approx((0.03, 0.06, 0.06, 0.02))
+    assert h.reject == (True, False, False, True) and h.method == "Holm"
+    b = bonferroni(p)
+    assert b.adjusted == pytest.approx((0.04, 0.16, 0.12, 0.02))
+    assert b.reject == (True, False, False, True)
+    assert holm([0.5, 0.9]).adjusted == (1.0, 1.0)  # capped at 1
+
+
+def test_holm_rejects_what_bonferroni_misses():
+    # 0.02 * 2 = 0.04 under Bonferroni but Holm's second step scales 0.03 only by 1.
+    assert bonferroni([0.02, 0.03]).reject == (True, False)
+    assert holm([0.02, 0.03]).reject == (True, True)
+
+
+@PROPERTIES
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=30), st.sampled_from([0.01, 0.05, 0.1]))
+def test_holm_is_between_raw_and_bonferroni(p, alpha):
+    h, b = holm(p, alpha), bonferroni(p, alpha)
+    for raw, hp, bp in zip(p, h.adjusted, b.adjusted, strict=True):
+        assert raw <= hp <= bp + 1e-15
+    assert all(hr or not br for hr, br in zip(h.reject, b.reject, strict=True))
+    ranked = sorted(zip(p, h.adjusted, strict=True))
+    assert all(x[1] <= y[1] for x, y in zip(ranked, ranked[1:], strict=False))
+
+
+def test_corrections_refuse_impossible_p_values():
+    with pytest.raises(ValueError):
+        holm([1.2])
+    with pytest.raises(ValueError):
+        bonferroni([0.1], alpha=0)
