@@ -47,9 +47,10 @@ independent; they say whether the runs differ on these canaries, not on other ca
   number (token accuracy, exposure), via scipy.stats.wilcoxon. Zero differences (an item
   equal in both runs) follow `zero_method`: 'zsplit' (default) keeps them in n with half
   their ranks on each side; 'wilcox' drops them. Keeping them can make p smaller or larger
-  than dropping them. The p-value is exact for n <= 50 without zeros or tied |differences|,
-  and from the normal approximation (with tie correction) otherwise, which is rough for
-  small n. The test assumes the differences are symmetric about their median; with fewer
+  than dropping them. The p-value follows scipy's 'auto' rule: exact for n <= 50 without
+  zeros or tied |differences|; with them, exact by enumerating all 2^n sign flips for
+  n <= 13, and from the normal approximation (with tie correction) above that, as it is for
+  n > 50. The test assumes the differences are symmetric about their median; with fewer
   than 6 pairs no outcome reaches p < 0.05.
 
 Across runs:
@@ -327,9 +328,10 @@ def tpr_at_fpr(
     needed = min_nonmembers_for_fpr(fpr)
     members = _finite_1d(member_scores, "members")
     nonmembers = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    if not np.isfinite(nonmembers).all():
+        raise ValueError("non-members: values must be finite")
     if nonmembers.size < needed:
         return Unresolvable(fpr, int(nonmembers.size), needed)
-    nonmembers = _finite_1d(nonmembers, "non-members")
     spend = math.floor(fpr * nonmembers.size + _SLACK)  # false positives allowed
     if spend >= nonmembers.size:
         flagged, false_positives = members.size, nonmembers.size
@@ -449,7 +451,7 @@ def aggregate_seeds(values_per_seed: Sequence[float], confidence: float = 0.95) 
         return Interval(float(x[0]), math.nan, math.nan, confidence, method, "one seed")
     mean, sem = float(x.mean()), float(x.std(ddof=1)) / math.sqrt(x.size)
     half = float(stats.t.ppf(1 - alpha / 2, x.size - 1)) * sem
-    note = "seeds agree exactly: zero width" if sem == 0 else ""
+    note = "seeds agree exactly: zero width" if np.ptp(x) == 0 else ""
     return Interval(mean, mean - half, mean + half, confidence, method, note)
 
 

@@ -267,6 +267,9 @@ def test_too_few_non_members_is_unresolvable_not_a_number():
     assert result.format("%") == str(result) == "n/a (needs ≥ 1000 non-members)"
     assert result.as_dict()["estimate"] is None
     assert tpr_at_fpr([1.0, 2.0], np.arange(1000.0), 0.001).resolvable
+    assert isinstance(tpr_at_fpr([1.0], [], 0.01), Unresolvable)
+    with pytest.raises(ValueError):
+        tpr_at_fpr([1.0], [math.nan], 0.01)
 
 
 def test_tpr_at_one_percent_by_hand():
@@ -454,6 +457,7 @@ def test_one_seed_is_the_value_with_no_interval():
 def test_seeds_that_agree_exactly_say_so():
     ci = aggregate_seeds([1.0, 1.0, 1.0])
     assert (ci.low, ci.high) == (1.0, 1.0) and ci.note == "seeds agree exactly: zero width"
+    assert aggregate_seeds([0.1] * 7).note == "seeds agree exactly: zero width"
 
 
 def test_two_seeds_give_a_wide_interval_and_it_is_not_clipped():
