@@ -1,0 +1,324 @@
+"""`make secagg-attack`: recover a client's update from Flower's SecAgg+ by brute-forcing one
+32-bit pairwise mask seed (`attacks.secagg_seed`), on a reduced seed space.
+
+One SecAgg+ round of three clients runs through Flower 1.41's own client stages
+(`secaggplus_mod`'s setup, share_keys, collect_masked_vectors, unmask: real ECDH keys,
+Shamir shares, quantization, masks), with fedmem's `[secagg]` defaults (clipping_range 8.0,
+quantization_range 2**22, modulus 2**32, every client a neighbour of every other, threshold
+2 of 3). Each client's update is shaped like the quickstart's LoRA state (rank 16 on the
+7 projections of the tiny Llama's 4 layers: 56 matrices, 278,528 values; synthetic values).
+Client d drops after the key shares (fedmem's `secagg.drop_client`, stage
+collect_masked_vectors); the server unmasks as Flower's `unmask_stage` does, from the
+survivors' shares: u's and w's private-mask seeds and d's secret key, hence s_ud and s_wd.
+Only fold(s_uw) is unknown. The experiment hands the attacker all but the `--bits` lowest of
+that seed's 28 reachable bits and searches the rest (2**20 by default) exhaustively, then
+unmasks u and w with the seed found. Nothing in fedmem's runtime is patched.
+
+The table is printed and appended under "SecAgg+ 32-bit mask seeds (make secagg-attack)" in
+benchmarks/RESULTS.md (`--no-append` to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.client.mod.secure_aggregation.secaggplus_mod import (
+    SecAggPlusState,
+    _collect_masked_vectors,
+    _setup,
+    _share_keys,
+    _unmask,
+)
+from flwr.common import bytes_to_ndarray, ndarrays_to_parameters
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_combine,
+    parameters_multiply,
+)
+from flwr.common.secure_aggregation.quantization import quantize
+from flwr.common.secure_aggregation.secaggplus_constants import Key
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+from numpy.typing import NDArray
+
+from attacks.secagg_seed import (
+    Quantization,
+    Recovery,
+    ServerView,
+    dequantized_update,
+    fold_seed,
+    log2_false_positive_rate,
+    reduced_space,
+    search,
+    unmask_with_seed,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+HEADING = "## SecAgg+ 32-bit mask seeds (make secagg-attack)"
+SECTION_INTRO = (
+    "Appended by `make secagg-attack` (benchmarks/secagg_seed.py; setup in its docstring, "
+    "threat model in docs/threat-model-secagg.md). Projections multiply the measured time "
+    "per candidate by the space size, one core, worst case (the whole space)."
+)
+
+Floats32 = NDArray[np.float32]
+Ints = NDArray[np.int64]
+
+# The quickstart's tiny Llama (configs/quickstart.toml [model], fedmem.config defaults)
+# with fedmem's LoRA defaults: rank 16 on q, k, v, o, gate, up and down.
+HIDDEN, INTERMEDIATE, LAYERS, RANK = 256, 512, 4, 16
+PROJECTIONS = {
+    "q_proj": (HIDDEN, HIDDEN),
+    "k_proj": (HIDDEN, HIDDEN),
+    "v_proj": (HIDDEN, HIDDEN),
+    "o_proj": (HIDDEN, HIDDEN),
+    "gate_proj": (HIDDEN, INTERMEDIATE),
+    "up_proj": (HIDDEN, INTERMEDIATE),
+    "down_proj": (INTERMEDIATE, HIDDEN),
+}
+
+
+def lora_update(rng: np.random.Generator, layers: int = LAYERS) -> list[Floats32]:
+    """A LoRA state's shapes and scales: A ~ U(+-1/sqrt(in)), B small around 0."""
+    arrays: list[Floats32] = []
+    for _ in range(layers):
+        for fan_in, fan_out in PROJECTIONS.values():
+            bound = 1.0 / np.sqrt(fan_in)
+            arrays.append(rng.uniform(-bound, bound, (RANK, fan_in)).astype(np.float32))
+            arrays.append(rng.normal(0.0, 1e-3, (fan_out, RANK)).astype(np.float32))
+    return arrays
+
+
+@dataclass(frozen=True)
+class Round:
+    """One SecAgg+ round with a dropped client, as the server ends it."""
+
+    views: dict[int, ServerView]  # per survivor: upload, learned seeds, the unknown neighbour
+    quantized: dict[int, list[Ints]]  # per survivor: x_u as the client formed it (the truth)
+    pairwise_seed: int  # fold(s_uw), the truth the attack searches for
+
+
+def _setup_config(q: Quantization, clients: int, max_weight: float) -> dict[str, object]:
+    return {
+        Key.SAMPLE_NUMBER: clients,
+        Key.SHARE_NUMBER: clients,
+        Key.THRESHOLD: clients - 1,
+        Key.CLIPPING_RANGE: q.clipping_range,
+        Key.TARGET_RANGE: q.target_range,
+        Key.MOD_RANGE: q.mod_range,
+        Key.MAX_WEIGHT: max_weight,
+    }
+
+
+def client_quantized(
+    update: list[Floats32], num_examples: int, max_weight: float, q: Quantization
+) -> list[Ints]:
+    """x_u as `_collect_masked_vectors` forms it (same global numpy seed, same rounding)."""
+    q_ratio = round(num_examples / max_weight * q.target_range)
+    scaled = parameters_multiply(update, q_ratio / q.target_range)
+    return factor_combine(q_ratio, quantize(scaled, q.clipping_range, q.target_range))
+
+
+def _share_keys_all(states: dict[int, SecAggPlusState]) -> dict[int, dict[str, list]]:
+    """Run share_keys on every client; the server forwards each ciphertext to its target."""
+    keys = {str(nid): (s.pk1, s.pk2) for nid, s in states.items()}
+    forward: dict[int, dict[str, list]] = {
+        nid: {Key.CIPHERTEXT_LIST: [], Key.SOURCE_LIST: []} for nid in states
+    }
+    for nid, state in states.items():
+        out = _share_keys(state, dict(keys))
+        for dst, ciphertext in zip(
+            out[Key.DESTINATION_LIST], out[Key.CIPHERTEXT_LIST], strict=True
+        ):
+            forward[dst][Key.CIPHERTEXT_LIST].append(ciphertext)
+            forward[dst][Key.SOURCE_LIST].append(nid)
+    return forward
+
+
+def _collected_shares(
+    states: dict[int, SecAggPlusState], survivors: list[int], dropped: int
+) -> dict[int, bytes]:
+    """The unmask stage: survivors send shares; the server combines them per owner."""
+    shares: dict[int, list[bytes]] = {nid: [] for nid in states}
+    for nid in survivors:
+        out = _unmask(
+            states[nid], {Key.ACTIVE_NODE_ID_LIST: survivors, Key.DEAD_NODE_ID_LIST: [dropped]}
+        )
+        for owner, share in zip(out[Key.NODE_ID_LIST], out[Key.SHARE_LIST], strict=True):
+            shares[owner].append(share)
+    return {owner: combine_shares(s) for owner, s in shares.items()}
+
+
+def run_round(
+    updates: dict[int, list[Floats32]],
+    num_examples: dict[int, int],
+    dropped: int,
+    q: Quantization,
+    seed: int = 0,
+) -> Round:
+    """Three (or more) clients through Flower's SecAgg+ client stages; `dropped` fails after
+    share_keys. Only survivors with exactly one neighbour besides `dropped` get a view."""
+    max_weight = float(max(num_examples.values()))
+    config = _setup_config(q, len(updates), max_weight)
+    states = {nid: SecAggPlusState(current_stage="setup", nid=nid) for nid in updates}
+    for state in states.values():
+        _setup(state, dict(config))
+    forward = _share_keys_all(states)
+    survivors = [nid for nid in updates if nid != dropped]
+    uploads: dict[int, list[Ints]] = {}
+    quantized: dict[int, list[Ints]] = {}
+    for i, nid in enumerate(survivors):
+        params = ndarrays_to_parameters(updates[nid])
+        np.random.seed(seed + i)  # quantize's stochastic rounding draws from numpy's global
+        out = _collect_masked_vectors(states[nid], forward[nid], num_examples[nid], params)
+        uploads[nid] = [bytes_to_ndarray(b) for b in out[Key.MASKED_PARAMETERS]]
+        np.random.seed(seed + i)
+        quantized[nid] = client_quantized(updates[nid], num_examples[nid], max_weight, q)
+    secrets = _collected_shares(states, survivors, dropped)
+    dropped_sk1 = bytes_to_private_key(secrets[dropped])
+    views = {}
+    for nid in survivors:
+        (other,) = [v for v in survivors if v != nid]
+        learned = generate_shared_key(dropped_sk1, bytes_to_public_key(states[nid].pk1))
+        views[nid] = ServerView(uploads[nid], nid, secrets[nid], {dropped: learned}, other, q)
+    u, w = survivors
+    s_uw = generate_shared_key(
+        bytes_to_private_key(states[u].sk1), bytes_to_public_key(states[w].pk1)
+    )
+    return Round(views, quantized, fold_seed(s_uw))
+
+
+def max_abs_error(a: list[NDArray], b: list[NDArray]) -> float:
+    return max(float(np.abs(x.astype(np.float64) - y).max()) for x, y in zip(a, b, strict=True))
+
+
+def _same(a: list[Ints], b: list[Ints]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    recovery: Recovery
+    true_seed: int
+    searched: int  # u, whose upload the search tests
+    partner: int  # w, unmasked with the same seed
+    values: int
+    exact: dict[int, bool]  # per survivor: recovered x equals the client's, value for value
+    errors: dict[int, float]  # per survivor: max |recovered - true float update|
+    bounds: dict[int, float]  # per survivor: one quantum / (num_examples / max_weight)
+
+
+def run(bits: int, screen_values: int, seed: int = 0) -> Outcome:
+    rng = np.random.default_rng(seed)
+    node_ids = [int(x) for x in rng.integers(1, 2**63, size=3)]
+    updates = {nid: lora_update(rng) for nid in node_ids}
+    num_examples = dict(zip(node_ids, (100, 120, 90), strict=True))
+    q = Quantization()
+    rnd = run_round(updates, num_examples, node_ids[2], q, seed)
+    u, w = node_ids[:2]
+    recovery = search(rnd.views[u], reduced_space(rnd.pairwise_seed, bits), screen_values)
+    recovered = {u: recovery.quantized}
+    if recovery.seed is not None:
+        recovered[w] = unmask_with_seed(rnd.views[w], recovery.seed)
+    max_weight = max(num_examples.values())
+    quantum = 2 * q.clipping_range / q.target_range
+    exact, errors, bounds = {}, {}, {}
+    for nid, x in recovered.items():
+        exact[nid] = x is not None and _same(x, rnd.quantized[nid])
+        errors[nid] = max_abs_error(updates[nid], dequantized_update(x, q)) if x else float("nan")
+        bounds[nid] = quantum * max_weight / num_examples[nid]
+    values = sum(a.size for a in updates[u])
+    return Outcome(recovery, rnd.pairwise_seed, u, w, values, exact, errors, bounds)
+
+
+def core_hours(us_per_candidate: float, bits: int) -> float:
+    return us_per_candidate * 2**bits / 1e6 / 3600
+
+
+def table(outcome: Outcome, bits: int, screen_values: int) -> str:
+    r = outcome.recovery
+    us = r.cpu_us_per_candidate
+    q = Quantization()
+    rows = [
+        ("seed space searched", f"2^{bits} = {r.tried:,} seeds (exhaustive)"),
+        ("seconds, CPU / wall (one process)", f"{r.cpu_seconds:.1f} / {r.seconds:.1f}"),
+        ("µs per candidate, CPU / wall", f"{us:.1f} / {r.us_per_candidate:.1f}"),
+        ("candidates passing the screen / full check", f"{r.screen_hits} / {r.confirmed}"),
+        ("seed found = true seed", str(r.seed == outcome.true_seed)),
+        ("update length (values)", f"{outcome.values:,}"),
+        (
+            f"screen false-positive rate ({screen_values} values)",
+            f"2^{log2_false_positive_rate(q, screen_values):.0f} per candidate",
+        ),
+    ]
+    for name, nid in (("u (searched)", outcome.searched), ("w (same seed)", outcome.partner)):
+        if nid not in outcome.exact:
+            continue
+        rows.append(
+            (
+                f"{name}: quantized update identical / max abs error (bound)",
+                f"{outcome.exact[nid]} / {outcome.errors[nid]:.2e} ({outcome.bounds[nid]:.2e})",
+            )
+        )
+    rows += [
+        (
+            "projected 2^28, CPU (every fold of a base64 key)",
+            f"{core_hours(us, 28):.1f} core-hours",
+        ),
+        ("projected 2^32, CPU (any 32-bit seed)", f"{core_hours(us, 32):.1f} core-hours"),
+    ]
+    lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return (
+        f"{platform.processor() or platform.machine()}, "
+        f"load average {load[0]:.1f} at the end, shared with other jobs; "
+        f"numpy {np.__version__}"
+    )
+
+
+def append_results(text: str) -> None:
+    from fedmem.files import atomic_write_text
+
+    existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
+    if HEADING not in existing:
+        existing = existing.rstrip("\n") + f"\n\n{HEADING}\n\n{SECTION_INTRO}\n"
+    head, _, tail = existing.partition(HEADING)
+    body, sep, rest = tail.partition("\n## ")
+    updated = head + HEADING + body.rstrip("\n") + "\n\n" + text + (sep + rest if sep else "")
+    atomic_write_text(RESULTS, updated)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bits", type=int, default=20, help="free seed bits searched")
+    parser.add_argument("--screen-values", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args(argv)
+    outcome = run(args.bits, args.screen_values, args.seed)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"### {date}, {os.cpu_count()} CPU cores\n\n{machine()}.\n\n" + table(
+        outcome, args.bits, args.screen_values
+    )
+    print(text)
+    if not args.no_append:
+        append_results(text)
+        print(f"appended to {RESULTS}")
+    ok = outcome.recovery.seed == outcome.true_seed and all(outcome.exact.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
