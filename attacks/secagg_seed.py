@@ -41,7 +41,12 @@ recovery over N candidates has probability at most N * p ** n. Only the screen's
 each candidate mask is generated; the full mask only for candidates that pass.
 
 Masks are built by calling Flower's `pseudo_rand_gen` (a 4-byte key folds to itself, so
-`seed_key(c)` is the candidate seed), never a re-implementation of it.
+`seed_key(c)` is the candidate seed). Two engines screen candidates: "flower" calls it for
+every candidate (tens of µs each, mostly building numpy's RandomState); "batched" computes
+the same prefix values for thousands of seeds at once (`attacks.mt19937`, checked against
+`pseudo_rand_gen` in the tests), as an attacker who cares about speed would. Either way the
+full mask of a candidate that passes the screen, and so every recovered update, comes from
+`pseudo_rand_gen`.
 """
 
 from __future__ import annotations
@@ -62,12 +67,16 @@ from flwr.common.secure_aggregation.quantization import dequantize
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from numpy.typing import NDArray
 
+from attacks.mt19937 import randint_prefix
+
 Ints = NDArray[np.int64]
 Floats = NDArray[np.float64]
 
 # Bits a folded pairwise key can have set: base64 text has bit 7 of every byte clear.
 REACHABLE_BITS = 0x7F7F7F7F
 ALL_BITS = 0xFFFFFFFF
+ENGINES = ("flower", "batched")
+BATCH = {"flower": 4096, "batched": 16384}  # candidates screened per numpy step
 
 
 @dataclass(frozen=True)
@@ -233,15 +242,21 @@ def reduced_space(hint: int, bits: int, reachable: int = REACHABLE_BITS) -> Seed
     return SeedSpace(hint & ~free, free)
 
 
-def screen_masks(seeds: NDArray[np.uint64], mod_range: int, count: int) -> Ints:
+def screen_masks(
+    seeds: NDArray[np.uint64], mod_range: int, count: int, engine: str = "flower"
+) -> Ints:
     """(len(seeds), count): each seed's mask values 1..count (slot 0 is q_ratio's)."""
+    if engine == "batched":
+        return randint_prefix(seeds, mod_range, count + 1)[:, 1:]
     return np.stack([mask_prefix(int(s), mod_range, count + 1)[1:] for s in seeds])
 
 
 def search(
-    view: ServerView, space: SeedSpace, screen_values: int = 256, batch: int = 4096
+    view: ServerView, space: SeedSpace, screen_values: int = 64, engine: str = "flower"
 ) -> Recovery:
     """Try every seed in `space`; x_u if exactly one passes the screen and the full check."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: one of {ENGINES}")
     q = view.quantization
     rest = residual(view)
     window = flat(rest)[1 : 1 + screen_values]
@@ -249,9 +264,10 @@ def search(
     found: list[tuple[int, list[Ints]]] = []
     hits = 0
     start_wall, start_cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(space), batch):
-        seeds = space.candidates(start, min(start + batch, len(space)))
-        passed = seeds[screen(window, screen_masks(seeds, q.mod_range, len(window)), sign, q)]
+    for start in range(0, len(space), BATCH[engine]):
+        seeds = space.candidates(start, min(start + BATCH[engine], len(space)))
+        masks = screen_masks(seeds, q.mod_range, len(window), engine)
+        passed = seeds[screen(window, masks, sign, q)]
         hits += len(passed)
         for seed in passed.tolist():
             quantized = unmask_with_seed(view, seed, rest)

@@ -11,6 +11,7 @@ from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.supercore.primitives.asymmetric import generate_key_pairs
 
 import benchmarks.secagg_seed as bench
+from attacks.mt19937 import randint_prefix
 from attacks.secagg_seed import (
     REACHABLE_BITS,
     Quantization,
@@ -79,6 +80,16 @@ def test_the_screen_prefix_is_the_start_of_the_full_mask():
     assert np.array_equal(mask_prefix(1234567, 2**32, 200), full[:200])
 
 
+@pytest.mark.parametrize("num_range", [2**32, 2**24, 1000])  # 1000: randint rejects often
+def test_the_batched_engine_draws_what_flowers_pseudo_rand_gen_draws(num_range):
+    seeds = np.random.default_rng(3).integers(0, 2**32, size=200, dtype=np.uint64)
+    for count in (1, 65, 227):
+        flower = [pseudo_rand_gen(seed_key(int(s)), num_range, [(count,)])[0] for s in seeds]
+        assert np.array_equal(randint_prefix(seeds, num_range, count), np.stack(flower))
+    with pytest.raises(ValueError):
+        randint_prefix(seeds, num_range, 228)
+
+
 def test_a_reduced_space_holds_its_hint_and_2_to_the_bits_distinct_seeds():
     space = reduced_space(0x12345678 & REACHABLE_BITS, BITS)
     seeds = space.candidates(0, len(space))
@@ -98,24 +109,27 @@ def test_the_attack_recovers_both_survivors_updates_exactly(secagg_round):
     recovered = {u: recovery.quantized, w: unmask_with_seed(rnd.views[w], recovery.seed)}
     quantum = 2 * FEDMEM.clipping_range / FEDMEM.target_range
     for nid, x in recovered.items():
-        assert all(np.array_equal(a, b) for a, b in zip(x, rnd.quantized[nid], strict=True))
+        assert bench.same(x, rnd.quantized[nid])
         error = bench.max_abs_error(updates[nid], dequantized_update(x, FEDMEM))
         assert error <= quantum * max(num_examples.values()) / num_examples[nid]
 
 
-def test_the_other_survivor_is_found_too_with_the_opposite_mask_sign(secagg_round):
+@pytest.mark.parametrize("engine", ["flower", "batched"])
+def test_the_other_survivor_is_found_too_with_the_opposite_mask_sign(secagg_round, engine):
     _, _, rnd = secagg_round
     assert mask_sign(3, 5) == -mask_sign(5, 3)
-    recovery = search(rnd.views[3], reduced_space(rnd.pairwise_seed, 10))
+    recovery = search(rnd.views[3], reduced_space(rnd.pairwise_seed, 10), engine=engine)
     assert recovery.seed == rnd.pairwise_seed
+    assert bench.same(recovery.quantized, rnd.quantized[3])
 
 
-def test_no_recovery_when_the_true_seed_is_outside_the_space(secagg_round):
+@pytest.mark.parametrize("engine", ["flower", "batched"])
+def test_no_recovery_when_the_true_seed_is_outside_the_space(secagg_round, engine):
     _, _, rnd = secagg_round
     space = reduced_space(rnd.pairwise_seed, BITS)
     outside = SeedSpace(space.fixed ^ (1 << 30), space.free_mask)  # a fixed, reachable bit
     assert rnd.pairwise_seed not in outside
-    recovery = search(rnd.views[5], outside)
+    recovery = search(rnd.views[5], outside, engine=engine)
     assert (recovery.seed, recovery.quantized, recovery.confirmed) == (None, None, 0)
     assert recovery.tried == 2**BITS
 
