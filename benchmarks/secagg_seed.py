@@ -167,8 +167,10 @@ def run_round(
     q: Quantization,
     seed: int = 0,
 ) -> Round:
-    """Three (or more) clients through Flower's SecAgg+ client stages; `dropped` fails after
-    share_keys. Only survivors with exactly one neighbour besides `dropped` get a view."""
+    """Three clients through Flower's SecAgg+ client stages; `dropped` fails after share_keys,
+    so each survivor's one unknown pairwise key is the one it shares with the other."""
+    if len(updates) != 3:
+        raise ValueError(f"{len(updates)} clients: the experiment has 3 (one drops)")
     max_weight = float(max(num_examples.values()))
     config = _setup_config(q, len(updates), max_weight)
     states = {nid: SecAggPlusState(current_stage="setup", nid=nid) for nid in updates}
