@@ -45,7 +45,7 @@ def _scope(path: Path) -> tuple[Path, list[str]]:
     path = Path(path)
     if not path.is_dir():
         raise store.StoreError(f"{path}: no such folder")
-    if (path / "summary.json").exists():
+    if (path / store.SUMMARY_FILE).exists():
         return store.store_for_run(path), [store.ingest_run(path)]
     db, run_ids = store.ingest(path)
     return db, run_ids
