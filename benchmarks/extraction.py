@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.table import Table  # noqa: E402
 
 from attacks.extraction import extract  # noqa: E402
-from fedmem.audits.model_audit import decoding_for, extraction_targets  # noqa: E402
+from fedmem.audits.extraction import decoding_for, extraction_targets  # noqa: E402
 from fedmem.config import load_config  # noqa: E402
 from fedmem.models.loading import build_model, load_tokenizer  # noqa: E402
 from fedmem.runs.report import console  # noqa: E402

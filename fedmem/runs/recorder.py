@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from fedmem.audits import registry
 from fedmem.audits.dp.run_audit import RunDPAudit
 from fedmem.audits.model_audit import GLOBAL, audit_model, client_vantage
 from fedmem.config import Config, ConfigError, config_differences, to_dict
@@ -32,8 +33,6 @@ from fedmem.runs.folder import (
     save_checkpoint,
 )
 
-AUDIT_FILES = ("extraction", "exposure", "membership")
-BEFORE_KEYS = ("round", "heldout_loss", "utility", "extraction", "exposure", "membership")
 SECAGG_NO_CLIENT_VIEW = (
     "SecAgg+: the server only ever unmasks the sum of the clients' updates, so no single "
     "client's update can be audited"
@@ -58,7 +57,8 @@ class RunRecorder:
         self.config = config
         self.folder = Path(folder) if folder is not None else config.run_dir
         self.rows: list[dict] = []
-        self.item_rows: dict[str, list[dict]] = {name: [] for name in AUDIT_FILES}
+        self.outputs = registry.outputs()  # audit name -> its per-item rows' file
+        self.item_rows: dict[str, list[dict]] = {name: [] for name in self.outputs}
         self.client_views: dict[int, dict[str, dict]] = {}
         self.client_rocs: dict[int, dict[str, dict]] = {}
         self.started = time.perf_counter()
@@ -77,7 +77,7 @@ class RunRecorder:
                 return point
         data = build_federated_data(self.config, load_tokenizer)
         self.folder.mkdir(parents=True, exist_ok=True)
-        stale = ["summary.json", "metrics.jsonl", *(f"{n}.jsonl" for n in AUDIT_FILES)]
+        stale = ["summary.json", "metrics.jsonl", *self.outputs.values()]
         for name in stale:
             (self.folder / name).unlink(missing_ok=True)
         for folder in (CHECKPOINTS, "roc"):
@@ -139,8 +139,8 @@ class RunRecorder:
                 f"{self.folder / 'metrics.jsonl'}: rounds 0..{done} are not all there"
             )
         write_jsonl(self.folder / "metrics.jsonl", self.rows)
-        for name in AUDIT_FILES:
-            path = self.folder / f"{name}.jsonl"
+        for name, file in self.outputs.items():
+            path = self.folder / file
             if path.is_file():
                 self.item_rows[name] = [r for r in read_jsonl(path) if r["round"] <= done]
                 write_jsonl(path, self.item_rows[name])
@@ -217,7 +217,7 @@ class RunRecorder:
         write_jsonl(self.folder / "metrics.jsonl", self.rows)
         for name, rows in self.item_rows.items():
             if rows:
-                write_jsonl(self.folder / f"{name}.jsonl", rows)
+                write_jsonl(self.folder / self.outputs[name], rows)
         curves = {**({GLOBAL: audit.roc} if audit.roc else {})}
         curves.update(self.client_rocs.pop(server_round, {}))
         if curves:
@@ -264,7 +264,7 @@ class RunRecorder:
             "wall_time_s": round(time.perf_counter() - self.started, 3),
             "before": {  # the first audited round (round 0 in a run)
                 k: self.rows[0][k]
-                for k in BEFORE_KEYS
+                for k in ("round", *registry.before_keys())
                 if k in self.rows[0]
             },
             "final": self.rows[-1],

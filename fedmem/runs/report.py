@@ -12,31 +12,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedmem.audits import registry
+from fedmem.audits.declaration import ReplicaColumn, header_text
 from fedmem.config import config_differences
-from fedmem.runs.store import (
-    RUN_FILES,
-    StoreError,
-    flatten,
-    headline_score,
-    mitigations_label,
-)
+from fedmem.runs.store import SUMMARY_FILE, StoreError, flatten, mitigations_label
 
 console = Console(highlight=False, soft_wrap=True)
 
 
 def round_line(row: dict, rounds: int) -> str:
-    ext = row["extraction"]["injected"]
+    """One line per audited round: training loss, each audit's part, time, failures."""
     train = [c["train_loss"] for c in row["clients"].values() if "train_loss" in c]
-    train_txt = f"train loss {sum(train) / len(train):.3f}  " if train else ""
-    parts = [
-        f"round {row['round']}/{rounds}  {train_txt}held-out ppl {row['heldout_perplexity']:.2f}",
-        f"exact {ext['exact_rate']:.1%}  token acc {ext['token_accuracy']:.1%}",
-    ]
-    if exposure := row.get("exposure"):
-        parts.append(f"exposure {exposure['injected']['mean']:.1f} bits")
-    if membership := row.get("membership"):
-        score = headline_score(membership)
-        parts.append(f"MIA AUC {membership['scores'][score]['all']['auc']:.2f} ({score})")
+    parts = [f"round {row['round']}/{rounds}"]
+    if train:
+        parts.append(f"train loss {sum(train) / len(train):.3f}")
+    parts += [line for audit in registry.audits() if (line := audit.line(row))]
     parts.append(f"({row['elapsed_s']:.0f}s)")
     failed = [str(f["client"]) if f["client"] is not None else "?" for f in row.get("failures", [])]
     if failed:
@@ -61,74 +51,30 @@ def round_progress(rounds: int) -> Iterator[Callable[[dict], None]]:
 
 
 def summary_table(summary: dict) -> Table:
-    final_row = summary["final"]
-    extraction = final_row["extraction"]
-    before = summary["before"]["extraction"]["by_replicas"]
-    final = extraction["by_replicas"]
-    exposure = final_row.get("exposure", {}).get("by_replicas", {})
-    membership = final_row.get("membership")
-    score = headline_score(membership) if membership else None
-    decoding = extraction.get("decoding", "greedy")
+    """The final round by replica count: one row per replica count of the headline audit,
+    the columns every audit declares (`Audit.by_replicas`); "-" where it has no value."""
+    final, before = summary["final"], summary["before"]
+    lead = registry.headline()
     table = Table(
         title=(
             f"{summary['name']}: {summary['mode']}, {summary['finetuning']} fine-tuning, "
-            f"{summary['rounds']} rounds — canary extraction ({decoding}, "
-            f"{extraction.get('prefix_tokens', '')} prefix tokens -> secret)"
+            f"{summary['rounds']} rounds — {lead.headline.title(final)}"
         )
     )
-    columns = ["replicas", "canaries", "exact (before)", "exact", "token acc", "edit sim"]
-    columns += ["longest run", "exposure (bits)", f"MIA AUC ({score})" if score else "MIA AUC"]
-    for col in columns:
-        table.add_column(col, justify="right")
-    for replicas in sorted(final, key=int):
-        f = final[replicas]
+    columns = [(a, c) for a in registry.audits() for c in a.by_replicas]
+    table.add_column("replicas", justify="right")
+    for audit, column in columns:
+        table.add_column(header_text(column.header, audit.values(final)), justify="right")
+    for replicas in lead.headline.groups(final):
         label = "0 (twins, never injected)" if replicas == "0" else f"{replicas}x"
-        exp = exposure.get(replicas, {}).get("mean")
-        auc = membership["scores"][score]["by_replicas"].get(replicas) if score else None
-        table.add_row(
-            label,
-            str(f["n"]),
-            f"{before[replicas]['exact_rate']:.1%}",
-            f"{f['exact_rate']:.1%}",
-            f"{f['token_accuracy']:.1%}",
-            f"{f.get('edit_similarity', 0.0):.1%}",
-            f"{f['longest_match']:.1f}",
-            "-" if exp is None else f"{exp:.1f}",
-            "-" if auc is None else f"{auc:.2f}",
-        )
+        cells = [_cell_text(c, before if c.before else final, replicas) for _, c in columns]
+        table.add_row(label, *cells)
     return table
 
 
-def membership_table(row: dict) -> Table:
-    """Each MIA score: AUC and TPR at 1% and 0.1% FPR over all members vs non-members."""
-    m = row["membership"]
-    table = Table(
-        title=(
-            f"membership inference, round {row['round']}: {m['members']} members "
-            f"(injected canaries, training QA) vs {m['nonmembers']} non-members "
-            "(twins, held-out QA)"
-        )
-    )
-    for col in ("score", "AUC", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "AUC canaries", "AUC QA"):
-        table.add_column(col, justify="right")
-    for name, entry in m["scores"].items():
-        table.add_row(
-            name,
-            f"{entry['all']['auc']:.3f}",
-            f"{entry['all']['tpr_at_fpr_0.01']:.1%}",
-            f"{entry['all']['tpr_at_fpr_0.001']:.1%}",
-            f"{entry['canaries']['auc']:.3f}" if "canaries" in entry else "-",
-            f"{entry['qa']['auc']:.3f}" if "qa" in entry else "-",
-        )
-    return table
-
-
-def utility_line(row: dict) -> str:
-    u = row.get("utility")
-    if not u:
-        return ""
-    mcq = f"{u['mcq_accuracy']:.1%} of {u['mcq_n']}" if u["mcq_n"] else "no MCQ held out"
-    return f"held-out QA answer match {u['qa_accuracy']:.1%}; multiple choice {mcq}"
+def _cell_text(column: ReplicaColumn, row: dict, replicas: str) -> str:
+    value = column.read(row, replicas)
+    return "-" if value is None else column.fmt.format(value)
 
 
 def _eps(value: float) -> str:
@@ -174,23 +120,19 @@ def print_summary(summary: dict, run_dir) -> None:
     console.print(summary_table(summary))
     if "dp_audit" in summary:
         console.print(dp_audit_table(summary["dp_audit"]))
-    if "membership" in final:
-        console.print(membership_table(final))
-    if line := utility_line(final):
-        console.print(line)
+    for audit in registry.audits():
+        for detail in audit.details(summary) if audit.details else ():
+            console.print(detail)
     view = final.get("client_view", {})
     if view.get("status") == "unavailable":
         console.print(f"client vantage point: unavailable ({view['reason']})")
+    lead = registry.headline()
     for client, metrics in view.get("clients", {}).items():
-        ext = metrics["extraction"]["injected"]
         console.print(
-            f"server's view of client {client}'s update: exact {ext['exact_rate']:.1%}, "
-            f"token acc {ext['token_accuracy']:.1%} (global model: "
-            f"{final['extraction']['injected']['exact_rate']:.1%})"
+            f"server's view of client {client}'s update: {lead.line(metrics)} "
+            f"(global model: {lead.line(final)})"
         )
     console.print(
-        f"held-out loss {summary['before']['heldout_loss']:.3f} -> {final['heldout_loss']:.3f} "
-        f"(perplexity {final['heldout_perplexity']:.2f}); "
         f"trainable {summary['trainable_parameters']:,} of {summary['parameters']:,} parameters; "
         f"{final['bytes_sent']:,} bytes sent by clients in the last round; "
         f"{summary['wall_time_s']:.0f}s"
@@ -215,15 +157,20 @@ def print_report(report) -> None:
 
 # ----------------------------------------------------------------------------- compare
 
-COMPARE_SKIP = ("clients.", "fit_stage.", "extraction.by_client.", "elapsed_s", "round")
+# Per-client numbers (training facts, any audit's `by_client`) and measurements are left out.
+COMPARE_SKIP = ("clients.", "fit_stage.", "elapsed_s", "round")
+
+
+def _compared(key: str) -> bool:
+    return not key.startswith(COMPARE_SKIP) and ".by_client." not in key
 
 
 def _run_facts(folder: Path) -> tuple[dict, dict]:
     folder = Path(folder)
-    if not (folder / "summary.json").exists():
-        raise StoreError(f"{folder}: not a finished run folder (no {RUN_FILES[-1]})")
+    if not (folder / SUMMARY_FILE).exists():
+        raise StoreError(f"{folder}: not a finished run folder (no {SUMMARY_FILE})")
     config = json.loads((folder / "config.json").read_text())
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((folder / SUMMARY_FILE).read_text())
     facts = {
         "mode": config["mode"],
         "model": config["model"]["name"],
@@ -234,8 +181,7 @@ def _run_facts(folder: Path) -> tuple[dict, dict]:
         "trainable parameters": summary["trainable_parameters"],
         "wall time (s)": summary["wall_time_s"],
     }
-    metrics = {k: v for k, v in flatten(summary["final"]).items()
-               if not k.startswith(COMPARE_SKIP)}
+    metrics = {k: v for k, v in flatten(summary["final"]).items() if _compared(k)}
     return {"facts": facts, "metrics": metrics}, config
 
 

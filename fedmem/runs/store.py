@@ -11,17 +11,13 @@ store from folders. Schema (README, "Results store"):
   rounds          (run_id, round): the headline numbers of each audited round
   round_metrics   (run_id, round, key, value): every numeric field of metrics.jsonl, nested
                   keys flattened with dots (extraction.by_replicas.4.exact_rate, clients.0...)
-  canary_results  one row per extraction.jsonl line: round, canary, replicas, injected,
-                  exact, token_accuracy, longest_match, generated, any other fields as JSON
-  mia_roc         ROC points of roc/round-NNN.json: round, curve (the MIA score), population
-                  (all, canaries, qa), point, fpr, tpr
-  exposure        exposure.jsonl: round, canary, replicas, exposure (bits)
-                  (both: the global model's view only; client vantages stay in the files)
+  <audit tables>  each audit's own tables (fedmem.audits: `Audit.tables`), e.g.
+                  canary_results (extraction.jsonl), mia_roc (roc/round-NNN.json), exposure
 
-The runs and rounds tables carry the membership audit's headline score (fedmem.runs.report
-`headline_score`: "reference" when computed, else the first configured score) with its AUC and
-TPR at 1% / 0.1% FPR over all samples, the mean exposure of injected exposure canaries and the
-utility audit's QA and multiple-choice accuracy; NULL where the run did not audit them.
+The runs and rounds tables carry every registered audit's headline columns (fedmem.audits:
+`Audit.columns`, e.g. exact_rate, heldout_perplexity, mia_auc, exposure_mean), read from each
+round's metrics row; NULL where the run did not audit them. The schema is built from the audit
+registry, so a new audit's columns and tables need no change here.
 
 `query(path, sql)` returns a pandas DataFrame; `rounds_wide(path)` pivots round_metrics.
 """
@@ -31,22 +27,23 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedmem.audits import registry
+from fedmem.audits.declaration import Column, StoreTable
 from fedmem.config import flatten_dotted
 
 if TYPE_CHECKING:
     import pandas as pd
 
-GLOBAL = "global"  # fedmem.audits.model_audit.GLOBAL (not imported: that would load torch)
 STORE_NAME = "fedmem.sqlite"
 SWEEP_FILE = "sweep.json"
-RUN_FILES = ("config.json", "canaries.jsonl", "metrics.jsonl", "extraction.jsonl", "summary.json")
+SUMMARY_FILE = "summary.json"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+RUNS_HEAD = """
     run_id TEXT PRIMARY KEY,          -- run folder relative to the store's folder
     path TEXT NOT NULL,               -- run folder, absolute, at ingest time
     name TEXT NOT NULL,
@@ -61,63 +58,54 @@ CREATE TABLE IF NOT EXISTS runs (
     rounds INTEGER NOT NULL,
     parameters INTEGER,
     trainable_parameters INTEGER,
-    wall_time_s REAL,
-    exact_rate_before REAL,           -- injected canaries, round 0
-    exact_rate REAL,                  -- injected canaries, final round
-    token_accuracy REAL,
-    longest_match REAL,
-    heldout_loss REAL,                -- final round
-    heldout_perplexity REAL,
-    mia_score TEXT,                   -- headline MIA score (final round), NULL: no MIA audit
-    mia_auc REAL,                     -- its AUC over all members vs non-members
-    mia_tpr_at_1pct_fpr REAL,
-    mia_tpr_at_01pct_fpr REAL,
-    exposure_mean REAL,               -- mean exposure (bits) of injected exposure canaries
-    qa_accuracy REAL,                 -- held-out QA answer match (utility)
-    mcq_accuracy REAL,                -- held-out multiple choice; NULL when none held out
+    wall_time_s REAL,"""
+RUNS_TAIL = """
     axes_json TEXT NOT NULL,          -- {axis key: value} of the sweep cell, {} otherwise
     config_json TEXT NOT NULL,
-    ingested_at TEXT NOT NULL
-);
+    ingested_at TEXT NOT NULL"""
+CORE_TABLES = """
 CREATE TABLE IF NOT EXISTS run_config (
     run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (run_id, key)
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    run_id TEXT NOT NULL, round INTEGER NOT NULL,
-    elapsed_s REAL, heldout_loss REAL, heldout_perplexity REAL,
-    exact_rate REAL, token_accuracy REAL, longest_match REAL, bytes_sent INTEGER,
-    mia_score TEXT, mia_auc REAL, mia_tpr_at_1pct_fpr REAL, mia_tpr_at_01pct_fpr REAL,
-    exposure_mean REAL, qa_accuracy REAL, mcq_accuracy REAL,
-    PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS round_metrics (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, key TEXT NOT NULL, value REAL,
     PRIMARY KEY (run_id, round, key)
 );
-CREATE TABLE IF NOT EXISTS canary_results (
-    run_id TEXT NOT NULL, round INTEGER NOT NULL, canary_id TEXT NOT NULL,
-    replicas INTEGER, injected INTEGER, exact INTEGER, token_accuracy REAL,
-    longest_match REAL, generated TEXT, extra_json TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS canary_results_run ON canary_results (run_id, round);
-CREATE TABLE IF NOT EXISTS mia_roc (
-    run_id TEXT NOT NULL, round INTEGER, curve TEXT NOT NULL, point INTEGER NOT NULL,
-    fpr REAL NOT NULL, tpr REAL NOT NULL, population TEXT
-);
-CREATE INDEX IF NOT EXISTS mia_roc_run ON mia_roc (run_id);
-CREATE TABLE IF NOT EXISTS exposure (
-    run_id TEXT NOT NULL, round INTEGER, canary_id TEXT NOT NULL, replicas INTEGER,
-    exposure REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS exposure_run ON exposure (run_id);
 """
-ROUND_COLUMNS = (
-    "run_id", "round", "elapsed_s", "heldout_loss", "heldout_perplexity", "exact_rate",
-    "token_accuracy", "longest_match", "bytes_sent", "mia_score", "mia_auc",
-    "mia_tpr_at_1pct_fpr", "mia_tpr_at_01pct_fpr", "exposure_mean", "qa_accuracy", "mcq_accuracy",
-)
-TABLES = ("runs", "run_config", "rounds", "round_metrics", "canary_results", "mia_roc", "exposure")
+ROUND_FACTS = ("run_id", "round", "elapsed_s", "bytes_sent")
+
+
+def _column_ddl(column: Column, comment: bool = True) -> str:
+    line = f"{column.name} {column.sql},"
+    return f"\n    {line:<33} -- {column.doc}" if comment and column.doc else f"\n    {line}"
+
+
+def schema() -> str:
+    """The store's tables: runs and rounds with every registered headline column, the
+    config and flattened metrics, and each audit's own tables."""
+    columns = registry.columns()
+    runs = "".join(_column_ddl(c) for c in columns)
+    rounds = "".join(_column_ddl(c, comment=False) for c in columns if not c.first_round)
+    return (
+        f"CREATE TABLE IF NOT EXISTS runs ({RUNS_HEAD}{runs}{RUNS_TAIL}\n);"
+        f"\nCREATE TABLE IF NOT EXISTS rounds (\n    run_id TEXT NOT NULL, round INTEGER NOT "
+        f"NULL,\n    elapsed_s REAL, bytes_sent INTEGER,{rounds}\n    PRIMARY KEY (run_id, "
+        f"round)\n);{CORE_TABLES}" + "".join(t.ddl for t in audit_tables())
+    )
+
+
+def audit_tables() -> tuple[StoreTable, ...]:
+    return tuple(t for a in registry.audits() for t in a.tables)
+
+
+def round_columns() -> tuple[str, ...]:
+    """The `rounds` table's columns: the round's facts, then every headline column."""
+    return (*ROUND_FACTS, *(c.name for c in registry.columns() if not c.first_round))
+
+
+def tables() -> tuple[str, ...]:
+    return ("runs", "run_config", "rounds", "round_metrics", *(t.name for t in audit_tables()))
 
 
 class StoreError(ValueError):
@@ -129,6 +117,14 @@ def store_for_run(run_dir: Path) -> Path:
     return Path(run_dir).parent / STORE_NAME
 
 
+def __getattr__(name: str) -> Any:
+    """SCHEMA, TABLES and ROUND_COLUMNS, as the audit registry makes them now."""
+    made = {"SCHEMA": schema, "TABLES": tables, "ROUND_COLUMNS": round_columns}
+    if name in made:
+        return made[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
     return [(r[1], r[2]) for r in conn.execute(f"PRAGMA table_info({table})")]
 
@@ -138,11 +134,11 @@ def connect(db: Path) -> sqlite3.Connection:
     was made are added to it, NULL for the runs it already holds)."""
     db.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db, timeout=60)
-    conn.executescript(SCHEMA)
+    conn.executescript(schema())
     current = sqlite3.connect(":memory:")
-    current.executescript(SCHEMA)
+    current.executescript(schema())
     with conn:
-        for table in TABLES:
+        for table in tables():
             have = {name for name, _ in _columns(conn, table)}
             for name, kind in _columns(current, table):
                 if name not in have:
@@ -158,12 +154,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def headline_score(membership: dict) -> str:
-    """The MIA score the terminal shows: the reference ratio when it was computed."""
-    scores = membership["scores"]
-    return "reference" if "reference" in scores else next(iter(scores))
 
 
 def flatten(row: dict) -> dict[str, float]:
@@ -210,46 +200,21 @@ def _sweep_cell(run_dir: Path) -> tuple[str | None, dict | None]:
     return sweep["name"], None
 
 
-def _global(row: dict) -> bool:
-    return row.get("vantage", GLOBAL) == GLOBAL
+def headline(row: dict | None, first_round: bool = False) -> dict[str, Any]:
+    """The headline columns of one metrics.jsonl row (the `rounds` columns, or with
+    `first_round` the `runs` columns read from a run's first round); None where the row
+    does not carry the audit."""
+    return {
+        c.name: _finite(c.read(row or {}))
+        for c in registry.columns()
+        if c.first_round == first_round
+    }
 
 
-def _audit_extras(run_dir: Path) -> tuple[list[tuple], list[tuple]]:
-    """The global model's ROC points (roc/round-NNN.json: {vantage: {score: {population:
-    {"fpr", "tpr"}}}}) and per-canary exposures (exposure.jsonl) of a run folder."""
-    roc: list[tuple] = []
-    for file in sorted((run_dir / "roc").glob("round-*.json")):
-        rnd = int(file.stem.removeprefix("round-"))
-        for score, populations in json.loads(file.read_text()).get(GLOBAL, {}).items():
-            for population, curve in populations.items():
-                roc += [(rnd, score, population, i, float(f), float(t))
-                        for i, (f, t) in enumerate(zip(curve["fpr"], curve["tpr"], strict=True))]
-    exposure = [
-        (r["round"], r["canary_id"], r.get("replicas"), float(r["exposure"]))
-        for r in _read_jsonl(run_dir / "exposure.jsonl")
-        if _global(r)
-    ]
-    return roc, exposure
-
-
-def audit_headline(row: dict | None) -> dict[str, Any]:
-    """The audit numbers of one metrics.jsonl row that the runs and rounds tables carry:
-    the headline MIA score's AUC and TPR at low FPR over all samples, the injected exposure
-    canaries' mean exposure, QA and multiple-choice accuracy; None where not audited."""
-    row = row or {}
-    out: dict[str, Any] = {"mia_score": None, "mia_auc": None, "mia_tpr_at_1pct_fpr": None,
-                           "mia_tpr_at_01pct_fpr": None}
-    if membership := row.get("membership"):
-        score = headline_score(membership)
-        overall = membership["scores"][score]["all"]
-        out.update(mia_score=score, mia_auc=overall["auc"],
-                   mia_tpr_at_1pct_fpr=overall["tpr_at_fpr_0.01"],
-                   mia_tpr_at_01pct_fpr=overall["tpr_at_fpr_0.001"])
-    out["exposure_mean"] = ((row.get("exposure") or {}).get("injected") or {}).get("mean")
-    utility = row.get("utility") or {}
-    out["qa_accuracy"] = utility.get("qa_accuracy")
-    out["mcq_accuracy"] = utility.get("mcq_accuracy")
-    return out
+def _run_headline(first: dict | None, final: dict) -> dict[str, Any]:
+    """The `runs` table's headline columns, in registry order."""
+    values = {**headline(first, first_round=True), **headline(final)}
+    return {c.name: values[c.name] for c in registry.columns()}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -270,8 +235,8 @@ def ingest_run(run_dir: Path, db: Path | None = None) -> str:
 
     Returns its run_id: the folder relative to the store's folder."""
     run_dir = Path(run_dir).resolve()
-    if not (run_dir / "summary.json").exists():
-        raise StoreError(f"{run_dir}: not a finished run folder (no summary.json)")
+    if not (run_dir / SUMMARY_FILE).exists():
+        raise StoreError(f"{run_dir}: not a finished run folder (no {SUMMARY_FILE})")
     db = Path(db).resolve() if db else store_for_run(run_dir).resolve()
     try:
         run_id = run_dir.relative_to(db.parent).as_posix()
@@ -280,19 +245,42 @@ def ingest_run(run_dir: Path, db: Path | None = None) -> str:
     config = json.loads((run_dir / "config.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    extraction = _read_jsonl(run_dir / "extraction.jsonl")
-    injected = {c["canary_id"]: bool(c["injected"]) for c in
-                _read_jsonl(run_dir / "canaries.jsonl")}
+    run_row = _run_row(run_id, run_dir, config, summary, metrics)
+    rounds = [
+        (run_id, r["round"], r.get("elapsed_s"), r.get("bytes_sent"), *headline(r).values())
+        for r in metrics
+    ]
+    round_metrics = [
+        (run_id, r["round"], key, _finite(value))
+        for r in metrics
+        for key, value in flatten({k: v for k, v in r.items() if k != "round"}).items()
+    ]
+    extras = {t: [(run_id, *row) for row in t.rows(run_dir)] for t in audit_tables()}
+
+    conn = connect(db)
+    try:
+        with conn:  # one transaction: all of the run's rows, or none
+            for table in tables():
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            _insert(conn, "runs", tuple(run_row), [tuple(run_row.values())])
+            _insert(conn, "run_config", ("run_id", "key", "value"),
+                    [(run_id, k, json.dumps(v)) for k, v in flatten_dotted(config).items()])
+            _insert(conn, "rounds", round_columns(), rounds)
+            _insert(conn, "round_metrics", ("run_id", "round", "key", "value"), round_metrics)
+            for table, rows in extras.items():
+                _insert(conn, table.name, ("run_id", *table.columns), rows)
+    finally:
+        conn.close()
+    return run_id
+
+
+def _run_row(run_id: str, run_dir: Path, config: dict, summary: dict,
+             metrics: list[dict]) -> dict[str, Any]:
+    """The run's `runs` row: its identity and facts, then its headline columns."""
     sweep, cell = _sweep_cell(run_dir)
     mitigations = mitigations_label(config)
-    axes = (cell or {}).get("values", {})
     final = metrics[-1] if metrics else summary["final"]
-    first = metrics[0] if metrics else None
-
-    def injected_stat(row: dict | None, key: str) -> float | None:
-        return (((row or {}).get("extraction") or {}).get("injected") or {}).get(key)
-
-    run_row = {
+    return {
         "run_id": run_id,
         "path": str(run_dir),
         "name": config["name"],
@@ -308,71 +296,19 @@ def ingest_run(run_dir: Path, db: Path | None = None) -> str:
         "parameters": summary.get("parameters"),
         "trainable_parameters": summary.get("trainable_parameters"),
         "wall_time_s": summary.get("wall_time_s"),
-        "exact_rate_before": injected_stat(first, "exact_rate"),
-        "exact_rate": injected_stat(final, "exact_rate"),
-        "token_accuracy": injected_stat(final, "token_accuracy"),
-        "longest_match": injected_stat(final, "longest_match"),
-        "heldout_loss": _finite(final.get("heldout_loss")),
-        "heldout_perplexity": _finite(final.get("heldout_perplexity")),
-        **audit_headline(final),
-        "axes_json": json.dumps(axes, sort_keys=True),
+        **_run_headline(metrics[0] if metrics else None, final),
+        "axes_json": json.dumps((cell or {}).get("values", {}), sort_keys=True),
         "config_json": json.dumps(config, sort_keys=True),
         "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    rounds = [
-        (run_id, r["round"], r.get("elapsed_s"), _finite(r.get("heldout_loss")),
-         _finite(r.get("heldout_perplexity")), injected_stat(r, "exact_rate"),
-         injected_stat(r, "token_accuracy"), injected_stat(r, "longest_match"),
-         r.get("bytes_sent"), *audit_headline(r).values())
-        for r in metrics
-    ]
-    round_metrics = [
-        (run_id, r["round"], key, _finite(value))
-        for r in metrics
-        for key, value in flatten({k: v for k, v in r.items() if k != "round"}).items()
-    ]
-    known = {"round", "canary_id", "replicas", "exact", "token_accuracy", "longest_match",
-             "generated"}
-    canary_rows = [
-        (run_id, r["round"], r["canary_id"], r.get("replicas"), injected.get(r["canary_id"]),
-         r.get("exact"), r.get("token_accuracy"), r.get("longest_match"), r.get("generated"),
-         json.dumps({k: v for k, v in r.items() if k not in known}, sort_keys=True))
-        for r in extraction
-    ]
-    roc, exposure = _audit_extras(run_dir)
 
-    conn = connect(db)
-    try:
-        with conn:  # one transaction: all of the run's rows, or none
-            for table in TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            cols = ", ".join(run_row)
-            conn.execute(
-                f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(run_row))})",
-                tuple(run_row.values()),
-            )
-            conn.executemany(
-                "INSERT INTO run_config VALUES (?, ?, ?)",
-                [(run_id, k, json.dumps(v)) for k, v in flatten_dotted(config).items()],
-            )
-            conn.executemany(
-                f"INSERT INTO rounds ({', '.join(ROUND_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(ROUND_COLUMNS))})", rounds
-            )
-            conn.executemany("INSERT INTO round_metrics VALUES (?, ?, ?, ?)", round_metrics)
-            conn.executemany(
-                "INSERT INTO canary_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", canary_rows
-            )
-            conn.executemany(
-                "INSERT INTO mia_roc (run_id, round, curve, population, point, fpr, tpr) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", [(run_id, *p) for p in roc]
-            )
-            conn.executemany(
-                "INSERT INTO exposure VALUES (?, ?, ?, ?, ?)", [(run_id, *e) for e in exposure]
-            )
-    finally:
-        conn.close()
-    return run_id
+
+def _insert(conn: sqlite3.Connection, table: str, columns: Sequence[str],
+            rows: list[tuple]) -> None:
+    conn.executemany(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        rows,
+    )
 
 
 def run_folders(path: Path) -> list[Path]:
@@ -430,7 +366,7 @@ def query(path: str | Path, sql: str = "runs", params: tuple | dict = ()) -> pd.
     import pandas as pd
 
     db = resolve_store(path)
-    if sql in TABLES:
+    if sql in tables():
         sql = f"SELECT * FROM {sql}"
     conn = sqlite3.connect(db)
     try:

@@ -1,0 +1,346 @@
+"""Extraction: prompt with each canary's prefix, decode, compare with its secret.
+
+The headline audit of fedmem: its exact and partial rates lead every table, its replica
+counts are the rows of the terminal's final table. Every decoding x prefix length is run; the
+first decoding at `attack.prefix_tokens` is the headline (top-level rates, by replica count
+and by owning client). With a prefix sweep, each decoding also reports the mean over lengths
+and the worst case (per canary, the best the attacker gets from any length).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedmem.audits.declaration import (
+    Audit,
+    AuditPart,
+    Column,
+    Figure,
+    Headline,
+    ReplicaColumn,
+    ReportColumn,
+    ReportView,
+    Section,
+    StoreTable,
+    dig,
+)
+from fedmem.audits.populations import canaries_by_id, canary_targets
+
+if TYPE_CHECKING:
+    import torch
+
+    from attacks.extraction import Decoding, ExtractionResult, ExtractionTarget
+    from fedmem.config import Config
+
+PCT = 100.0
+
+
+def extraction_targets(
+    config: Config, prefix_tokens: int | None = None
+) -> tuple[ExtractionTarget, ...]:
+    return canary_targets(config, prefix_tokens or config.attack.prefix_tokens)
+
+
+def decoding_for(config: Config, name: str) -> Decoding:
+    from attacks.extraction import Decoding
+
+    a = config.attack
+    return Decoding(name, a.num_beams, a.num_samples, a.top_k, a.top_p, a.temperature, config.seed)
+
+
+def audit_extraction(config: Config, model: torch.nn.Module) -> AuditPart:
+    from attacks.extraction import extract, worst_case
+    from fedmem.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(config)
+    canaries = canaries_by_id(config)
+    lengths = config.attack.prefix_lengths()
+    rows: list[dict] = []
+    variants: dict[str, dict] = {}
+    headline: list[ExtractionResult] = []
+    for name in config.attack.decoding:
+        done: dict[tuple, list[ExtractionResult]] = {}  # long prefixes clip to the same header
+        per_length = []
+        for length in lengths:
+            targets = extraction_targets(config, length)
+            if targets not in done:
+                done[targets] = extract(
+                    model,
+                    targets,
+                    tokenizer.pad_token_id,
+                    config.attack.batch_size,
+                    decoding_for(config, name),
+                )
+            results = done[targets]
+            per_length.append(results)
+            rows += [_item(name, length, r, canaries, tokenizer) for r in results]
+        if not headline:
+            headline = per_length[0]
+        by_length = {
+            str(n): extraction_metrics(rs, canaries, by_client=False)
+            for n, rs in zip(lengths, per_length, strict=True)
+        }
+        variant: dict = {"prefix": by_length}
+        if len(lengths) > 1:
+            variant["over_prefixes"] = {
+                "mean": _mean_tree(list(by_length.values())),
+                "worst": extraction_metrics(worst_case(per_length), canaries, by_client=False),
+            }
+        variants[name] = variant
+    metrics = {
+        **extraction_metrics(headline, canaries),
+        "decoding": config.attack.decoding[0],
+        "prefix_tokens": lengths[0],
+        "variants": variants,
+    }
+    return AuditPart({"extraction": metrics}, rows)
+
+
+def _item(decoding: str, length: int, r: ExtractionResult, canaries: dict, tokenizer) -> dict:
+    return {
+        "decoding": decoding,
+        "prefix_tokens": length,
+        "canary_id": r.canary_id,
+        "replicas": canaries[r.canary_id].replicas,
+        "exact": r.exact,
+        "token_accuracy": r.token_accuracy,
+        "edit_similarity": r.edit_similarity,
+        "longest_match": r.longest_match,
+        "generated": tokenizer.decode(list(r.generated_ids)),
+    }
+
+
+def extraction_metrics(
+    results: Sequence[ExtractionResult], canaries: dict, by_client: bool = True
+) -> dict:
+    """Rates over injected canaries, by replica count (0 = never-injected twins), by client."""
+    from attacks.extraction import summarize, summarize_by
+
+    injected = [r for r in results if canaries[r.canary_id].replicas > 0]
+
+    def owner(cid: str) -> str:
+        clients = canaries[cid].clients
+        return str(max(set(clients), key=clients.count)) if clients else "none"
+
+    out = {
+        "injected": summarize(injected).as_dict(),
+        "by_replicas": {
+            str(k): s.as_dict()
+            for k, s in summarize_by(results, lambda cid: canaries[cid].replicas).items()
+        },
+    }
+    if by_client:
+        out["by_client"] = {k: s.as_dict() for k, s in summarize_by(injected, owner).items()}
+    return out
+
+
+def _mean_tree(trees: list[dict]) -> dict:
+    """Element-wise mean of equally shaped nested dicts of numbers."""
+    first = trees[0]
+    return {
+        k: _mean_tree([t[k] for t in trees])
+        if isinstance(first[k], dict)
+        else sum(t[k] for t in trees) / len(trees)
+        for k in first
+    }
+
+
+# ------------------------------------------------------------------------ the store
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+CANARY_RESULTS_DDL = """
+CREATE TABLE IF NOT EXISTS canary_results (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, canary_id TEXT NOT NULL,
+    replicas INTEGER, injected INTEGER, exact INTEGER, token_accuracy REAL,
+    longest_match REAL, generated TEXT, extra_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS canary_results_run ON canary_results (run_id, round);
+"""
+_KNOWN = ("round", "canary_id", "replicas", "exact", "token_accuracy", "longest_match",
+          "generated")
+
+
+def canary_results(run_dir: Path) -> list[tuple]:
+    """Every extraction.jsonl line (every vantage), with the canary's `injected` flag."""
+    injected = {c["canary_id"]: bool(c["injected"])
+                for c in _read_jsonl(run_dir / "canaries.jsonl")}
+    return [
+        (r["round"], r["canary_id"], r.get("replicas"), injected.get(r["canary_id"]),
+         r.get("exact"), r.get("token_accuracy"), r.get("longest_match"), r.get("generated"),
+         json.dumps({k: v for k, v in r.items() if k not in _KNOWN}, sort_keys=True))
+        for r in _read_jsonl(run_dir / "extraction.jsonl")
+    ]
+
+
+# ---------------------------------------------------------------------- the terminal
+
+
+def _title(row: Mapping) -> str:
+    extraction = row.get("extraction") or {}
+    return (
+        f"canary extraction ({extraction.get('decoding', 'greedy')}, "
+        f"{extraction.get('prefix_tokens', '')} prefix tokens -> secret)"
+    )
+
+
+def _groups(row: Mapping) -> list[str]:
+    return sorted(dig(row, "extraction", "by_replicas") or {}, key=int)
+
+
+def _by_replicas(key: str):
+    return lambda row, replicas: dig(row, "extraction", "by_replicas", replicas, key)
+
+
+# ------------------------------------------------------------------------ the report
+
+
+def by_replicas(view: ReportView) -> Any:
+    """combination, replicas, mean, std of final-round exact extraction (%) over seeds."""
+    import pandas as pd
+
+    pattern = re.compile(r"^extraction\.by_replicas\.(\d+)\.exact_rate$")
+    records = []
+    for column in view.final.columns:
+        if m := pattern.match(column):
+            for combination, group in view.final.groupby("combination", sort=False):
+                values = (group[column] * PCT).dropna()
+                std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+                mean = float(values.mean()) if len(values) else float("nan")
+                records.append({"combination": combination, "replicas": int(m.group(1)),
+                                "mean": mean, "std": std})
+    return pd.DataFrame.from_records(records, columns=["combination", "replicas", "mean", "std"])
+
+
+def replica_rows(view: ReportView) -> list[list[str]]:
+    replicas = by_replicas(view)
+    counts = sorted(replicas["replicas"].unique())
+    rows = [["combination", *[("0 (twins)" if r == 0 else f"{r}x") for r in counts]]]
+    for combination in view.style.index:
+        sub = replicas[replicas.combination == combination].set_index("replicas")
+        rows.append([combination, *[
+            f"{sub.loc[r, 'mean']:.1f}" if r in sub.index else "n/a" for r in counts
+        ]])
+    return rows
+
+
+def _percent_axis(ax) -> None:
+    """0-100 % scale, with room for error bars and at least 0-10 % visible."""
+    ax.set_ylim(-3, min(max(ax.get_ylim()[1], 10.0), 103))
+
+
+def exact_by_round(view: ReportView) -> Any:
+    return view.rounds[["run_id", "combination", "round", "extraction.injected.exact_rate"]] \
+        .rename(columns={"extraction.injected.exact_rate": "exact_rate"})
+
+
+def draw_vs_round(rounds: Any, view: ReportView) -> Any:
+    """Exact extraction of injected canaries per round, mean over seeds (band: +-1 std).
+
+    `rounds`: run_id, combination, round, exact_rate."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for combination, group in rounds.groupby("combination", sort=False):
+        stats = group.groupby("round")["exact_rate"].agg(["mean", "std"]).fillna(0.0) * 100
+        ax.plot(stats.index, stats["mean"], view.linestyle(combination), marker="o", ms=3,
+                color=view.colour(combination), label=combination)
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                        color=view.colour(combination), alpha=0.15, lw=0)
+    ax.set_xlabel("round (0 = before fine-tuning)")
+    ax.set_ylabel("exact extraction, injected canaries (%)")
+    _percent_axis(ax)
+    ax.set_title("Extraction rate by round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def draw_vs_replicas(replicas: Any, view: ReportView) -> Any:
+    """Final-round exact extraction by replica count (0 = never-injected twins).
+
+    `replicas`: combination, replicas, mean, std (in %)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    counts = sorted(replicas["replicas"].unique())
+    position = {r: i for i, r in enumerate(counts)}
+    for combination, group in replicas.groupby("combination", sort=False):
+        group = group.sort_values("replicas")
+        x = [position[r] for r in group["replicas"]]
+        ax.errorbar(x, group["mean"], yerr=group["std"].fillna(0.0), capsize=3, marker="o",
+                    ms=4, ls=view.linestyle(combination), color=view.colour(combination),
+                    label=combination)
+    ax.set_xticks(range(len(counts)), [("0 (twins)" if r == 0 else f"{r}x") for r in counts])
+    ax.set_xlabel("copies of each canary in the training data")
+    ax.set_ylabel("exact extraction, final round (%)")
+    _percent_axis(ax)
+    ax.set_title("Extraction rate by replica count (solid: full, dashed: LoRA)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _injected(key: str):
+    return lambda row: dig(row, "extraction", "injected", key)
+
+
+AUDIT = Audit(
+    name="extraction",
+    order=10,
+    enabled=lambda config: True,
+    run=audit_extraction,
+    output="extraction.jsonl",
+    columns=(
+        Column("exact_rate_before", _injected("exact_rate"), first_round=True,
+               doc="injected canaries, round 0"),
+        Column("exact_rate", _injected("exact_rate"), doc="injected canaries, final round",
+               report=ReportColumn(
+                   "exact (%)", PCT, 1,
+                   note="*exact*: injected canaries whose secret continuation the global "
+                   "model reproduces token for token (greedy)"),
+               frontier="exact extraction, final round (%)"),
+        Column("token_accuracy", _injected("token_accuracy"),
+               report=ReportColumn(
+                   "partial: token acc (%)", PCT, 1,
+                   note="*partial*: fraction of secret tokens reproduced at the right "
+                   "position")),
+        Column("longest_match", _injected("longest_match"),
+               report=ReportColumn(
+                   "longest run (tokens)", 1.0, 1,
+                   note="*longest run*: secret tokens reproduced before the first error")),
+    ),
+    round_line="exact {exact_rate:.1%}  token acc {token_accuracy:.1%}",
+    by_replicas=(
+        ReplicaColumn("canaries", _by_replicas("n")),
+        ReplicaColumn("exact (before)", _by_replicas("exact_rate"), "{:.1%}", before=True),
+        ReplicaColumn("exact", _by_replicas("exact_rate"), "{:.1%}"),
+        ReplicaColumn("token acc", _by_replicas("token_accuracy"), "{:.1%}"),
+        ReplicaColumn("edit sim", _by_replicas("edit_similarity"), "{:.1%}"),
+        ReplicaColumn("longest run", _by_replicas("longest_match"), "{:.1f}"),
+    ),
+    headline=Headline(title=_title, groups=_groups),
+    tables=(StoreTable("canary_results", CANARY_RESULTS_DDL,
+                       ("round", "canary_id", "replicas", "injected", "exact", "token_accuracy",
+                        "longest_match", "generated", "extra_json"), canary_results),),
+    figures=(
+        Figure("extraction_vs_round",
+               "Exact extraction of injected canaries by round (band: ±1 std over seeds).",
+               exact_by_round, draw_vs_round),
+        Figure("extraction_vs_replicas",
+               "Final-round exact extraction by replica count, full (solid) vs LoRA (dashed).",
+               by_replicas, draw_vs_replicas),
+    ),
+    sections=(Section("Exact extraction by replica count (%)", replica_rows),),
+)

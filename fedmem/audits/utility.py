@@ -1,0 +1,213 @@
+"""Utility: what fine-tuning is for. Held-out loss and perplexity; QA answer match by greedy
+generation; multiple-choice accuracy by the likelihood of each option's letter after the
+question. Held-out perplexity is the utility axis of the report's privacy-utility frontier.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from fedmem.audits.declaration import (
+    Audit,
+    AuditPart,
+    Column,
+    Figure,
+    ReportColumn,
+    ReportView,
+    dig,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from attacks.extraction import ExtractionTarget
+    from fedmem.config import Config
+
+PCT = 100.0
+
+
+@lru_cache(maxsize=4)
+def heldout_rows(config: Config) -> tuple[list[int], ...]:
+    from fedmem.data.federated import build_federated_data
+    from fedmem.models.loading import load_tokenizer
+    from fedmem.training import encode_samples
+
+    tokenizer = load_tokenizer(config)
+    texts = build_federated_data(config, load_tokenizer).heldout_texts
+    return tuple(encode_samples(tokenizer, texts, config.training.max_seq_len))
+
+
+@lru_cache(maxsize=4)
+def qa_targets(config: Config) -> tuple[ExtractionTarget, ...]:
+    """Each held-out pair as (question prompt -> answer tokens), cut as trained."""
+    from attacks.extraction import split_record
+    from fedmem.data.federated import build_federated_data
+    from fedmem.data.qa import format_qa, format_question
+    from fedmem.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(config)
+    limit = config.training.max_seq_len
+    return tuple(
+        split_record(tokenizer, f"q{i}", format_qa(p), len(format_question(p)), limit, limit)
+        for i, p in enumerate(build_federated_data(config, load_tokenizer).heldout)
+    )
+
+
+def audit_utility(config: Config, model: torch.nn.Module) -> AuditPart:
+    from attacks.extraction import extract
+    from fedmem.data.federated import build_federated_data
+    from fedmem.data.qa import format_question
+    from fedmem.models.loading import load_tokenizer
+    from fedmem.training import mean_token_loss
+
+    tokenizer = load_tokenizer(config)
+    pad_id = tokenizer.pad_token_id
+    loss = mean_token_loss(model, heldout_rows(config), config.training.batch_size, pad_id)
+    heldout = build_federated_data(config, load_tokenizer).heldout
+    answers = extract(model, qa_targets(config), pad_id, config.attack.batch_size)
+    by_source: dict[str, list[bool]] = defaultdict(list)
+    for pair, result in zip(heldout, answers, strict=True):
+        by_source[pair.source].append(result.exact)
+    mcq = [
+        _option_pick(model, tokenizer, format_question(p), len(p.options)) == p.answer
+        for p in heldout
+        if p.options
+    ]
+    return AuditPart(
+        {
+            "heldout_loss": loss,
+            "heldout_perplexity": math.exp(min(loss, 50.0)),
+            "utility": {
+                "qa_accuracy": sum(r.exact for r in answers) / max(len(answers), 1),
+                "qa_by_source": {k: sum(v) / len(v) for k, v in sorted(by_source.items())},
+                "mcq_accuracy": sum(mcq) / len(mcq) if mcq else None,
+                "mcq_n": len(mcq),
+            },
+        }
+    )
+
+
+def _option_pick(model, tokenizer, question: str, n_options: int) -> str:
+    from attacks.likelihood import continuation_logprobs
+    from fedmem.data.qa import OPTION_LETTERS
+
+    letters = OPTION_LETTERS[:n_options]
+    logprobs = continuation_logprobs(model, tokenizer, question, [f" {x}" for x in letters])
+    return letters[int(logprobs.argmax())]
+
+
+# ---------------------------------------------------------------------- the terminal
+
+
+def details(summary: Mapping) -> list[str]:
+    """Held-out loss before -> after, QA answer match and multiple-choice accuracy."""
+    final, before = summary["final"], summary["before"]
+    u = final.get("utility")
+    if "heldout_loss" not in final or not u:
+        return []
+    mcq = f"{u['mcq_accuracy']:.1%} of {u['mcq_n']}" if u["mcq_n"] else "no MCQ held out"
+    return [
+        f"held-out loss {before['heldout_loss']:.3f} -> {final['heldout_loss']:.3f} "
+        f"(perplexity {final['heldout_perplexity']:.2f}); held-out QA answer match "
+        f"{u['qa_accuracy']:.1%}; multiple choice {mcq}"
+    ]
+
+
+# ------------------------------------------------------------------------ the report
+
+
+def pareto_front(points: Any, x: str, y: str) -> Any:
+    """True where no other point is at least as good on both (lower) and better on one."""
+    import pandas as pd
+
+    flags = []
+    for i, p in points.iterrows():
+        others = points.drop(index=i)
+        dominated = ((others[x] <= p[x]) & (others[y] <= p[y])
+                     & ((others[x] < p[x]) | (others[y] < p[y]))).any()
+        flags.append(not dominated)
+    return pd.Series(flags, index=points.index)
+
+
+def frontier_table(view: ReportView) -> Any:
+    """Per combination, held-out perplexity and each privacy axis (scaled), mean and std."""
+    table = view.combinations
+    if not view.frontier or "heldout_perplexity_mean" not in table:
+        return []
+    scaled = {f"{key}_{stat}": table[f"{key}_{stat}"] * scale
+              for key, _, scale in view.frontier for stat in ("mean", "std")}
+    return table.assign(**scaled)
+
+
+def draw_frontier(table: Any, view: ReportView) -> Any:
+    """Privacy (lower is better) against held-out perplexity (lower is better), one point per
+    combination (mean over seeds, bars +-1 std); Pareto-optimal combinations are starred,
+    one panel per privacy axis (`view.frontier`)."""
+    import matplotlib.pyplot as plt
+
+    panels = view.frontier
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    for ax, (key, label, _) in zip(axes[0], panels, strict=True):
+        points = table[["heldout_perplexity_mean", f"{key}_mean"]].dropna()
+        front = pareto_front(points, "heldout_perplexity_mean", f"{key}_mean")
+        for combination, row in table.loc[points.index].iterrows():
+            ax.errorbar(row["heldout_perplexity_mean"], row[f"{key}_mean"],
+                        xerr=row.get("heldout_perplexity_std") or 0.0,
+                        yerr=row.get(f"{key}_std") or 0.0, fmt="*" if front[combination] else "o",
+                        ms=13 if front[combination] else 6, capsize=3,
+                        color=view.colour(combination),
+                        label=combination + (" (Pareto)" if front[combination] else ""))
+        best = points[front].sort_values("heldout_perplexity_mean")
+        ax.step(best["heldout_perplexity_mean"], best[f"{key}_mean"], where="post", color="k",
+                lw=0.8, alpha=0.5)
+        ax.set_xlabel("held-out perplexity, final round (lower = more useful)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Privacy-utility frontier (stars: Pareto-optimal combinations)")
+    fig.tight_layout()
+    return fig
+
+
+def _utility(key: str):
+    return lambda row: dig(row, "utility", key)
+
+
+AUDIT = Audit(
+    name="utility",
+    order=20,
+    enabled=lambda config: True,
+    run=audit_utility,
+    before=("heldout_loss", "utility"),
+    columns=(
+        Column("heldout_loss", lambda row: row.get("heldout_loss"), doc="final round"),
+        Column("heldout_perplexity", lambda row: row.get("heldout_perplexity"),
+               report=ReportColumn(
+                   "held-out ppl", 1.0, 2,
+                   note="*held-out ppl*: perplexity on QA samples no client trained on "
+                   "(utility)")),
+        Column("qa_accuracy", _utility("qa_accuracy"), doc="held-out QA answer match (utility)",
+               report=ReportColumn(
+                   "QA accuracy (%)", PCT, 1,
+                   note="*QA / MCQ accuracy*: held-out answer match and multiple-choice "
+                   "accuracy",
+                   absent="QA accuracy (no `utility` in the runs' metrics.jsonl)")),
+        Column("mcq_accuracy", _utility("mcq_accuracy"),
+               doc="held-out multiple choice; NULL when none held out",
+               report=ReportColumn(
+                   "MCQ accuracy (%)", PCT, 1,
+                   absent="MCQ accuracy (no multiple-choice question held out)")),
+    ),
+    round_line="held-out ppl {heldout_perplexity:.2f}",
+    details=details,
+    figures=(
+        Figure("privacy_utility",
+               "Privacy-utility frontier: lower-left is better; stars are Pareto-optimal "
+               "combinations.",
+               frontier_table, draw_frontier),
+    ),
+)
