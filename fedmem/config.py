@@ -106,6 +106,13 @@ class DataConfig:
 class CanaryConfig:
     replica_counts: tuple[int, ...] = (1, 2, 4, 8)
     per_count: int = field(default=8, metadata=_range(1))
+    # Injected canaries in all, shared among the replica counts by `replica_shares` (e.g.
+    # replica_counts = [1, 10], replica_shares = [0.7, 0.3]: the study's 70 % once, 30 %
+    # ten times); 0 = `per_count` per replica count. Each has a never-injected twin.
+    total: int = field(default=0, metadata=_range(0))
+    # Share of `total` per replica count, in the order of `replica_counts` (summing to 1);
+    # empty = equal shares.
+    replica_shares: tuple[float, ...] = field(default=(), metadata=_range(0.0, 1.0, lo_open=True))
     # Client indices that receive canaries; empty means every client.
     clients: tuple[int, ...] = ()
     # "spread": each copy goes to a uniformly random target client; "proportional": to a
@@ -125,6 +132,23 @@ class CanaryConfig:
     # a never-injected twin; 0 = none.
     exposure_per_count: int = field(default=1, metadata=_range(0))
     exposure_digits: int = field(default=3, metadata=_range(1, 12))
+
+    def group_sizes(self) -> tuple[tuple[int, int], ...]:
+        """(replica count, injected canaries) per group, in the order of replica_counts:
+        `per_count` each, or `total` shared by `replica_shares` (largest remainders)."""
+        if not self.total:
+            return tuple((r, self.per_count) for r in self.replica_counts)
+        n = len(self.replica_counts)
+        shares = self.replica_shares or (1 / n,) * n
+        exact = [round(self.total * share, 9) for share in shares]
+        sizes = [math.floor(x) for x in exact]
+        by_remainder = sorted(range(n), key=lambda i: sizes[i] - exact[i])
+        for i in by_remainder[: self.total - sum(sizes)]:
+            sizes[i] += 1
+        return tuple(zip(self.replica_counts, sizes, strict=True))
+
+    def injected_total(self) -> int:
+        return sum(size for _, size in self.group_sizes())
 
 
 @dataclass(frozen=True)
@@ -580,6 +604,7 @@ def _check_cross_fields(config: Config) -> None:
         _check_datasets(config)
     if config.canaries.source == "jsonl" and not config.canaries.path:
         raise ConfigError("canaries.path: required when canaries.source = 'jsonl'")
+    _check_replica_shares(config)
     m = config.model
     if m.name == "tiny-llama" and m.hidden_size % m.num_heads:
         raise ConfigError(
@@ -624,6 +649,38 @@ def _check_faults(config: Config) -> None:
         if not 1 <= r <= rounds:
             raise ConfigError(
                 f"faults.rounds contains {r}: rounds are 1..{rounds} (federation.rounds)"
+            )
+
+
+def _check_replica_shares(config: Config) -> None:
+    c = config.canaries
+    if c.replica_shares and not c.total:
+        raise ConfigError(
+            "canaries.replica_shares: give canaries.total, the injected canaries to share"
+        )
+    if not c.total:
+        return
+    if c.replica_shares:
+        if len(c.replica_shares) != len(c.replica_counts):
+            raise ConfigError(
+                f"canaries.replica_shares has {len(c.replica_shares)} shares but "
+                f"canaries.replica_counts has {len(c.replica_counts)} counts: one share each"
+            )
+        if abs(sum(c.replica_shares) - 1) > 1e-6:
+            raise ConfigError(
+                f"canaries.replica_shares = {list(c.replica_shares)}: must sum to 1 "
+                f"(sums to {sum(c.replica_shares):g})"
+            )
+    if len(set(c.replica_counts)) != len(c.replica_counts):
+        raise ConfigError(
+            f"canaries.replica_counts = {list(c.replica_counts)}: repeats a count; with "
+            "canaries.total give each count once"
+        )
+    for replicas, size in c.group_sizes():
+        if size == 0:
+            raise ConfigError(
+                f"canaries.total = {c.total}: too few to give replica count {replicas} a "
+                "canary (canaries.replica_shares)"
             )
 
 

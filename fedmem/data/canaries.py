@@ -199,7 +199,10 @@ def split_records(
 
 
 def _check_canary_args(
-    replica_counts: Sequence[int], per_count: int, target_clients: Sequence[int], placement: str
+    replica_counts: Sequence[int],
+    per_count: Sequence[int],
+    target_clients: Sequence[int],
+    placement: str,
 ) -> None:
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
@@ -207,8 +210,12 @@ def _check_canary_args(
         raise ValueError("replica_counts must not be empty")
     if bad := [r for r in replica_counts if r < 1]:
         raise ValueError(f"replica counts must be >= 1, got {bad[0]}")
-    if per_count < 1:
-        raise ValueError(f"per_count must be >= 1, got {per_count}")
+    if len(per_count) != len(replica_counts):
+        raise ValueError(
+            f"{len(per_count)} per-count sizes for {len(replica_counts)} replica counts"
+        )
+    if bad := [n for n in per_count if n < 1]:
+        raise ValueError(f"per_count must be >= 1, got {bad[0]}")
     if not target_clients:
         raise ValueError("target_clients must not be empty")
     if bad := [c for c in target_clients if c < 0]:
@@ -217,7 +224,7 @@ def _check_canary_args(
 
 def make_canaries(
     replica_counts: Sequence[int],
-    per_count: int,
+    per_count: int | Sequence[int],
     target_clients: Sequence[int],
     placement: str,
     seed: int,
@@ -226,7 +233,8 @@ def make_canaries(
     client_weights: Sequence[float] | None = None,
     id_prefix: str = "c",
 ) -> list[Canary]:
-    """``per_count`` injected canaries per replica count, each followed by its twin.
+    """``per_count`` injected canaries per replica count (one number for every count, or
+    one per count, e.g. ``[1, 10]`` with ``[280, 120]``), each followed by its twin.
 
     ``placement="single"`` puts all copies of a canary on one client, taking target clients
     round-robin; ``"spread"`` sends each copy to a target client drawn uniformly at random;
@@ -235,8 +243,10 @@ def make_canaries(
     next odd id is the twin. ``records`` (``(text, split)``, used in order, surplus unused)
     replace the generated ones.
     """
+    if isinstance(per_count, int):
+        per_count = [per_count] * len(replica_counts)
     _check_canary_args(replica_counts, per_count, target_clients, placement)
-    needed = 2 * len(replica_counts) * per_count
+    needed = 2 * sum(per_count)
     if records is None:
         records = generate_records(needed, seed)
     elif len(records) < needed:
@@ -250,8 +260,8 @@ def make_canaries(
     records = iter(records)
     rng = random.Random(seed)
     canaries: list[Canary] = []
-    for replicas in replica_counts:
-        for _ in range(per_count):
+    for replicas, size in zip(replica_counts, per_count, strict=True):
+        for _ in range(size):
             if placement == "single":
                 client = target_clients[(len(canaries) // 2) % len(target_clients)]
                 clients = (client,) * replicas

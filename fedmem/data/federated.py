@@ -164,11 +164,15 @@ def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tupl
     if c.split_unit == "tokens":
         tokenizer = load_tokenizer(config)
     records = split_records(load_records(c.path), c.prefix_length, c.split_unit, c.path, tokenizer)
-    needed = 2 * len(c.replica_counts) * c.per_count
+    needed = 2 * c.injected_total()
     if len(records) < needed:
+        groups = (
+            f"canaries.total ({c.total})"
+            if c.total
+            else f"canaries.per_count ({c.per_count}) x {len(c.replica_counts)} replica counts"
+        )
         raise DataError(
-            f"{c.path}: {len(records)} records, but {needed} are needed: "
-            f"canaries.per_count ({c.per_count}) x {len(c.replica_counts)} replica counts, "
+            f"{c.path}: {len(records)} records, but {needed} are needed: {groups}, "
             "twice (half are held back as never-injected twins)"
         )
     random.Random(_seed(config, _CANARY_STREAM)).shuffle(records)
@@ -191,7 +195,7 @@ def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> Fed
     client_texts = [[rendered[i][0] for i in idx] for idx in parts]
     canaries = make_canaries(
         config.canaries.replica_counts,
-        config.canaries.per_count,
+        [size for _, size in config.canaries.group_sizes()],
         config.canary_clients(),
         config.canaries.placement,
         seed=_seed(config, _CANARY_STREAM),
