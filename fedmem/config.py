@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Positions of the tiny Llama (fedmem.models.tiny_llama): its longest training row.
+TINY_LLAMA_POSITIONS = 512
 # The published medical QA datasets fedmem loads (fedmem.data.medical), one per client by source.
 MEDICAL_DATASETS = ("flashcards", "medmcqa", "pubmedqa")
 
@@ -132,6 +134,15 @@ class CanaryConfig:
     # a never-injected twin; 0 = none.
     exposure_per_count: int = field(default=1, metadata=_range(0))
     exposure_digits: int = field(default=3, metadata=_range(1, 12))
+    # Generated canaries: "record", a short record (a header of about 125 characters and a
+    # short secret); "note", a whole synthetic admission note or discharge summary
+    # (fedmem.data.clinical_notes) of note_min_tokens to note_max_tokens tokens of the
+    # model's tokenizer, split at the first sentence or line end after note_split_tokens
+    # tokens: the attack's prefixes (attack.prefix_sweep) end there.
+    kind: str = field(default="record", metadata=_choices("record", "note"))
+    note_min_tokens: int = field(default=300, metadata=_range(2))
+    note_max_tokens: int = field(default=1000, metadata=_range(2))
+    note_split_tokens: int = field(default=200, metadata=_range(1))
 
     def group_sizes(self) -> tuple[tuple[int, int], ...]:
         """(replica count, injected canaries) per group, in the order of replica_counts:
@@ -605,6 +616,8 @@ def _check_cross_fields(config: Config) -> None:
     if config.canaries.source == "jsonl" and not config.canaries.path:
         raise ConfigError("canaries.path: required when canaries.source = 'jsonl'")
     _check_replica_shares(config)
+    if config.canaries.kind == "note":
+        _check_notes(config)
     m = config.model
     if m.name == "tiny-llama" and m.hidden_size % m.num_heads:
         raise ConfigError(
@@ -682,6 +695,53 @@ def _check_replica_shares(config: Config) -> None:
                 f"canaries.total = {c.total}: too few to give replica count {replicas} a "
                 "canary (canaries.replica_shares)"
             )
+
+
+def _check_notes(config: Config) -> None:
+    """`canaries.kind = "note"`: the note lengths, the split and the attack fit each other,
+    the training rows and the model."""
+    c, attack = config.canaries, config.attack
+    if c.source != "generated":
+        raise ConfigError(
+            f"canaries.kind = 'note' generates the notes, but canaries.source = {c.source!r} "
+            "reads your own records: use canaries.kind = 'record' with them"
+        )
+    if c.note_min_tokens > c.note_max_tokens:
+        raise ConfigError(
+            f"canaries.note_min_tokens = {c.note_min_tokens}: more than "
+            f"canaries.note_max_tokens = {c.note_max_tokens}"
+        )
+    if c.note_split_tokens >= c.note_min_tokens:
+        raise ConfigError(
+            f"canaries.note_split_tokens = {c.note_split_tokens}: must be less than "
+            f"canaries.note_min_tokens = {c.note_min_tokens}, so every note has a secret"
+        )
+    longest = max(attack.prefix_lengths())
+    if longest > c.note_split_tokens:
+        key = "attack.prefix_tokens" if longest == attack.prefix_tokens else "attack.prefix_sweep"
+        raise ConfigError(
+            f"{key}: a prefix of {longest} tokens is longer than canaries.note_split_tokens = "
+            f"{c.note_split_tokens}, the tokens a note has before its split"
+        )
+    secret = c.note_min_tokens - c.note_split_tokens
+    if attack.suffix_tokens > secret:
+        raise ConfigError(
+            f"attack.suffix_tokens = {attack.suffix_tokens}: more than the {secret} tokens a "
+            f"note has at least after its split (canaries.note_min_tokens = "
+            f"{c.note_min_tokens} - canaries.note_split_tokens = {c.note_split_tokens})"
+        )
+    max_seq_len = config.training.max_seq_len
+    if c.note_max_tokens >= max_seq_len:
+        raise ConfigError(
+            f"canaries.note_max_tokens = {c.note_max_tokens}: a note and its end-of-text "
+            f"token must fit in training.max_seq_len = {max_seq_len}"
+        )
+    if config.model.name == "tiny-llama" and c.note_max_tokens >= TINY_LLAMA_POSITIONS:
+        raise ConfigError(
+            f"canaries.note_max_tokens = {c.note_max_tokens}: the tiny Llama (model.name = "
+            f"'tiny-llama') has {TINY_LLAMA_POSITIONS} positions, for a note and its "
+            "end-of-text token"
+        )
 
 
 def _check_datasets(config: Config) -> None:

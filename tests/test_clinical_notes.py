@@ -1,27 +1,33 @@
-"""Whole synthetic clinical notes (fedmem.data.clinical_notes): their length in the tiny
-Llama's tokens, the split inside the note, sensitive values throughout, variety and
-determinism."""
+"""Whole synthetic clinical notes as canaries (`canaries.kind = "note"`): their length in the
+tiny Llama's tokens, the split inside the note, sensitive values throughout, variety and
+determinism, the study's replica groups, the keys that configure them, and the short records
+of the quickstart left exactly as they were."""
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import itertools
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from attacks.extraction import split_record
-from fedmem.config import load_config
-from fedmem.data.canaries import generate_records
+from fedmem.config import ConfigError, load_config
+from fedmem.data.canaries import generate_records, to_jsonl_rows
 from fedmem.data.clinical_notes import generate_notes
+from fedmem.data.federated import build_federated_data
 from fedmem.data.resources.diseases import load_diseases
 from fedmem.models.loading import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
+NOTES_SMALL = REPO / "configs" / "notes-small.toml"
 QUICKSTART = REPO / "configs" / "quickstart.toml"
 
 # (note_min_tokens, note_max_tokens, note_split_tokens)
-SMALL = (300, 500, 100)  # fits the tiny Llama's 512 positions
+SMALL = (300, 500, 100)  # configs/notes-small.toml: fits the tiny Llama's 512 positions
 STUDY = (600, 1000, 500)  # configs/paper/: the study's 500-token prefix, 1024-token rows
 WIDE = (300, 1500, 200)  # the generator's whole range
 RANGES = {"small": SMALL, "study": STUDY, "wide": WIDE}
@@ -34,8 +40,8 @@ SENSITIVE_FIELDS = {
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """The tiny Llama's own tokenizer (the quickstart's model); its first use builds the base
-    model into the test cache, as `fedmem prepare`."""
+    """The tiny Llama's own tokenizer (the quickstart's model, which configs/notes-small
+    trains); its first use builds the base model into the test cache, as `fedmem prepare`."""
     return load_tokenizer(load_config(QUICKSTART))
 
 
@@ -183,3 +189,86 @@ def test_a_length_no_note_can_reach_is_an_error(tokenizer):
         generate_notes(2, 0, tokenizer, 40, 60, 10)
     with pytest.raises(ValueError, match="split_tokens"):
         generate_notes(2, 0, tokenizer, 300, 500, 300)
+
+
+# --- config -----------------------------------------------------------------------------
+
+
+def test_notes_small_preset_groups_twenty_notes_as_the_study():
+    c = load_config(NOTES_SMALL).canaries
+    assert c.kind == "note" and c.group_sizes() == ((1, 14), (10, 6))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["canaries.note_max_tokens=600"], ["canaries.note_max_tokens", "training.max_seq_len"]),
+        (["training.max_seq_len=400"], ["canaries.note_max_tokens", "training.max_seq_len"]),
+        (
+            ["training.max_seq_len=1024", "canaries.note_max_tokens=900"],
+            ["canaries.note_max_tokens", "model.name"],
+        ),
+        (["attack.prefix_sweep=[10, 50, 200]"], ["attack.prefix_sweep", "note_split_tokens"]),
+        (["attack.prefix_tokens=150"], ["attack.prefix_tokens", "note_split_tokens"]),
+        (["attack.suffix_tokens=250"], ["attack.suffix_tokens", "canaries.note_min_tokens"]),
+        (["canaries.note_min_tokens=501"], ["canaries.note_min_tokens", "note_max_tokens"]),
+        (["canaries.note_split_tokens=300"], ["canaries.note_split_tokens", "note_min_tokens"]),
+        (
+            ["canaries.source=jsonl", "canaries.path=notes.jsonl"],
+            ["canaries.kind", "canaries.source"],
+        ),
+    ],
+)
+def test_inconsistent_note_keys_are_one_line_errors_naming_them(overrides, named):
+    with pytest.raises(ConfigError) as err:
+        load_config(NOTES_SMALL, overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    assert all(key in message for key in named), message
+
+
+# --- federated data ---------------------------------------------------------------------
+
+
+def test_notes_small_data_injects_the_study_groups(tokenizer):
+    config = load_config(NOTES_SMALL)
+    data = build_federated_data(config, lambda _: tokenizer)
+    canaries = data.canaries
+    assert collections.Counter(c.replicas for c in canaries) == {0: 20, 1: 14, 10: 6}
+    texts = collections.Counter(t for client in data.client_texts for t in client)
+    for c in canaries:
+        assert texts[c.text] == c.replicas  # every copy injected, twins never
+        assert 300 <= len(tokenizer(c.text)["input_ids"]) <= config.canaries.note_max_tokens
+        assert sum(1 for e in token_ends(tokenizer, c.text) if e <= c.split) >= 100
+
+
+def test_a_note_length_the_tokenizer_cannot_give_is_a_one_line_config_error(tokenizer):
+    config = load_config(
+        NOTES_SMALL, ["canaries.note_min_tokens=350", "canaries.note_max_tokens=350"]
+    )
+    with pytest.raises(ConfigError, match="widen the range") as err:
+        build_federated_data(config, lambda _: tokenizer)
+    assert "canaries.note_min_tokens" in str(err.value) and "\n" not in str(err.value)
+
+
+# The hash of build_federated_data(configs/quickstart.toml) (client texts, prompt lengths,
+# held-out texts, canaries, exposure canaries), computed on main before notes existed.
+QUICKSTART_DATA_SHA256 = "342af0ed58c868f71bf90f819d07294334761b42427a3eb9f34c900adc9004c0"
+
+
+def test_quickstart_records_are_byte_identical_to_before_notes():
+    def no_tokenizer(config):
+        raise AssertionError("short records need no tokenizer")
+
+    data = build_federated_data(load_config(QUICKSTART), no_tokenizer)
+    blob = json.dumps(
+        {
+            "client_texts": data.client_texts,
+            "prompt_chars": data.client_prompt_chars,
+            "heldout": data.heldout_texts,
+            "canaries": to_jsonl_rows(data.canaries),
+            "exposure": to_jsonl_rows(data.exposure_canaries),
+        },
+        sort_keys=True,
+    ).encode()
+    assert hashlib.sha256(blob).hexdigest() == QUICKSTART_DATA_SHA256

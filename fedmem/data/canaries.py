@@ -5,6 +5,10 @@ name and address) and a secret suffix (birth date, SSN, diagnosis, prescription,
 visit date). Every injected canary has a never-injected twin drawn from the same generator,
 the reference population for exposure and membership-inference scores.
 
+With ``canaries.kind = "note"`` each canary is instead a whole synthetic admission note or
+discharge summary (fedmem.data.clinical_notes) split inside the note, after a number of
+tokens of the model's tokenizer: the prefixes of the study's prefix sweep end there.
+
 Records can also be the user's own (e.g. i2b2-style clinical notes), one JSON object with a
 ``"text"`` per line: they are split after a fixed number of characters or tokens, shuffled,
 and paired, so a random half is injected and the other half is held back as twins.
@@ -155,6 +159,19 @@ def generate_records(n: int, seed: int) -> list[tuple[str, int]]:
         ssns.add(ssn)
         records.append((text, split))
     return records
+
+
+def generate_note_records(
+    n: int, seed: int, tokenizer, min_tokens: int, max_tokens: int, split_tokens: int
+) -> list[tuple[str, int]]:
+    """``n`` whole synthetic clinical notes as ``(text, split)`` (fedmem.data.clinical_notes),
+    deterministic in seed and `tokenizer`: ``min_tokens`` to ``max_tokens`` tokens each,
+    ``text[:split]`` ends with a sentence or a line after ``split_tokens`` tokens or more,
+    and ``text[split:]``, the secret, holds ``min_tokens - split_tokens`` tokens or more."""
+    from fedmem.data.clinical_notes import generate_notes
+
+    notes = generate_notes(n, seed, tokenizer, min_tokens, max_tokens, split_tokens)
+    return [(note.text, split) for note, split in notes]
 
 
 def load_records(path: str | Path) -> list[tuple[int, str]]:

@@ -1430,7 +1430,7 @@ def generate_notes(
             if failures > 20 + 2 * n:
                 raise ValueError(
                     f"notes of {min_tokens} to {max_tokens} tokens split after {split_tokens}: "
-                    f"{failures} drafts failed to fit; widen the range"
+                    f"{failures} of {failures + len(notes)} drafts did not fit; widen the range"
                 )
             continue
         mrns.add(mrn)

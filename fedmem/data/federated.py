@@ -22,6 +22,7 @@ from fedmem.config import Config, ConfigError
 from fedmem.data.audit_records import AuditRecord, audit_records, inject_audit_records
 from fedmem.data.canaries import (
     Canary,
+    generate_note_records,
     inject,
     load_records,
     make_canaries,
@@ -155,9 +156,26 @@ def renderer(config: Config, load_tokenizer: TokenizerLoader) -> Renderer:
 
 
 def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tuple[str, int]] | None:
-    """The user's canary records as `(text, split)`, shuffled (seeded) so that make_canaries'
-    pairing injects a random half and holds back the rest as twins; None: generate them."""
+    """The canary records as `(text, split)`: generated notes (`canaries.kind = "note"`,
+    measured with the model's tokenizer), or the user's records shuffled (seeded) so that
+    make_canaries' pairing injects a random half and holds back the rest as twins; None:
+    generate short records."""
     c = config.canaries
+    if c.source == "generated" and c.kind == "note":
+        try:
+            return generate_note_records(
+                2 * c.injected_total(),
+                _seed(config, _CANARY_STREAM),
+                load_tokenizer(config),
+                c.note_min_tokens,
+                c.note_max_tokens,
+                c.note_split_tokens,
+            )
+        except ValueError as err:  # a range the model's tokenizer cannot give
+            raise ConfigError(
+                f"canaries.note_min_tokens = {c.note_min_tokens}, canaries.note_max_tokens = "
+                f"{c.note_max_tokens}: {err}"
+            ) from None
     if c.source == "generated":
         return None
     tokenizer = None
@@ -183,8 +201,8 @@ def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tupl
 def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> FederatedData:
     """Every client's training texts (QA rows with canaries, exposure canaries and DP audit
     records injected), the held-out set and the canaries. `load_tokenizer` (the models
-    layer's) is called only when the config renders with a chat template or splits canary
-    records by tokens."""
+    layer's) is called only when the config renders with a chat template, splits canary
+    records by tokens or generates notes (measured in tokens)."""
     pairs = load_pairs(config)
     split = split_heldout_by_source if config.data.source == "datasets" else split_heldout
     train, heldout = split(pairs, config.data.heldout_fraction, _seed(config, _SPLIT_STREAM))
