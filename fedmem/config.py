@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Positions of the tiny Llama (fedmem.models.tiny_llama): its longest training row.
+TINY_LLAMA_POSITIONS = 512
 # The published medical QA datasets fedmem loads (fedmem.data.medical), one per client by source.
 MEDICAL_DATASETS = ("flashcards", "medmcqa", "pubmedqa")
 
@@ -106,6 +108,13 @@ class DataConfig:
 class CanaryConfig:
     replica_counts: tuple[int, ...] = (1, 2, 4, 8)
     per_count: int = field(default=8, metadata=_range(1))
+    # Injected canaries in all, shared among the replica counts by `replica_shares` (e.g.
+    # replica_counts = [1, 10], replica_shares = [0.7, 0.3]: the study's 70 % once, 30 %
+    # ten times); 0 = `per_count` per replica count. Each has a never-injected twin.
+    total: int = field(default=0, metadata=_range(0))
+    # Share of `total` per replica count, in the order of `replica_counts` (summing to 1);
+    # empty = equal shares.
+    replica_shares: tuple[float, ...] = field(default=(), metadata=_range(0.0, 1.0, lo_open=True))
     # Client indices that receive canaries; empty means every client.
     clients: tuple[int, ...] = ()
     # "spread": each copy goes to a uniformly random target client; "proportional": to a
@@ -125,6 +134,32 @@ class CanaryConfig:
     # a never-injected twin; 0 = none.
     exposure_per_count: int = field(default=1, metadata=_range(0))
     exposure_digits: int = field(default=3, metadata=_range(1, 12))
+    # Generated canaries: "record", a short record (a header of about 125 characters and a
+    # short secret); "note", a whole synthetic admission note or discharge summary
+    # (fedmem.data.clinical_notes) of note_min_tokens to note_max_tokens tokens of the
+    # model's tokenizer, split at the first sentence or line end after note_split_tokens
+    # tokens: the attack's prefixes (attack.prefix_sweep) end there.
+    kind: str = field(default="record", metadata=_choices("record", "note"))
+    note_min_tokens: int = field(default=300, metadata=_range(2))
+    note_max_tokens: int = field(default=1000, metadata=_range(2))
+    note_split_tokens: int = field(default=200, metadata=_range(1))
+
+    def group_sizes(self) -> tuple[tuple[int, int], ...]:
+        """(replica count, injected canaries) per group, in the order of replica_counts:
+        `per_count` each, or `total` shared by `replica_shares` (largest remainders)."""
+        if not self.total:
+            return tuple((r, self.per_count) for r in self.replica_counts)
+        n = len(self.replica_counts)
+        shares = self.replica_shares or (1 / n,) * n
+        exact = [round(self.total * share, 9) for share in shares]
+        sizes = [math.floor(x) for x in exact]
+        by_remainder = sorted(range(n), key=lambda i: sizes[i] - exact[i])
+        for i in by_remainder[: self.total - sum(sizes)]:
+            sizes[i] += 1
+        return tuple(zip(self.replica_counts, sizes, strict=True))
+
+    def injected_total(self) -> int:
+        return sum(size for _, size in self.group_sizes())
 
 
 @dataclass(frozen=True)
@@ -580,6 +615,9 @@ def _check_cross_fields(config: Config) -> None:
         _check_datasets(config)
     if config.canaries.source == "jsonl" and not config.canaries.path:
         raise ConfigError("canaries.path: required when canaries.source = 'jsonl'")
+    _check_replica_shares(config)
+    if config.canaries.kind == "note":
+        _check_notes(config)
     m = config.model
     if m.name == "tiny-llama" and m.hidden_size % m.num_heads:
         raise ConfigError(
@@ -625,6 +663,85 @@ def _check_faults(config: Config) -> None:
             raise ConfigError(
                 f"faults.rounds contains {r}: rounds are 1..{rounds} (federation.rounds)"
             )
+
+
+def _check_replica_shares(config: Config) -> None:
+    c = config.canaries
+    if c.replica_shares and not c.total:
+        raise ConfigError(
+            "canaries.replica_shares: give canaries.total, the injected canaries to share"
+        )
+    if not c.total:
+        return
+    if c.replica_shares:
+        if len(c.replica_shares) != len(c.replica_counts):
+            raise ConfigError(
+                f"canaries.replica_shares has {len(c.replica_shares)} shares but "
+                f"canaries.replica_counts has {len(c.replica_counts)} counts: one share each"
+            )
+        if abs(sum(c.replica_shares) - 1) > 1e-6:
+            raise ConfigError(
+                f"canaries.replica_shares = {list(c.replica_shares)}: must sum to 1 "
+                f"(sums to {sum(c.replica_shares):g})"
+            )
+    if len(set(c.replica_counts)) != len(c.replica_counts):
+        raise ConfigError(
+            f"canaries.replica_counts = {list(c.replica_counts)}: repeats a count; with "
+            "canaries.total give each count once"
+        )
+    for replicas, size in c.group_sizes():
+        if size == 0:
+            raise ConfigError(
+                f"canaries.total = {c.total}: too few to give replica count {replicas} a "
+                "canary (canaries.replica_shares)"
+            )
+
+
+def _check_notes(config: Config) -> None:
+    """`canaries.kind = "note"`: the note lengths, the split and the attack fit each other,
+    the training rows and the model."""
+    c, attack = config.canaries, config.attack
+    if c.source != "generated":
+        raise ConfigError(
+            f"canaries.kind = 'note' generates the notes, but canaries.source = {c.source!r} "
+            "reads your own records: use canaries.kind = 'record' with them"
+        )
+    if c.note_min_tokens > c.note_max_tokens:
+        raise ConfigError(
+            f"canaries.note_min_tokens = {c.note_min_tokens}: more than "
+            f"canaries.note_max_tokens = {c.note_max_tokens}"
+        )
+    if c.note_split_tokens >= c.note_min_tokens:
+        raise ConfigError(
+            f"canaries.note_split_tokens = {c.note_split_tokens}: must be less than "
+            f"canaries.note_min_tokens = {c.note_min_tokens}, so every note has a secret"
+        )
+    longest = max(attack.prefix_lengths())
+    if longest > c.note_split_tokens:
+        key = "attack.prefix_tokens" if longest == attack.prefix_tokens else "attack.prefix_sweep"
+        raise ConfigError(
+            f"{key}: a prefix of {longest} tokens is longer than canaries.note_split_tokens = "
+            f"{c.note_split_tokens}, the tokens a note has before its split"
+        )
+    secret = c.note_min_tokens - c.note_split_tokens
+    if attack.suffix_tokens > secret:
+        raise ConfigError(
+            f"attack.suffix_tokens = {attack.suffix_tokens}: more than the {secret} tokens a "
+            f"note has at least after its split (canaries.note_min_tokens = "
+            f"{c.note_min_tokens} - canaries.note_split_tokens = {c.note_split_tokens})"
+        )
+    max_seq_len = config.training.max_seq_len
+    if c.note_max_tokens >= max_seq_len:
+        raise ConfigError(
+            f"canaries.note_max_tokens = {c.note_max_tokens}: a note and its end-of-text "
+            f"token must fit in training.max_seq_len = {max_seq_len}"
+        )
+    if config.model.name == "tiny-llama" and c.note_max_tokens >= TINY_LLAMA_POSITIONS:
+        raise ConfigError(
+            f"canaries.note_max_tokens = {c.note_max_tokens}: the tiny Llama (model.name = "
+            f"'tiny-llama') has {TINY_LLAMA_POSITIONS} positions, for a note and its "
+            "end-of-text token"
+        )
 
 
 def _check_datasets(config: Config) -> None:

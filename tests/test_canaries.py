@@ -142,6 +142,19 @@ def test_spread_placement_draws_copies_from_targets_only_and_uses_several():
     assert any(len(set(c.clients)) > 1 for c in canaries)
 
 
+def test_a_size_per_replica_count_gives_the_study_groups():
+    """The study's 70 % once, 30 % ten times: per_count per replica count."""
+    canaries = make_canaries(
+        [1, 10], [7, 3], [0, 1, 2], "proportional", seed=0, client_weights=[1, 2, 3]
+    )
+    assert [c.replicas for c in injected(canaries)] == [1] * 7 + [10] * 3
+    assert len(twins(canaries)) == 10
+    assert all(len(c.clients) == c.replicas for c in canaries)
+    assert make_canaries([1, 2], [2, 2], [0], "single", seed=1) == make_canaries(
+        [1, 2], 2, [0], "single", seed=1
+    )
+
+
 def test_prefix_and_suffix_reassemble_the_text():
     for c in make_canaries([1], 2, [0], "single", seed=0):
         assert c.prefix + c.suffix == c.text
@@ -157,6 +170,8 @@ def test_prefix_and_suffix_reassemble_the_text():
         ({"replica_counts": [1, 0]}, "replica counts must be >= 1, got 0"),
         ({"replica_counts": []}, "replica_counts must not be empty"),
         ({"per_count": 0}, "per_count must be >= 1, got 0"),
+        ({"per_count": [1, 0]}, "per_count must be >= 1, got 0"),
+        ({"per_count": [1]}, "1 per-count sizes for 2 replica counts"),
     ],
 )
 def test_bad_arguments_are_rejected_with_a_clear_message(kwargs, message):

@@ -144,3 +144,40 @@ def test_shipped_configs_are_valid():
     for path in sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.toml")):
         if "sweeps" not in path.parts:  # sweep files: tests/test_sweep.py
             load_config(path)
+
+
+STUDY_GROUPS = {"replica_counts": [1, 10], "total": 400, "replica_shares": [0.7, 0.3]}
+
+
+@pytest.mark.parametrize(
+    ("canaries", "sizes"),
+    [
+        ({}, ((1, 8), (2, 8), (4, 8), (8, 8))),  # per_count per replica count
+        (STUDY_GROUPS, ((1, 280), (10, 120))),  # the study: 70 % once, 30 % ten times
+        (STUDY_GROUPS | {"total": 10}, ((1, 7), (10, 3))),
+        (STUDY_GROUPS | {"total": 7, "replica_shares": [0.5, 0.5]}, ((1, 4), (10, 3))),
+        ({"replica_counts": [1, 10], "total": 9}, ((1, 5), (10, 4))),  # no shares: equal
+    ],
+)
+def test_canary_groups_share_total_by_replica_shares(canaries, sizes):
+    config = build_config({"canaries": canaries})
+    assert config.canaries.group_sizes() == sizes
+    assert config.canaries.injected_total() == sum(n for _, n in sizes)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"replica_shares": [0.6, 0.3]}, ["canaries.replica_shares", "sum to 1"]),
+        ({"replica_shares": [1.0]}, ["canaries.replica_shares", "canaries.replica_counts"]),
+        ({"total": 0}, ["canaries.replica_shares", "canaries.total"]),
+        ({"total": 1}, ["canaries.total", "replica count 10"]),
+        ({"replica_counts": [1, 1]}, ["canaries.replica_counts", "repeats"]),
+        ({"replica_shares": [0.0, 1.0]}, ["canaries.replica_shares[0]", "> 0"]),
+    ],
+)
+def test_inconsistent_replica_shares_are_one_line_errors_naming_the_key(change, named):
+    with pytest.raises(ConfigError) as err:
+        build_config({"canaries": STUDY_GROUPS | change})
+    assert "\n" not in str(err.value)
+    assert all(key in str(err.value) for key in named), err.value

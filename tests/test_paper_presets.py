@@ -25,11 +25,20 @@ def test_preset_validates_with_the_study_settings(path):
     assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (16, 8.0, 0.05)
     assert (config.federation.num_clients, config.federation.rounds) == (3, 5)
     assert config.training.local_epochs == 1 and config.training.max_seq_len == 1024
-    counts = config.canaries.replica_counts
-    assert counts.count(10) / len(counts) == pytest.approx(0.3)
-    assert counts.count(1) / len(counts) == pytest.approx(0.7)
+    sizes = dict(config.canaries.group_sizes())
+    assert sizes.keys() == {1, 10}
+    assert sizes[10] / sum(sizes.values()) == pytest.approx(0.3)
+    assert sizes[1] / sum(sizes.values()) == pytest.approx(0.7)
     assert config.attack.suffix_tokens == 50
     assert sorted(config.attack.prefix_lengths()) == [10, 50, 100, 200, 500]
+
+
+@pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])
+def test_preset_canaries_are_long_notes_split_after_the_longest_prefix(path):
+    c = load_config(path).canaries
+    assert c.kind == "note"
+    assert c.note_split_tokens >= 500  # the study's longest prefix ends at the split
+    assert c.note_min_tokens - c.note_split_tokens >= 50  # the scored 50 tokens follow it
 
 
 @pytest.mark.parametrize("path", PAPER, ids=[p.stem for p in PAPER])

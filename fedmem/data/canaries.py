@@ -5,6 +5,10 @@ name and address) and a secret suffix (birth date, SSN, diagnosis, prescription,
 visit date). Every injected canary has a never-injected twin drawn from the same generator,
 the reference population for exposure and membership-inference scores.
 
+With ``canaries.kind = "note"`` each canary is instead a whole synthetic admission note or
+discharge summary (fedmem.data.clinical_notes) split inside the note, after a number of
+tokens of the model's tokenizer: the prefixes of the study's prefix sweep end there.
+
 Records can also be the user's own (e.g. i2b2-style clinical notes), one JSON object with a
 ``"text"`` per line: they are split after a fixed number of characters or tokens, shuffled,
 and paired, so a random half is injected and the other half is held back as twins.
@@ -157,6 +161,19 @@ def generate_records(n: int, seed: int) -> list[tuple[str, int]]:
     return records
 
 
+def generate_note_records(
+    n: int, seed: int, tokenizer, min_tokens: int, max_tokens: int, split_tokens: int
+) -> list[tuple[str, int]]:
+    """``n`` whole synthetic clinical notes as ``(text, split)`` (fedmem.data.clinical_notes),
+    deterministic in seed and `tokenizer`: ``min_tokens`` to ``max_tokens`` tokens each,
+    ``text[:split]`` ends with a sentence or a line after ``split_tokens`` tokens or more,
+    and ``text[split:]``, the secret, holds ``min_tokens - split_tokens`` tokens or more."""
+    from fedmem.data.clinical_notes import generate_notes
+
+    notes = generate_notes(n, seed, tokenizer, min_tokens, max_tokens, split_tokens)
+    return [(note.text, split) for note, split in notes]
+
+
 def load_records(path: str | Path) -> list[tuple[int, str]]:
     """The user's records as ``(line number, text)``: one JSON object per line with a
     non-empty string ``"text"`` (other keys are ignored); blank lines are skipped."""
@@ -199,7 +216,10 @@ def split_records(
 
 
 def _check_canary_args(
-    replica_counts: Sequence[int], per_count: int, target_clients: Sequence[int], placement: str
+    replica_counts: Sequence[int],
+    per_count: Sequence[int],
+    target_clients: Sequence[int],
+    placement: str,
 ) -> None:
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
@@ -207,8 +227,12 @@ def _check_canary_args(
         raise ValueError("replica_counts must not be empty")
     if bad := [r for r in replica_counts if r < 1]:
         raise ValueError(f"replica counts must be >= 1, got {bad[0]}")
-    if per_count < 1:
-        raise ValueError(f"per_count must be >= 1, got {per_count}")
+    if len(per_count) != len(replica_counts):
+        raise ValueError(
+            f"{len(per_count)} per-count sizes for {len(replica_counts)} replica counts"
+        )
+    if bad := [n for n in per_count if n < 1]:
+        raise ValueError(f"per_count must be >= 1, got {bad[0]}")
     if not target_clients:
         raise ValueError("target_clients must not be empty")
     if bad := [c for c in target_clients if c < 0]:
@@ -217,7 +241,7 @@ def _check_canary_args(
 
 def make_canaries(
     replica_counts: Sequence[int],
-    per_count: int,
+    per_count: int | Sequence[int],
     target_clients: Sequence[int],
     placement: str,
     seed: int,
@@ -226,7 +250,8 @@ def make_canaries(
     client_weights: Sequence[float] | None = None,
     id_prefix: str = "c",
 ) -> list[Canary]:
-    """``per_count`` injected canaries per replica count, each followed by its twin.
+    """``per_count`` injected canaries per replica count (one number for every count, or
+    one per count, e.g. ``[1, 10]`` with ``[280, 120]``), each followed by its twin.
 
     ``placement="single"`` puts all copies of a canary on one client, taking target clients
     round-robin; ``"spread"`` sends each copy to a target client drawn uniformly at random;
@@ -235,8 +260,10 @@ def make_canaries(
     next odd id is the twin. ``records`` (``(text, split)``, used in order, surplus unused)
     replace the generated ones.
     """
+    if isinstance(per_count, int):
+        per_count = [per_count] * len(replica_counts)
     _check_canary_args(replica_counts, per_count, target_clients, placement)
-    needed = 2 * len(replica_counts) * per_count
+    needed = 2 * sum(per_count)
     if records is None:
         records = generate_records(needed, seed)
     elif len(records) < needed:
@@ -250,8 +277,8 @@ def make_canaries(
     records = iter(records)
     rng = random.Random(seed)
     canaries: list[Canary] = []
-    for replicas in replica_counts:
-        for _ in range(per_count):
+    for replicas, size in zip(replica_counts, per_count, strict=True):
+        for _ in range(size):
             if placement == "single":
                 client = target_clients[(len(canaries) // 2) % len(target_clients)]
                 clients = (client,) * replicas

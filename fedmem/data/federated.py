@@ -22,6 +22,7 @@ from fedmem.config import Config, ConfigError
 from fedmem.data.audit_records import AuditRecord, audit_records, inject_audit_records
 from fedmem.data.canaries import (
     Canary,
+    generate_note_records,
     inject,
     load_records,
     make_canaries,
@@ -155,20 +156,41 @@ def renderer(config: Config, load_tokenizer: TokenizerLoader) -> Renderer:
 
 
 def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tuple[str, int]] | None:
-    """The user's canary records as `(text, split)`, shuffled (seeded) so that make_canaries'
-    pairing injects a random half and holds back the rest as twins; None: generate them."""
+    """The canary records as `(text, split)`: generated notes (`canaries.kind = "note"`,
+    measured with the model's tokenizer), or the user's records shuffled (seeded) so that
+    make_canaries' pairing injects a random half and holds back the rest as twins; None:
+    generate short records."""
     c = config.canaries
+    if c.source == "generated" and c.kind == "note":
+        try:
+            return generate_note_records(
+                2 * c.injected_total(),
+                _seed(config, _CANARY_STREAM),
+                load_tokenizer(config),
+                c.note_min_tokens,
+                c.note_max_tokens,
+                c.note_split_tokens,
+            )
+        except ValueError as err:  # a range the model's tokenizer cannot give
+            raise ConfigError(
+                f"canaries.note_min_tokens = {c.note_min_tokens}, canaries.note_max_tokens = "
+                f"{c.note_max_tokens}: {err}"
+            ) from None
     if c.source == "generated":
         return None
     tokenizer = None
     if c.split_unit == "tokens":
         tokenizer = load_tokenizer(config)
     records = split_records(load_records(c.path), c.prefix_length, c.split_unit, c.path, tokenizer)
-    needed = 2 * len(c.replica_counts) * c.per_count
+    needed = 2 * c.injected_total()
     if len(records) < needed:
+        groups = (
+            f"canaries.total ({c.total})"
+            if c.total
+            else f"canaries.per_count ({c.per_count}) x {len(c.replica_counts)} replica counts"
+        )
         raise DataError(
-            f"{c.path}: {len(records)} records, but {needed} are needed: "
-            f"canaries.per_count ({c.per_count}) x {len(c.replica_counts)} replica counts, "
+            f"{c.path}: {len(records)} records, but {needed} are needed: {groups}, "
             "twice (half are held back as never-injected twins)"
         )
     random.Random(_seed(config, _CANARY_STREAM)).shuffle(records)
@@ -179,8 +201,8 @@ def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tupl
 def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> FederatedData:
     """Every client's training texts (QA rows with canaries, exposure canaries and DP audit
     records injected), the held-out set and the canaries. `load_tokenizer` (the models
-    layer's) is called only when the config renders with a chat template or splits canary
-    records by tokens."""
+    layer's) is called only when the config renders with a chat template, splits canary
+    records by tokens or generates notes (measured in tokens)."""
     pairs = load_pairs(config)
     split = split_heldout_by_source if config.data.source == "datasets" else split_heldout
     train, heldout = split(pairs, config.data.heldout_fraction, _seed(config, _SPLIT_STREAM))
@@ -191,7 +213,7 @@ def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> Fed
     client_texts = [[rendered[i][0] for i in idx] for idx in parts]
     canaries = make_canaries(
         config.canaries.replica_counts,
-        config.canaries.per_count,
+        [size for _, size in config.canaries.group_sizes()],
         config.canary_clients(),
         config.canaries.placement,
         seed=_seed(config, _CANARY_STREAM),

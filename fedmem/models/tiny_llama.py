@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from fedmem.cache import cache_root
-from fedmem.config import ModelConfig, config_hash
+from fedmem.config import TINY_LLAMA_POSITIONS, ModelConfig, config_hash
 
 
 def tiny_llama_config(model: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
@@ -37,7 +37,7 @@ def tiny_llama_config(model: ModelConfig, tokenizer: PreTrainedTokenizerBase) ->
         num_hidden_layers=model.num_layers,
         num_attention_heads=model.num_heads,
         num_key_value_heads=model.num_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=TINY_LLAMA_POSITIONS,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
