@@ -201,7 +201,7 @@ def step_time(config, kind: str, steps: int = 12, warmup: int = 2) -> Timing:
     import torch
 
     from clients.app import client_rows, private_training_for
-    from fedmem.mitigations.dp_sgd import DPSteps
+    from fedmem.mitigations._dp_sgd_opacus import DPSteps
     from fedmem.models.loading import build_model, load_tokenizer
     from fedmem.training import StepVariant, train_local
 

@@ -27,7 +27,7 @@ from fedmem.models.loading import (
 from fedmem.training import StepVariant, encode_training_rows, train_local
 
 if TYPE_CHECKING:
-    from fedmem.mitigations.dp_sgd import PrivateTraining
+    from fedmem.mitigations._dp_sgd_opacus import PrivateTraining
 
 
 @lru_cache(maxsize=8)
@@ -114,9 +114,7 @@ class FedmemClient(NumPyClient):
             "bytes_sent": state_nbytes(update),
         }
         if private:
-            from fedmem.mitigations.dp_sgd import history_to_record
-
-            history = history_to_record(private.accountant)
+            history = private.history()
             self.state[DP_HISTORY] = ConfigRecord(history)
             metrics.update(private.metrics())
             metrics[HISTORY_METRIC] = json.dumps(history)  # the server keeps it for resuming

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedmem.config import Config
 from fedmem.data.federated import build_federated_data
-from fedmem.mitigations.dp_sgd import history_to_record, private_training
+from fedmem.mitigations.dp_sgd import private_training
 from fedmem.mitigations.goldfish import goldfish_label_mask
 from fedmem.models.loading import build_model, load_tokenizer
 from fedmem.runs.folder import load_checkpoint
@@ -34,7 +34,7 @@ def run_centralized(config: Config, on_round=None, resume: bool = False) -> dict
     private = private_training(config, len(rows), history)
 
     def resume_state() -> dict:
-        return {"accountants": {POOLED: history_to_record(private.accountant)}} if private else {}
+        return {"accountants": {POOLED: private.history()}} if private else {}
 
     if point:
         load_checkpoint(point.folder, model)
