@@ -246,3 +246,48 @@ def test_audited_model_transform_noises_only_inside_and_reports_sigma():
         assert torch.equal(model.weight, before[0])
     with registry.audited_model(build_config({}), model, 3) as facts:
         assert facts == {"weight_noise_sigma": 0.0}
+
+
+# ------------------------------------------------- one local fit for every trainer
+
+SPY = """
+from contextlib import contextmanager
+from fedmem.mitigations.registry import Mitigation
+
+CALLS = []
+
+@contextmanager
+def _around(model, seed):
+    CALLS.append(("enter", seed, model.training))
+    yield
+    CALLS.append(("exit", seed, model.training))
+
+MITIGATION = Mitigation(
+    name="spy", order=99, label=lambda config: None,
+    training_hook=lambda config, model, seed: _around(model, seed),
+)
+"""
+
+
+def test_a_new_training_hook_wraps_every_local_fit_of_clients_and_baseline(
+    extra_modules, tiny_raw
+):
+    """The client app and the centralized baseline both train through `local_fit`, so a
+    new module's training hook is on around each of their local fits, and off after."""
+    from clients.app import training_seed
+    from fedmem.drivers.centralized import epoch_seed, run_centralized
+    from tests.inprocess import run_fedmem_in_process
+
+    extra_modules("spy_mitigation", SPY)
+    calls = importlib.import_module("fedmem.mitigations.spy_mitigation").CALLS
+    raw = {**tiny_raw, "federation": {"num_clients": 2, "rounds": 1}}
+    federated = build_config({**raw, "name": "federated"})
+    run_fedmem_in_process(federated)
+    seeds = [training_seed(federated, 1, client) for client in (0, 1)]
+    assert sorted(calls) == sorted(
+        [("enter", s, False) for s in seeds] + [("exit", s, False) for s in seeds]
+    )
+    calls.clear()
+    run_centralized(build_config({**raw, "name": "centralized", "mode": "centralized"}))
+    seed = epoch_seed(federated, 1)
+    assert calls == [("enter", seed, False), ("exit", seed, False)]
