@@ -309,6 +309,16 @@ class ClientDPConfig:
     delta: float = field(default=1e-5, metadata=_range(0.0, 1.0, lo_open=True))
 
 
+@dataclass(frozen=True)
+class NEFTuneConfig:
+    """NEFTune (Jain et al. 2023): uniform noise on the input embeddings, in training only."""
+
+    enabled: bool = False
+    # Noise scale: each coordinate is uniform in [-1, 1] times alpha / sqrt(L * d)
+    # (L = the batch's sequence length, d = the hidden size).
+    alpha: float = field(default=5.0, metadata=_range(0.0, lo_open=True))
+
+
 DP_FAULTS = ("none", "no-clipping", "noise-tenth")
 
 
@@ -365,6 +375,7 @@ class Config:
     dp_sgd: DPSGDConfig = DPSGDConfig()
     secagg: SecAggConfig = SecAggConfig()
     client_dp: ClientDPConfig = ClientDPConfig()
+    neftune: NEFTuneConfig = NEFTuneConfig()
     faults: FaultsConfig = FaultsConfig()
     dp_audit: DPAuditConfig = DPAuditConfig()
 
