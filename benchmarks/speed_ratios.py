@@ -106,10 +106,11 @@ def worker_plain(config) -> dict:
     import torch
 
     from clients.app import client_rows, training_seed
+    from fedmem.mitigations import registry
+    from fedmem.mitigations.local_fit import local_fit
     from fedmem.models.loading import build_model, get_trainable_state, load_tokenizer
     from fedmem.models.loading import set_trainable_state as set_state
     from fedmem.runs.recorder import RunRecorder
-    from fedmem.training import train_local
 
     torch.set_num_threads(1)  # as each FL client (client_cpus < 2) and the FL audits
     before = time.process_time()
@@ -120,15 +121,17 @@ def worker_plain(config) -> dict:
     pad_id = load_tokenizer(config).pad_token_id
     global_state = get_trainable_state(model)
     recorder.record(0, model)
+    histories: dict[int, dict | None] = {}  # each client's step-variant history (DP-SGD)
     for server_round in range(1, config.federation.rounds + 1):
         updates, weights = [], []
         for client in range(config.federation.num_clients):
             set_state(model, global_state)
             rows, prompts = client_rows(config, client)
             seed = training_seed(config, server_round, client)
-            train_local(model, rows, config.training, pad_id, seed, prompt_lengths=prompts)
+            fit = local_fit(config, model, rows, prompts, pad_id, seed, histories.get(client))
+            histories[client] = fit.history()
             updates.append(get_trainable_state(model))
-            weights.append(len(rows))
+            weights.append(registry.client_weight(config, len(rows)))
         total = sum(weights)
         global_state = [
             sum(w * u[i] for w, u in zip(weights, updates, strict=True)) / total
@@ -195,40 +198,38 @@ def timed():
 
 
 def step_time(config, kind: str, steps: int = 12, warmup: int = 2) -> Timing:
-    """Time per optimizer step of the one training loop (one thread). `kind`: "plain" or
-    "dp" (DP-SGD), as fedmem trains (each batch's rows in length groups), or with
-    "-one-pass" (one padded pass per batch)."""
+    """Time per optimizer step of client 0's local fit (one thread). `kind`: "plain" or
+    "dp" (the config turns DP-SGD on), as fedmem trains (each batch's rows in length
+    groups), or with "-one-pass" (one padded pass per batch)."""
     import torch
 
-    from clients.app import client_rows, private_training_for
-    from fedmem.mitigations.dp_sgd import DPSteps
+    from clients.app import client_rows
+    from fedmem.mitigations.local_fit import local_fit
     from fedmem.models.loading import build_model, load_tokenizer
-    from fedmem.training import StepVariant, train_local
 
-    def one_pass(variant):
-        class OnePass(variant):
-            def groups(self, lengths):
-                return [list(range(len(lengths)))]
+    if kind.startswith("dp") != config.dp_sgd.enabled:
+        raise ValueError(f"step kind {kind!r} with dp_sgd.enabled = {config.dp_sgd.enabled}")
 
-        return OnePass
+    def one_pass(factory):
+        def variant(*args):
+            made = factory(*args)
+            made.groups = lambda lengths: [list(range(len(lengths)))]
+            return made
+
+        return variant
 
     torch.set_num_threads(1)
-    rows, _ = client_rows(config, 0)
+    rows, prompts = client_rows(config, 0)
     pad_id = load_tokenizer(config).pad_token_id
-    base = DPSteps if kind.startswith("dp") else StepVariant
-    steps_class = one_pass(base) if kind.endswith("-one-pass") else base
-    private = private_training_for(config, len(rows), None) if base is DPSteps else None
-
-    def variant(model, optimizer, n_rows, cfg):
-        extra = (private,) if private else ()
-        return steps_class(model, optimizer, n_rows, cfg, *extra)
-
+    wrap = one_pass if kind.endswith("-one-pass") else None
     model = build_model(config, seed=config.seed)
     cfg = dataclasses.replace(config.training, batch_size=8, local_steps=warmup)
-    train_local(model, rows, cfg, pad_id, 0, variant)
+    fit = local_fit(config, model, rows, prompts, pad_id, 0, training=cfg, wrap_variant=wrap)
     cfg = dataclasses.replace(cfg, local_steps=steps)
     with timed() as t:
-        train_local(model, rows, cfg, pad_id, 1, variant)
+        local_fit(
+            config, model, rows, prompts, pad_id, 1, fit.history(), training=cfg, wrap_variant=wrap
+        )
     return Timing(t["t"].wall_s / steps, t["t"].cpu_s / steps)
 
 

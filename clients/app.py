@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,10 +12,10 @@ from flwr.client import ClientApp, NumPyClient
 
 from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.data.federated import build_federated_data
-from fedmem.mitigations.client_dp import client_weight
+from fedmem.mitigations import registry
 from fedmem.mitigations.client_mods import mitigation_mod
 from fedmem.mitigations.dp_history import HISTORY_METRIC, RESUMED_HISTORIES
-from fedmem.mitigations.goldfish import goldfish_label_mask
+from fedmem.mitigations.local_fit import local_fit
 from fedmem.models.loading import (
     build_model,
     get_trainable_state,
@@ -24,10 +23,7 @@ from fedmem.models.loading import (
     set_trainable_state,
     state_nbytes,
 )
-from fedmem.training import StepVariant, encode_training_rows, train_local
-
-if TYPE_CHECKING:
-    from fedmem.mitigations.dp_sgd import PrivateTraining
+from fedmem.training import encode_training_rows
 
 
 @lru_cache(maxsize=8)
@@ -58,14 +54,6 @@ def working_model(config: Config) -> torch.nn.Module:
     return model
 
 
-def private_training_for(config: Config, n_rows: int, history) -> PrivateTraining | None:
-    if not config.dp_sgd.enabled:  # opacus is imported only by runs that use it
-        return None
-    from fedmem.mitigations.dp_sgd import private_training
-
-    return private_training(config, n_rows, history)
-
-
 def training_seed(config: Config, server_round: int, client: int) -> int:
     return (config.seed * 1_000_003 + server_round * 1_009 + client) % 2**31
 
@@ -92,19 +80,9 @@ class FedmemClient(NumPyClient):
         rows, prompt_lengths = client_rows(self.config, self.client)
         pad_id = load_tokenizer(self.config).pad_token_id
         seed = training_seed(self.config, server_round, self.client)
-        private = private_training_for(self.config, len(rows), self.accountant_history(config))
-        variant = private.variant if private else StepVariant
-        label_mask = goldfish_label_mask(self.config.goldfish)
-        result = train_local(
-            model,
-            rows,
-            self.config.training,
-            pad_id,
-            seed,
-            variant,
-            label_mask=label_mask,
-            prompt_lengths=prompt_lengths,
-        )
+        history = self.accountant_history(config)
+        fit = local_fit(self.config, model, rows, prompt_lengths, pad_id, seed, history)
+        result = fit.result
         update = get_trainable_state(model)
         metrics = {
             "client": self.client,
@@ -113,14 +91,12 @@ class FedmemClient(NumPyClient):
             "examples": result.examples,
             "bytes_sent": state_nbytes(update),
         }
-        if private:
-            from fedmem.mitigations.dp_sgd import history_to_record
-
-            history = history_to_record(private.accountant)
-            self.state[DP_HISTORY] = ConfigRecord(history)
-            metrics.update(private.metrics())
-            metrics[HISTORY_METRIC] = json.dumps(history)  # the server keeps it for resuming
-        return update, client_weight(self.config, len(rows)), metrics
+        metrics.update(fit.metrics())
+        saved = fit.history()  # the step variant's run-long state: DP-SGD's accountant
+        if saved is not None:
+            self.state[DP_HISTORY] = ConfigRecord(saved)
+            metrics[HISTORY_METRIC] = json.dumps(saved)  # the server keeps it for resuming
+        return update, registry.client_weight(self.config, len(rows)), metrics
 
     def accountant_history(self, fit_config) -> dict | None:
         """The DP accountant history so far: the node's own, or, on the first round this

@@ -344,6 +344,16 @@ class ClientDPConfig:
     delta: float = field(default=1e-5, metadata=_range(0.0, 1.0, lo_open=True))
 
 
+@dataclass(frozen=True)
+class NEFTuneConfig:
+    """NEFTune (Jain et al. 2023): uniform noise on the input embeddings, in training only."""
+
+    enabled: bool = False
+    # Noise scale: each coordinate is uniform in [-1, 1] times alpha / sqrt(L * d)
+    # (L = the batch's sequence length, d = the hidden size).
+    alpha: float = field(default=5.0, metadata=_range(0.0, lo_open=True))
+
+
 DP_FAULTS = ("none", "no-clipping", "noise-tenth")
 
 
@@ -400,6 +410,7 @@ class Config:
     dp_sgd: DPSGDConfig = DPSGDConfig()
     secagg: SecAggConfig = SecAggConfig()
     client_dp: ClientDPConfig = ClientDPConfig()
+    neftune: NEFTuneConfig = NEFTuneConfig()
     faults: FaultsConfig = FaultsConfig()
     dp_audit: DPAuditConfig = DPAuditConfig()
 
@@ -867,9 +878,17 @@ def config_differences(
 ) -> list[tuple[str, Any, Any]]:
     """(dotted key, value in a, value in b) wherever two configs (objects or their saved
     JSON) differ, location keys aside, sorted by key. The one rule for "the same run":
-    resuming a folder, skipping a finished sweep cell and `fedmem compare` all use it."""
-    flat_a = flatten_dotted(to_dict(a) if isinstance(a, Config) else a)
-    flat_b = flatten_dotted(to_dict(b) if isinstance(b, Config) else b)
+    resuming a folder, skipping a finished sweep cell and `fedmem compare` all use it.
+    A key that a saved config lacks (it was saved before the key existed, e.g. before a new
+    mitigation's section) counts as its default, which is what that run ran with."""
+    defaults = flatten_dotted(to_dict(Config()))
+
+    def flat(config: Config | Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(config, Config):
+            return flatten_dotted(to_dict(config))
+        return {**defaults, **flatten_dotted(config)}
+
+    flat_a, flat_b = flat(a), flat(b)
     return [
         (key, flat_a.get(key), flat_b.get(key))
         for key in sorted(set(flat_a) | set(flat_b))
@@ -878,7 +897,8 @@ def config_differences(
 
 
 def from_run_config(flat: Mapping[str, Any]) -> Config:
-    """Inverse of `to_run_config`."""
+    """Inverse of `to_run_config`. Keys may be missing: they take their defaults, so a flat
+    config (e.g. a pyproject's `[tool.flwr.app.config]`) may state only what it changes."""
     hints = flat_hints()
     raw: dict[str, Any] = {}
     for key, value in flat.items():

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from fedmem.audits.dp.canary_clients import CanaryClients
 from fedmem.audits.dp.run_audit import client_canaries_enabled
 from fedmem.config import Config, ConfigError, from_run_config, to_run_config
-from fedmem.mitigations import client_dp, secure_aggregation
+from fedmem.mitigations import registry
 from fedmem.mitigations.dp_history import RESUMED_HISTORIES
 from fedmem.models.loading import build_model, get_trainable_state, set_trainable_state
 from fedmem.runs.folder import load_checkpoint
@@ -37,7 +37,7 @@ def run_server(
     accountants come back from its checkpoint)."""
     if config.mode != "federated":
         raise ConfigError(f"mode = {config.mode!r}: the ServerApp runs federated mode only")
-    fit_workflow = secure_aggregation.fit_workflow(config)  # checks it before writing
+    fit_workflow = registry.fit_workflow(config)  # checks it before writing
     point = recorder.start(resume=resume)
     model = build_model(config, seed=config.seed)
     if point:
@@ -66,11 +66,12 @@ def run_server(
     aggregating = audited
     if client_canaries_enabled(config):  # the client-level DP audit's canary clients
         aggregating = CanaryClients(
-            audited, config, clip_norm=lambda: client_dp.round_facts(strategy)["clip_norm"]
+            audited, config, clip_norm=lambda: wrapped.round_facts()["client_dp"]["clip_norm"]
         )
-    strategy = client_dp.wrap_strategy(config, aggregating)
+    wrapped = registry.wrap_strategy(config, aggregating)  # client-level DP
+    strategy = wrapped.strategy
     if point:
-        client_dp.restore_strategy_state(strategy, point.state.get("strategy", {}))
+        wrapped.restore(point.state.get("strategy", {}))
     measured = MeasuredFitWorkflow(fit_workflow)
     stage = RoundFitStage(measured, config.seed, first_round=done + 1, declined=audited.declined)
     stage.accountants.update({int(c): h for c, h in resumed_histories.items()})
@@ -85,10 +86,10 @@ def run_server(
             model,
             audited.round_clients.pop(server_round, {}),
             fit_stage=measured.rounds.pop(server_round, None),
-            client_dp=client_dp.round_facts(strategy) if server_round else None,
+            strategy_facts=wrapped.round_facts() if server_round else None,
             outcome=stage.outcomes.pop(server_round, None),
             resume_state={
-                "strategy": client_dp.strategy_state(strategy),
+                "strategy": wrapped.state(),
                 "accountants": {str(c): h for c, h in sorted(stage.accountants.items())},
             },
         )

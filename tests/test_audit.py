@@ -9,7 +9,7 @@ import pytest
 from fedmem.audits.model_audit import audit_model, client_vantage
 from fedmem.config import ConfigError, build_config
 from fedmem.files import read_jsonl
-from fedmem.mitigations import secure_aggregation
+from fedmem.mitigations import registry
 from fedmem.models.loading import build_model, get_trainable_state
 from fedmem.runs.folder import load_checkpoint, round_checkpoint_dir
 from fedmem.runs.recorder import RunRecorder
@@ -158,7 +158,7 @@ def _run_strategy(config, seen):
         min_available_clients=config.federation.num_clients,
     )
     grid = InProcessGrid(nc.client_app(config), config.federation.num_clients, {})
-    run_rounds(grid, audited, secure_aggregation.fit_workflow(config))
+    run_rounds(grid, audited, registry.fit_workflow(config))
 
 
 def test_the_server_audits_each_clients_returned_state_before_averaging(tiny_raw):

@@ -10,7 +10,7 @@ from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from fedmem.config import ConfigError, build_config
-from fedmem.mitigations import client_dp, secure_aggregation
+from fedmem.mitigations import client_dp, registry
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc
 from tests.inprocess import InProcessGrid, run_rounds
@@ -52,7 +52,7 @@ def _run(config):
     )
     grid = InProcessGrid(nc.client_app(config, SCALE), 3, {})
     strategy = client_dp.wrap_strategy(config, audited)
-    context = run_rounds(grid, strategy, secure_aggregation.fit_workflow(config))
+    context = run_rounds(grid, strategy, registry.fit_workflow(config))
     record = context.state.array_records[MAIN_PARAMS_RECORD]
     aggregate = parameters_to_ndarrays(arrayrecord_to_parameters(record, True))
     return aggregate, audited, strategy, grid

@@ -11,12 +11,14 @@ from fedmem.config import (
     Config,
     ConfigError,
     build_config,
+    config_differences,
     from_run_config,
     load_config,
     parse_override,
     to_dict,
     to_run_config,
 )
+from fedmem.mitigations import registry
 
 
 def test_defaults_build_a_valid_config():
@@ -126,8 +128,8 @@ def test_every_mitigation_preset_is_the_quickstart_plus_its_mitigation():
     for path in sorted((configs / "mitigations").glob("*.toml")):
         preset = to_dict(load_config(path))
         changed = {k for k in quickstart if preset[k] != quickstart[k]} - {"name"}
-        assert changed and changed <= {"model", "training", "dp_sgd", "client_dp", "secagg",
-                                       "goldfish", "weight_noise"}, (path, changed)
+        sections = {"model", "training"} | {m.name for m in registry.mitigations()}
+        assert changed and changed <= sections, (path, changed)
 
 
 def test_flat_run_config_round_trips():
@@ -138,6 +140,30 @@ def test_flat_run_config_round_trips():
     assert all(isinstance(v, bool | int | float | str) for v in flat.values())
     assert flat["model.finetuning"] == "lora"
     assert from_run_config(flat) == cfg
+
+
+def test_a_flat_config_may_leave_keys_out_and_they_take_their_defaults():
+    assert from_run_config({}) == Config()
+    partial = {"training.lr": 0.01, "canaries.replica_counts": "[1, 8]", "goldfish.enabled": True}
+    assert from_run_config(partial) == build_config(
+        {"training": {"lr": 0.01}, "canaries": {"replica_counts": [1, 8]},
+         "goldfish": {"enabled": True}}
+    )
+    with pytest.raises(ConfigError, match="unknown key 'goldfish.nope'"):
+        from_run_config({"goldfish.nope": 1})
+
+
+def test_a_saved_config_without_a_newer_section_is_the_same_run_at_its_defaults():
+    """A run folder saved before a section existed ran with that section's defaults
+    (mitigation off): resuming it, or skipping it as a finished sweep cell, still matches."""
+    config = build_config({"training": {"lr": 0.01}})
+    saved = to_dict(config)
+    del saved["goldfish"]  # as if saved before [goldfish] existed
+    del saved["training"]["weight_decay"]
+    assert config_differences(saved, config) == []
+    assert config_differences(config, saved) == []
+    on = build_config({"training": {"lr": 0.01}, "goldfish": {"enabled": True}})
+    assert config_differences(saved, on) == [("goldfish.enabled", False, True)]
 
 
 def test_shipped_configs_are_valid():

@@ -14,7 +14,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from fedmem.config import build_config
 from fedmem.drivers.cli import main
 from fedmem.files import read_jsonl
-from fedmem.mitigations import client_dp, secure_aggregation
+from fedmem.mitigations import client_dp, registry
 from fedmem.runs.folder import MEASURED_FIELDS, without_measurements
 from server.rounds import RoundFitStage
 from server.strategy import AuditedFedAvg
@@ -30,7 +30,7 @@ def _aggregate(config) -> list[np.ndarray]:
         fraction_evaluate=0.0,
         min_available_clients=config.federation.num_clients,
     )
-    stage = RoundFitStage(secure_aggregation.fit_workflow(config), config.seed)
+    stage = RoundFitStage(registry.fit_workflow(config), config.seed)
     grid = InProcessGrid(nc.client_app(config), config.federation.num_clients, {})
     context = run_rounds(grid, client_dp.wrap_strategy(config, audited), stage, rounds=2)
     record = context.state.array_records[MAIN_PARAMS_RECORD]

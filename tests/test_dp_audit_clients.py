@@ -14,7 +14,7 @@ from fedmem.audits.dp.run_audit import ClientCanaryAudit, canary_seed, client_ep
 from fedmem.config import build_config
 from fedmem.drivers.cli import main
 from fedmem.files import read_jsonl
-from fedmem.mitigations import client_dp, secure_aggregation
+from fedmem.mitigations import client_dp, registry
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc
 from tests.inprocess import InProcessGrid, run_rounds
@@ -43,7 +43,7 @@ def _aggregate(config, with_canaries: bool) -> list[np.ndarray]:
         inner = CanaryClients(audited, config, clip_norm=lambda: CLIP)
     strategy = client_dp.wrap_strategy(config, inner)
     grid = InProcessGrid(nc.client_app(config, 0.01), 3, {})  # updates below the clip norm
-    context = run_rounds(grid, strategy, secure_aggregation.fit_workflow(config))
+    context = run_rounds(grid, strategy, registry.fit_workflow(config))
     record = context.state.array_records[MAIN_PARAMS_RECORD]
     return parameters_to_ndarrays(arrayrecord_to_parameters(record, True))
 

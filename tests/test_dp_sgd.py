@@ -15,7 +15,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from fedmem.config import ConfigError, build_config
 from fedmem.drivers.cli import main
 from fedmem.files import read_jsonl
-from fedmem.mitigations.dp_sgd import history_to_record, private_training, sample_rate
+from fedmem.mitigations.dp_sgd import private_training, sample_rate
 from fedmem.models.loading import (
     build_model,
     get_trainable_state,
@@ -106,7 +106,7 @@ def test_epsilon_accumulates_over_rounds_in_one_accountant(tiny_raw):
         private = private_training(config, len(rows), history)
         train_local(model, rows, config.training, pad, server_round, private.variant)
         # What the client keeps in its Flower node state between rounds.
-        history = ConfigRecord(history_to_record(private.accountant))
+        history = ConfigRecord(private.history())
         epsilons.append(private.metrics()["dp_epsilon"])
 
     q, per_round = 1 / 4, 4  # 16 rows in batches of 4

@@ -15,7 +15,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from fedmem.config import ConfigError, build_config
 from fedmem.faults import failure_report_mod, injected_failure, parse_failure
 from fedmem.files import read_jsonl
-from fedmem.mitigations import client_dp, secure_aggregation
+from fedmem.mitigations import client_dp, registry
 from server.rounds import RoundFitStage
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc
@@ -42,7 +42,7 @@ def _run(config, rounds: int = 1):
         accept_failures=f.accept_failures,
     )
     stage = RoundFitStage(
-        secure_aggregation.fit_workflow(config), config.seed, declined=audited.declined
+        registry.fit_workflow(config), config.seed, declined=audited.declined
     )
     grid = InProcessGrid(nc.client_app(config), f.num_clients, {})
     context = run_rounds(grid, client_dp.wrap_strategy(config, audited), stage, rounds)
@@ -96,7 +96,7 @@ def test_accept_failures_false_abandons_a_round_with_any_failure(tiny_raw):
 @pytest.mark.parametrize("stage", ["setup", "share_keys", "collect_masked_vectors", "unmask"])
 def test_secagg_survives_a_dropout_at_any_stage_and_averages_the_rest(tiny_raw, stage):
     # flwr 1.41 alone loses the round on a drop at setup or share_keys (see
-    # secure_aggregation.DropoutTolerantSecAggPlus). A client dropping at unmask has
+    # _secagg_flower.DropoutTolerantSecAggPlus). A client dropping at unmask has
     # already uploaded its masked update, and it is still averaged.
     averaged = [0, 1, 2] if stage == "unmask" else [0, 1]
     config = _config(tiny_raw, secagg={"enabled": True, "drop_client": 2, "drop_stage": stage})

@@ -20,15 +20,46 @@ from pathlib import Path
 
 import pytest
 
-from fedmem.config import load_config, to_run_config
+from fedmem.config import from_run_config, load_config, to_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def test_pyproject_app_config_is_the_quickstart_run_config():
+def _pyproject_lines(flat: dict) -> str:
+    """Lines of `[tool.flwr.app.config]`, as `fedmem config CONFIG --flower` prints them."""
+    return "\n".join(f'"{key}" = {json.dumps(value)}' for key, value in flat.items())
+
+
+def test_flower_refuses_a_run_config_key_the_app_config_does_not_list():
+    """Why pyproject.toml lists every key: `flwr run --run-config` (and `fedmem deploy-local`,
+    which passes a run's whole flat config that way) may only override listed keys."""
+    from flwr.common.config import fuse_dicts
+
+    assert fuse_dicts({"a": 1, "b": 2}, {"b": 3}) == {"a": 1, "b": 3}
+    with pytest.raises(ValueError, match="not present"):
+        fuse_dicts({"a": 1}, {"c": 3})
+
+
+def test_pyproject_app_config_lists_every_key_and_resolves_to_the_quickstart():
     app_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert app_config["config"] == to_run_config(load_config(REPO / "configs/quickstart.toml"))
+    listed = app_config["config"]
+    quickstart = load_config(REPO / "configs/quickstart.toml")
+    expected = to_run_config(quickstart)
+    missing = {k: v for k, v in expected.items() if k not in listed}
+    assert not missing, (
+        "pyproject.toml's [tool.flwr.app.config] must list every config key (Flower refuses "
+        "a --run-config override of a key it does not list). Paste these lines into it:\n"
+        + _pyproject_lines(missing)
+    )
+    unknown = sorted(set(listed) - set(expected))
+    assert not unknown, f"pyproject.toml's [tool.flwr.app.config]: remove {unknown}"
+    resolved = from_run_config(listed)
+    differs = {k: v for k, v in expected.items() if to_run_config(resolved)[k] != v}
+    assert resolved == quickstart, (
+        "pyproject.toml's [tool.flwr.app.config] differs from configs/quickstart.toml; "
+        "replace these lines:\n" + _pyproject_lines(differs)
+    )
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from fedmem.config import ConfigError, build_config
 from fedmem.data.federated import build_federated_data
-from fedmem.mitigations import client_dp, secure_aggregation
+from fedmem.mitigations import client_dp, registry, secure_aggregation
 from fedmem.models.loading import load_tokenizer
 from server.strategy import AuditedFedAvg
 from tests import numpy_clients as nc
@@ -34,7 +34,7 @@ def _run(config, scale: float = 0.5):
     )
     grid = InProcessGrid(nc.client_app(config, scale), config.federation.num_clients, {})
     strategy = client_dp.wrap_strategy(config, audited)
-    context = run_rounds(grid, strategy, secure_aggregation.fit_workflow(config))
+    context = run_rounds(grid, strategy, registry.fit_workflow(config))
     record = context.state.array_records[MAIN_PARAMS_RECORD]
     return parameters_to_ndarrays(arrayrecord_to_parameters(record, True)), audited, grid
 

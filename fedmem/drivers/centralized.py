@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fedmem.config import Config
 from fedmem.data.federated import build_federated_data
-from fedmem.mitigations.dp_sgd import history_to_record, private_training
-from fedmem.mitigations.goldfish import goldfish_label_mask
+from fedmem.mitigations import registry
+from fedmem.mitigations.local_fit import local_fit
 from fedmem.models.loading import build_model, load_tokenizer
 from fedmem.runs.folder import load_checkpoint
 from fedmem.runs.recorder import RunRecorder
-from fedmem.training import StepVariant, encode_training_rows, train_local
+from fedmem.training import encode_training_rows
 
 POOLED = "0"  # the one "client" of the centralized baseline, as metrics and checkpoints name it
 
@@ -19,8 +19,8 @@ def epoch_seed(config: Config, epoch: int) -> int:
 
 
 def run_centralized(config: Config, on_round=None, resume: bool = False) -> dict:
-    """Train and audit epoch by epoch (a round = an epoch); `resume` continues a run folder
-    after its last complete epoch."""
+    """Train and audit epoch by epoch (a round = an epoch) with the client's local fit;
+    `resume` continues a run folder after its last complete epoch."""
     recorder = RunRecorder(config, on_round=on_round)
     point = recorder.start(resume=resume)
     tokenizer = load_tokenizer(config)
@@ -29,35 +29,25 @@ def run_centralized(config: Config, on_round=None, resume: bool = False) -> dict
     rows, prompt_lengths = encode_training_rows(
         tokenizer, data.pooled_texts, data.pooled_prompt_chars, config.training
     )
-    # One accountant for the whole run, as each federated client has.
+    # One step-variant history (DP-SGD: one accountant) for the whole run, as each
+    # federated client has.
     history = point.state.get("accountants", {}).get(POOLED) if point else None
-    private = private_training(config, len(rows), history)
 
-    def resume_state() -> dict:
-        return {"accountants": {POOLED: history_to_record(private.accountant)}} if private else {}
+    def resume_state(saved: dict | None) -> dict:
+        return {"accountants": {POOLED: saved}} if saved is not None else {}
 
     if point:
         load_checkpoint(point.folder, model)
     else:
-        recorder.record(0, model, resume_state=resume_state())
-    variant = private.variant if private else StepVariant
-    label_mask = goldfish_label_mask(config.goldfish)
+        plan = registry.step_plan(config, len(rows), history)  # before any step
+        recorder.record(0, model, resume_state=resume_state(plan.history() if plan else None))
     for epoch in range(point.round + 1 if point else 1, config.federation.rounds + 1):
-        result = train_local(
-            model,
-            rows,
-            config.training,
-            tokenizer.pad_token_id,
-            epoch_seed(config, epoch),
-            variant,
-            label_mask=label_mask,
-            prompt_lengths=prompt_lengths,
-        )
+        seed = epoch_seed(config, epoch)
+        fit = local_fit(config, model, rows, prompt_lengths, tokenizer.pad_token_id, seed, history)
+        history = fit.history()
+        result = fit.result
         facts = {"train_loss": result.mean_loss, "steps": result.steps, "examples": result.examples}
         recorder.record(
-            epoch,
-            model,
-            {0: {**facts, **(private.metrics() if private else {})}},
-            resume_state=resume_state(),
+            epoch, model, {0: {**facts, **fit.metrics()}}, resume_state=resume_state(history)
         )
     return recorder.finish(model)

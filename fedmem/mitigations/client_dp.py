@@ -5,28 +5,38 @@ global one it received. It is clipped to `clip_norm` (on the server, or on the c
 `fixedclipping_mod` / `adaptiveclipping_mod`), and the server adds Gaussian noise of std
 noise_multiplier * clip_norm / sampled clients to the average. Under SecAgg+ clipping must
 happen on the client: the server only ever sees the sum.
+
+flwr is imported inside the functions: the registry imports this module for its label.
 """
 
 from __future__ import annotations
 
-from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod
-from flwr.clientapp.typing import Mod
-from flwr.server.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    Strategy,
-)
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from fedmem.config import Config
+from fedmem.mitigations.registry import Mitigation, StrategyHooks
 
-DPStrategy = (
-    DifferentialPrivacyServerSideFixedClipping
-    | DifferentialPrivacyClientSideFixedClipping
-    | DifferentialPrivacyServerSideAdaptiveClipping
-    | DifferentialPrivacyClientSideAdaptiveClipping
-)
+if TYPE_CHECKING:
+    from flwr.clientapp.typing import Mod
+    from flwr.server.strategy import Strategy
+
+
+def dp_wrappers() -> tuple[type, ...]:
+    """Flower's four DP strategy wrappers."""
+    from flwr.server.strategy import (
+        DifferentialPrivacyClientSideAdaptiveClipping,
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    return (
+        DifferentialPrivacyServerSideFixedClipping,
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        DifferentialPrivacyClientSideAdaptiveClipping,
+    )
 
 
 def client_weight(config: Config, num_examples: int) -> int:
@@ -40,20 +50,14 @@ def wrap_strategy(config: Config, strategy: Strategy) -> Strategy:
     dp = config.client_dp
     if not dp.enabled:
         return strategy
+    server_fixed, client_fixed, server_adaptive, client_adaptive = dp_wrappers()
     n = config.sampled_clients()
     if dp.clipping == "server-fixed":
-        return DifferentialPrivacyServerSideFixedClipping(
-            strategy, dp.noise_multiplier, dp.clip_norm, n
-        )
+        return server_fixed(strategy, dp.noise_multiplier, dp.clip_norm, n)
     if dp.clipping == "client-fixed":
-        return DifferentialPrivacyClientSideFixedClipping(
-            strategy, dp.noise_multiplier, dp.clip_norm, n
-        )
-    adaptive = {
-        "server-adaptive": DifferentialPrivacyServerSideAdaptiveClipping,
-        "client-adaptive": DifferentialPrivacyClientSideAdaptiveClipping,
-    }[dp.clipping]
-    return adaptive(
+        return client_fixed(strategy, dp.noise_multiplier, dp.clip_norm, n)
+    adaptive = {"server-adaptive": server_adaptive, "client-adaptive": client_adaptive}
+    return adaptive[dp.clipping](
         strategy,
         dp.noise_multiplier,
         n,
@@ -67,7 +71,7 @@ def wrap_strategy(config: Config, strategy: Strategy) -> Strategy:
 def round_facts(strategy: Strategy) -> dict[str, float] | None:
     """The clipping norm and noise std the wrapper uses now (None when not a DP wrapper).
     Adaptive wrappers update the norm in aggregate_fit, before adding the noise."""
-    if not isinstance(strategy, DPStrategy):
+    if not isinstance(strategy, dp_wrappers()):
         return None
     norm = float(strategy.clipping_norm)
     std = strategy.noise_multiplier * norm / strategy.num_sampled_clients
@@ -77,21 +81,45 @@ def round_facts(strategy: Strategy) -> dict[str, float] | None:
 def strategy_state(strategy: Strategy) -> dict[str, float]:
     """What a resumed run needs of the wrapper: the clipping norm (adaptive clipping moves
     it every round); empty when `strategy` is not a DP wrapper."""
-    if not isinstance(strategy, DPStrategy):
+    if not isinstance(strategy, dp_wrappers()):
         return {}
     return {"clip_norm": float(strategy.clipping_norm)}
 
 
-def restore_strategy_state(strategy: Strategy, state: dict[str, float]) -> None:
+def restore_strategy_state(strategy: Strategy, state: Mapping[str, float]) -> None:
     """Put back what `strategy_state` saved."""
-    if isinstance(strategy, DPStrategy) and "clip_norm" in state:
+    if isinstance(strategy, dp_wrappers()) and "clip_norm" in state:
         strategy.clipping_norm = float(state["clip_norm"])
 
 
-def client_mods(config: Config) -> list[Mod]:
+def client_mods(config: Config, client: int = 0) -> list[Mod]:
     """Clipping mods for client-side clipping; they go after (inside) `secaggplus_mod`, so
     the update is clipped before it is quantized and masked."""
     dp = config.client_dp
     if not dp.enabled or not dp.clipping.startswith("client-"):
         return []
+    from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod
+
     return [fixedclipping_mod if dp.clipping == "client-fixed" else adaptiveclipping_mod]
+
+
+def label(config: Mapping[str, Any]) -> str | None:
+    c = config.get("client_dp", {})
+    if not c.get("enabled"):
+        return None
+    return f"client-dp({c['clipping']},sigma={c['noise_multiplier']:g})"
+
+
+MITIGATION = Mitigation(
+    name="client_dp",
+    order=40,
+    label=label,
+    client_weight=client_weight,
+    client_mods=client_mods,
+    strategy=StrategyHooks(
+        wrap=wrap_strategy,
+        round_facts=round_facts,
+        state=strategy_state,
+        restore=restore_strategy_state,
+    ),
+)

@@ -9,108 +9,28 @@ reported epsilon is no valid guarantee.
 
 One accountant covers a whole run for one client (or the centralized baseline): its history
 is a list of (sigma, sample rate, steps) that the client keeps between rounds.
+
+This module is what the registry reads; the opacus half (the accountant, `PrivateTraining`,
+the `DPSteps` variant) is `fedmem.mitigations._dp_sgd_opacus`, imported only by a run that
+trains with DP-SGD.
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import torch
-from opacus import PrivacyEngine
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
-from torch.utils.data import DataLoader, TensorDataset
+from fedmem.config import Config
+from fedmem.mitigations.registry import Mitigation
 
-from fedmem.config import Config, DPSGDConfig, TrainingConfig
-from fedmem.training import Batch, StepVariant, planned_steps, record_losses
-
-HISTORY_FIELDS = ("noise_multiplier", "sample_rate", "steps")
-UNCLIPPED = 1e12  # a clip norm no per-record gradient reaches
+if TYPE_CHECKING:
+    from fedmem.mitigations._dp_sgd_opacus import PrivateTraining
 
 
 def sample_rate(n_rows: int, batch_size: int) -> float:
     """Poisson sampling rate, as opacus derives it from a loader of `batch_size` batches."""
     return 1 / math.ceil(n_rows / batch_size)
-
-
-@lru_cache(maxsize=64)
-def noise_multiplier(cfg: DPSGDConfig, rate: float, total_steps: int) -> float:
-    """sigma: the configured one, or the smallest that keeps `total_steps` steps at `rate`
-    within (target_epsilon, delta)."""
-    if cfg.target_epsilon == 0:
-        return cfg.noise_multiplier
-    return get_noise_multiplier(
-        target_epsilon=cfg.target_epsilon,
-        target_delta=cfg.delta,
-        sample_rate=rate,
-        steps=total_steps,
-        accountant=cfg.accountant,
-    )
-
-
-def history_to_record(accountant: IAccountant) -> dict[str, list]:
-    """The accountant's history as flat lists (a Flower `ConfigRecord` holds these)."""
-    columns = list(zip(*accountant.history, strict=True)) or [(), (), ()]
-    sigmas, rates, steps = columns
-    return {
-        "noise_multiplier": [float(s) for s in sigmas],
-        "sample_rate": [float(q) for q in rates],
-        "steps": [int(n) for n in steps],
-    }
-
-
-def accountant_from_record(kind: str, record: Mapping[str, Any] | None) -> IAccountant:
-    accountant = create_accountant(mechanism=kind)
-    if record:
-        columns = [record[f] for f in HISTORY_FIELDS]
-        accountant.history = [
-            (float(s), float(q), int(n)) for s, q, n in zip(*columns, strict=True)
-        ]
-    return accountant
-
-
-@dataclass
-class PrivateTraining:
-    """DP-SGD for one client (or the centralized baseline) over a whole run."""
-
-    cfg: DPSGDConfig
-    noise_multiplier: float
-    sample_rate: float
-    accountant: IAccountant
-    fault: str = "none"  # dp_audit.fault: a deliberately broken mechanism (auditing the auditor)
-
-    def variant(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        n_rows: int,
-        cfg: TrainingConfig,
-    ) -> StepVariant:
-        return DPSteps(model, optimizer, n_rows, cfg, self)
-
-    def epsilon(self) -> float:
-        if not self.accountant.history:
-            return 0.0
-        if self.noise_multiplier == 0:
-            return math.inf
-        return float(self.accountant.get_epsilon(delta=self.cfg.delta))
-
-    def metrics(self) -> dict[str, bool | float | int]:
-        """Fit metrics; `dp_poisson = False` marks an epsilon that is no valid guarantee."""
-        return {
-            "dp_epsilon": self.epsilon(),
-            "dp_delta": self.cfg.delta,
-            "dp_noise_multiplier": self.noise_multiplier,
-            "dp_sample_rate": self.sample_rate,
-            "dp_steps": sum(n for _, _, n in self.accountant.history),
-            "dp_poisson": self.cfg.poisson,
-        }
 
 
 def private_training(
@@ -121,6 +41,13 @@ def private_training(
     cfg = config.dp_sgd
     if not cfg.enabled:
         return None
+    from fedmem.mitigations._dp_sgd_opacus import (
+        PrivateTraining,
+        accountant_from_record,
+        noise_multiplier,
+    )
+    from fedmem.training import planned_steps
+
     rate = sample_rate(n_rows, config.training.batch_size)
     total = config.federation.rounds * planned_steps(config.training, n_rows)
     return PrivateTraining(
@@ -132,94 +59,18 @@ def private_training(
     )
 
 
-def break_mechanism(optimizer: DPOptimizer, private: PrivateTraining) -> None:
-    """For auditing the auditor only (`dp_audit.fault`): break DP-SGD while the accountant
-    keeps accounting the configured sigma, as a buggy implementation would.
-    "no-clipping": per-record gradients are not clipped, the noise std stays sigma * C;
-    "noise-tenth": the noise is a tenth of the accounted one."""
-    sigma, clip = private.noise_multiplier, private.cfg.max_grad_norm
-    if private.fault == "no-clipping":
-        optimizer.max_grad_norm = UNCLIPPED
-        optimizer.noise_multiplier = sigma * clip / UNCLIPPED  # opacus' std: multiplier x norm
-    elif private.fault == "noise-tenth":
-        optimizer.noise_multiplier = sigma / 10
-    else:
-        raise ValueError(f"unknown DP fault {private.fault!r}")
-    accountant, rate = private.accountant, private.sample_rate
-    optimizer.attach_step_hook(
-        lambda _optimizer: accountant.step(noise_multiplier=sigma, sample_rate=rate)
-    )
+def label(config: Mapping[str, Any]) -> str | None:
+    d = config.get("dp_sgd", {})
+    if not d.get("enabled"):
+        return None
+    if d["target_epsilon"] > 0:
+        return f"dp-sgd(eps={d['target_epsilon']:g})"
+    return f"dp-sgd(sigma={d['noise_multiplier']:g})"
 
 
-class DPSteps(StepVariant):
-    """Poisson batches, per-record losses, per-record clipping and noise in the optimizer."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        n_rows: int,
-        cfg: TrainingConfig,
-        private: PrivateTraining,
-    ) -> None:
-        engine = PrivacyEngine(accountant=private.cfg.accountant)
-        engine.accountant = private.accountant  # its step hook then extends the run's history
-        # The loader only tells opacus the row count and batch size (and gives its sampler).
-        loader = DataLoader(TensorDataset(torch.arange(n_rows)), batch_size=cfg.batch_size)
-        module, dp_optimizer, dp_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=private.noise_multiplier,
-            max_grad_norm=private.cfg.max_grad_norm,
-            poisson_sampling=private.cfg.poisson,
-            loss_reduction="mean",
-            grad_sample_mode="hooks",
-        )
-        if not math.isclose(1 / len(dp_loader), private.sample_rate):
-            raise RuntimeError("opacus' sample rate differs from the one sigma was derived for")
-        if private.fault != "none":
-            break_mechanism(dp_optimizer, private)
-        # A batch is computed in length groups, one backward pass each; opacus stacks their
-        # per-sample gradients into the batch's one step. (It forbids this under Poisson
-        # sampling only to catch accumulation *across* steps, which this loop never does.)
-        module.allow_grad_accumulation()
-        # Clipping happens per record inside the DP optimizer, never on the noisy sum.
-        super().__init__(module, dp_optimizer, n_rows, cfg)
-        self.grad_clip = 0.0
-        self.sampler = dp_loader.batch_sampler if private.cfg.poisson else None
-
-    def epoch(self, rng: random.Random) -> Iterable[list[int]]:
-        if self.sampler is None:
-            return super().epoch(rng)
-        return self.sampler
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        logits = self.module(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return record_losses(logits, batch.labels).mean()
-
-    def backward(self, parts: Sequence[Batch]) -> float:
-        """Each part's mean per-record loss, backward on its own: opacus scales a part's
-        per-sample gradients by its row count, so each row gets its own loss's gradient
-        whatever part it is in. Returns the mean per-record loss over the batch."""
-        total, rows = 0.0, 0
-        for part in parts:
-            loss = self.loss(part)
-            loss.backward()
-            total += float(loss.detach()) * len(part.input_ids)
-            rows += len(part.input_ids)
-        # One batch's parts, not accumulated batches: the optimizer divides the noisy sum by
-        # the expected batch size times the number of stacked passes, so stack them here.
-        for param in self.module.parameters():
-            if isinstance(getattr(param, "grad_sample", None), list):
-                param.grad_sample = torch.cat(param.grad_sample, dim=0)
-        return total / rows
-
-    def empty_batch(self) -> None:
-        # opacus' shape for "no record sampled": the step adds noise only, and is counted.
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                p.grad_sample = p.new_zeros((0, *p.shape))
-
-    def close(self) -> None:
-        self.module.to_standard_module()
+MITIGATION = Mitigation(
+    name="dp_sgd",
+    order=30,
+    label=label,
+    step_variant=private_training,
+)

@@ -11,10 +11,14 @@ Only training labels are masked: held-out loss and the extraction audit never se
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fedmem.config import GoldfishConfig
-from fedmem.training import LabelMask
+from fedmem.mitigations.registry import Mitigation
+
+if TYPE_CHECKING:
+    from fedmem.training import LabelMask
 
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
@@ -64,3 +68,16 @@ def goldfish_label_mask(cfg: GoldfishConfig) -> LabelMask | None:
         return goldfish_mask(ids, cfg.k, cfg.h, cfg.variant)
 
     return mask
+
+
+def label(config: Mapping[str, Any]) -> str | None:
+    g = config.get("goldfish", {})
+    return f"goldfish(k={g['k']},{g['variant']})" if g.get("enabled") else None
+
+
+MITIGATION = Mitigation(
+    name="goldfish",
+    order=10,
+    label=label,
+    label_mask=lambda config: goldfish_label_mask(config.goldfish),
+)

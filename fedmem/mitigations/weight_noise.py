@@ -9,16 +9,22 @@ Every audited fine-tuned model is noised (each round's global model is the final
 training stopped there); the round-0 base model is not, so a noised run and an un-noised run
 share the same "before fine-tuning" baseline and the noise is measured on what fine-tuning
 produced.
+
+The recorder applies it through the registry's audited-model transform (`audited_model`);
+torch is imported inside the functions, since the registry imports this module for its label.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-import torch
+from fedmem.config import Config, WeightNoiseConfig
+from fedmem.mitigations.registry import Mitigation
 
-from fedmem.config import WeightNoiseConfig
+if TYPE_CHECKING:
+    import torch
 
 
 def add_weight_noise(model: torch.nn.Module, sigma: float, seed: int) -> None:
@@ -28,6 +34,8 @@ def add_weight_noise(model: torch.nn.Module, sigma: float, seed: int) -> None:
         raise ValueError(f"add_weight_noise: sigma must be >= 0, got {sigma}")
     if sigma == 0:
         return
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -59,6 +67,32 @@ def noised_weights(model: torch.nn.Module, sigma: float, seed: int) -> Iterator[
     try:
         yield
     finally:
+        import torch
+
         with torch.no_grad():
             for p, original in zip(params, saved, strict=True):
                 p.copy_(original)
+
+
+@contextmanager
+def audited_model(
+    config: Config, model: torch.nn.Module, server_round: int
+) -> Iterator[dict[str, Any]]:
+    """The audit of `server_round` sees the model noised; the metrics row gets the noise std
+    (0 when off, and for the round-0 base model)."""
+    sigma = audit_sigma(config.weight_noise, server_round)
+    with noised_weights(model, sigma, noise_seed(config.seed, server_round)):
+        yield {"weight_noise_sigma": sigma}
+
+
+def label(config: Mapping[str, Any]) -> str | None:
+    sigma = config.get("weight_noise", {}).get("sigma", 0)
+    return f"weight-noise(sigma={sigma:g})" if sigma > 0 else None
+
+
+MITIGATION = Mitigation(
+    name="weight_noise",
+    order=20,
+    label=label,
+    audited_model=audited_model,
+)

@@ -19,7 +19,7 @@ from fedmem.data import audit_records
 from fedmem.data.canaries import to_jsonl_rows
 from fedmem.data.federated import build_federated_data
 from fedmem.files import atomic_write_json, read_jsonl, write_jsonl
-from fedmem.mitigations.weight_noise import audit_sigma, noise_seed, noised_weights
+from fedmem.mitigations import registry
 from fedmem.models.loading import build_model, load_tokenizer
 from fedmem.runs.folder import (
     CHECKPOINTS,
@@ -175,7 +175,7 @@ class RunRecorder:
         model: torch.nn.Module,
         clients: dict | None = None,
         fit_stage: dict | None = None,
-        client_dp: dict | None = None,
+        strategy_facts: dict[str, dict] | None = None,
         outcome: dict | None = None,
         resume_state: dict | None = None,
     ) -> dict:
@@ -184,12 +184,13 @@ class RunRecorder:
         `clients`: the round's per-client training facts keyed by client index, as the
         server received them (under SecAgg+ these metrics are not masked, the update is);
         `fit_stage`: the fit stage's wall time and message bytes measured at the server;
-        `client_dp`: the clipping norm and noise std the DP wrapper used; `outcome`: whether
-        the round updated the global model, the clients that failed, why it was abandoned;
-        `resume_state`: what, besides the model, a resumed run needs (JSON). With weight
-        noise on, the audit sees a noised model and `model` is left exactly as it was."""
-        sigma = audit_sigma(self.config.weight_noise, server_round)
-        with noised_weights(model, sigma, noise_seed(self.config.seed, server_round)):
+        `strategy_facts`: what each mitigation's strategy wrapper used, keyed by mitigation
+        (client_dp: the clipping norm and noise std); `outcome`: whether the round updated
+        the global model, the clients that failed, why it was abandoned;
+        `resume_state`: what, besides the model, a resumed run needs (JSON). The audit sees
+        the model as the mitigations' audited-model transforms make it (weight noise), with
+        their facts in the row; `model` is left exactly as it was."""
+        with registry.audited_model(self.config, model, server_round) as transform_facts:
             audit = audit_model(self.config, model)  # vantage: GLOBAL
         clients = clients or {}
         row = {
@@ -198,9 +199,9 @@ class RunRecorder:
             "secure_aggregation": self.config.secagg.enabled,
             "clients": {str(k): clients[k] for k in sorted(clients)},
             "bytes_sent": sum(c.get("bytes_sent", 0) for c in clients.values()),
-            "weight_noise_sigma": sigma,
+            **transform_facts,  # weight_noise_sigma
             **({"fit_stage": fit_stage} if fit_stage else {}),
-            **({"client_dp": client_dp} if client_dp else {}),
+            **(strategy_facts or {}),  # client_dp
             **(outcome or {}),
             **audit.metrics,
             "client_view": self._client_view(server_round),

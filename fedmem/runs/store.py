@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from fedmem.audits import registry
 from fedmem.audits.declaration import Column, StoreTable
 from fedmem.config import flatten_dotted
+from fedmem.mitigations import registry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,25 +168,9 @@ def flatten(row: dict) -> dict[str, float]:
 
 
 def mitigations_label(config: dict) -> str:
-    """The mitigations a config turns on, e.g. 'goldfish(k=4)+dp-sgd(sigma=1)'; 'none'."""
-    parts = []
-    if config.get("goldfish", {}).get("enabled"):
-        g = config["goldfish"]
-        parts.append(f"goldfish(k={g['k']},{g['variant']})")
-    if (sigma := config.get("weight_noise", {}).get("sigma", 0)) > 0:
-        parts.append(f"weight-noise(sigma={sigma:g})")
-    if config.get("dp_sgd", {}).get("enabled"):
-        d = config["dp_sgd"]
-        parts.append(
-            f"dp-sgd(eps={d['target_epsilon']:g})" if d["target_epsilon"] > 0
-            else f"dp-sgd(sigma={d['noise_multiplier']:g})"
-        )
-    if config.get("client_dp", {}).get("enabled"):
-        c = config["client_dp"]
-        parts.append(f"client-dp({c['clipping']},sigma={c['noise_multiplier']:g})")
-    if config.get("secagg", {}).get("enabled"):
-        parts.append("secagg")
-    return "+".join(parts) or "none"
+    """The mitigations a saved config turns on, e.g. 'goldfish(k=4,hashed)+dp-sgd(sigma=1)',
+    joined in the registry's order; 'none'."""
+    return "+".join(registry.labels(config)) or "none"
 
 
 def _sweep_cell(run_dir: Path) -> tuple[str | None, dict | None]:
