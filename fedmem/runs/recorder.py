@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fedmem.audits import registry
+from fedmem.audits import registry as audits
 from fedmem.audits.dp.run_audit import RunDPAudit
 from fedmem.audits.model_audit import GLOBAL, audit_model, client_vantage
 from fedmem.config import Config, ConfigError, config_differences, to_dict
@@ -19,7 +19,7 @@ from fedmem.data import audit_records
 from fedmem.data.canaries import to_jsonl_rows
 from fedmem.data.federated import build_federated_data
 from fedmem.files import atomic_write_json, read_jsonl, write_jsonl
-from fedmem.mitigations import registry
+from fedmem.mitigations import registry as mitigations
 from fedmem.models.loading import build_model, load_tokenizer
 from fedmem.runs.folder import (
     CHECKPOINTS,
@@ -57,7 +57,7 @@ class RunRecorder:
         self.config = config
         self.folder = Path(folder) if folder is not None else config.run_dir
         self.rows: list[dict] = []
-        self.outputs = registry.outputs()  # audit name -> its per-item rows' file
+        self.outputs = audits.outputs()  # audit name -> its per-item rows' file
         self.item_rows: dict[str, list[dict]] = {name: [] for name in self.outputs}
         self.client_views: dict[int, dict[str, dict]] = {}
         self.client_rocs: dict[int, dict[str, dict]] = {}
@@ -190,7 +190,7 @@ class RunRecorder:
         `resume_state`: what, besides the model, a resumed run needs (JSON). The audit sees
         the model as the mitigations' audited-model transforms make it (weight noise), with
         their facts in the row; `model` is left exactly as it was."""
-        with registry.audited_model(self.config, model, server_round) as transform_facts:
+        with mitigations.audited_model(self.config, model, server_round) as transform_facts:
             audit = audit_model(self.config, model)  # vantage: GLOBAL
         clients = clients or {}
         row = {
@@ -265,7 +265,7 @@ class RunRecorder:
             "wall_time_s": round(time.perf_counter() - self.started, 3),
             "before": {  # the first audited round (round 0 in a run)
                 k: self.rows[0][k]
-                for k in ("round", *registry.before_keys())
+                for k in ("round", *audits.before_keys())
                 if k in self.rows[0]
             },
             "final": self.rows[-1],

@@ -32,10 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedmem.audits import registry
+from fedmem.audits import registry as audits
 from fedmem.audits.declaration import Column, StoreTable
 from fedmem.config import flatten_dotted
-from fedmem.mitigations import registry
+from fedmem.mitigations import registry as mitigations
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +85,7 @@ def _column_ddl(column: Column, comment: bool = True) -> str:
 def schema() -> str:
     """The store's tables: runs and rounds with every registered headline column, the
     config and flattened metrics, and each audit's own tables."""
-    columns = registry.columns()
+    columns = audits.columns()
     runs = "".join(_column_ddl(c) for c in columns)
     rounds = "".join(_column_ddl(c, comment=False) for c in columns if not c.first_round)
     return (
@@ -97,12 +97,12 @@ def schema() -> str:
 
 
 def audit_tables() -> tuple[StoreTable, ...]:
-    return tuple(t for a in registry.audits() for t in a.tables)
+    return tuple(t for a in audits.audits() for t in a.tables)
 
 
 def round_columns() -> tuple[str, ...]:
     """The `rounds` table's columns: the round's facts, then every headline column."""
-    return (*ROUND_FACTS, *(c.name for c in registry.columns() if not c.first_round))
+    return (*ROUND_FACTS, *(c.name for c in audits.columns() if not c.first_round))
 
 
 def tables() -> tuple[str, ...]:
@@ -170,7 +170,7 @@ def flatten(row: dict) -> dict[str, float]:
 def mitigations_label(config: dict) -> str:
     """The mitigations a saved config turns on, e.g. 'goldfish(k=4,hashed)+dp-sgd(sigma=1)',
     joined in the registry's order; 'none'."""
-    return "+".join(registry.labels(config)) or "none"
+    return "+".join(mitigations.labels(config)) or "none"
 
 
 def _sweep_cell(run_dir: Path) -> tuple[str | None, dict | None]:
@@ -191,7 +191,7 @@ def headline(row: dict | None, first_round: bool = False) -> dict[str, Any]:
     does not carry the audit."""
     return {
         c.name: _finite(c.read(row or {}))
-        for c in registry.columns()
+        for c in audits.columns()
         if c.first_round == first_round
     }
 
@@ -199,7 +199,7 @@ def headline(row: dict | None, first_round: bool = False) -> dict[str, Any]:
 def _run_headline(first: dict | None, final: dict) -> dict[str, Any]:
     """The `runs` table's headline columns, in registry order."""
     values = {**headline(first, first_round=True), **headline(final)}
-    return {c.name: values[c.name] for c in registry.columns()}
+    return {c.name: values[c.name] for c in audits.columns()}
 
 
 # ----------------------------------------------------------------------------- writing
