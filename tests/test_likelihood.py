@@ -9,7 +9,14 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+)
 
 from attacks.likelihood import (
     _split_head,
@@ -152,7 +159,29 @@ def _lora(seed: int, **extra):
     return model.eval()
 
 
+def _other(family: str, seed: int):
+    """GPT-2 and OPT: the other families whose head is split off (body `transformer` and
+    `model.decoder`)."""
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+        return GPT2LMHeadModel(config).double().eval()
+    config = OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        ffn_dim=64,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16,  # a projection out of the decoder, before the head
+        pad_token_id=0,
+    )
+    return OPTForCausalLM(config).double().eval()
+
+
 MODELS = {
+    "gpt2": lambda: _other("gpt2", 8),
+    "opt": lambda: _other("opt", 9),
     "llama": lambda: _llama(0),
     "llama-tied": lambda: _llama(1, tied=True),
     "lora": lambda: _lora(2),
