@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -24,6 +23,7 @@ from attacks.likelihood import (
     split_continuation,
     token_logprobs,
 )
+from benchmarks.whole_logits import whole_logits_token_logprobs
 from tests.attack_models import tiny_model, tokenizer
 
 
@@ -77,52 +77,7 @@ def test_continuations_are_cut_from_the_whole_text_tokenization():
 
 
 # ---------------------------------------------------------------- chunked pass vs whole logits
-
-
-@torch.no_grad()
-def _whole_logits_reference(model, rows, pad_id, batch_size=64, *, context=(), moments=False):
-    """The pass as it was before chunking, kept verbatim as the reference: the model's whole
-    [batch, tokens, vocab] logits, their float64 log-softmax and moments at once."""
-    device = next(model.parameters()).device
-    model.eval()
-    cached = None
-    if context:
-        ctx = torch.tensor([list(context)], dtype=torch.long, device=device)
-        cached = model(input_ids=ctx, use_cache=True)
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, r in enumerate(chunk):
-            ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, : len(r)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        if cached is None:
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-            targets = ids[:, 1:]
-            lengths = [len(r) - 1 for r in chunk]
-        else:
-            cache = copy.deepcopy(cached.cache)
-            cache.batch_repeat_interleave(len(chunk))
-            full_mask = torch.cat([mask.new_ones(len(chunk), len(context)), mask], dim=1)
-            logits = model(input_ids=ids, attention_mask=full_mask, cache=cache).logits
-            first = cached.logits[:, -1:].expand(len(chunk), 1, -1)
-            logits = torch.cat([first, logits[:, :-1]], dim=1)
-            targets = ids
-            lengths = [len(r) for r in chunk]
-        logp = torch.log_softmax(logits.double(), dim=-1)
-        picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        if moments:
-            p = logp.exp()
-            mean = (p * logp).sum(-1)
-            std = ((p * logp.square()).sum(-1) - mean.square()).clamp(min=0).sqrt()
-        for i, n in enumerate(lengths):
-            out.append(
-                (picked[i, :n], mean[i, :n] if moments else None, std[i, :n] if moments else None)
-            )
-    return out
+# The reference: the pass as it was before chunking, verbatim (benchmarks/whole_logits.py).
 
 
 VOCAB = 211
@@ -192,12 +147,12 @@ MODELS = {
 
 def _assert_same(got, want, moments: bool, atol: float) -> None:
     assert len(got) == len(want)
-    for g, (logprob, mean, std) in zip(got, want, strict=True):
-        assert g.logprob.dtype == torch.float64 and g.logprob.shape == logprob.shape
-        assert torch.allclose(g.logprob, logprob, rtol=0, atol=atol)
+    for g, w in zip(got, want, strict=True):
+        assert g.logprob.dtype == torch.float64 and g.logprob.shape == w.logprob.shape
+        assert torch.allclose(g.logprob, w.logprob, rtol=0, atol=atol)
         if moments:
-            assert torch.allclose(g.mean, mean, rtol=0, atol=atol)
-            assert torch.allclose(g.std, std, rtol=0, atol=atol)
+            assert torch.allclose(g.mean, w.mean, rtol=0, atol=atol)
+            assert torch.allclose(g.std, w.std, rtol=0, atol=atol)
         else:
             assert g.mean.numel() == 0 and g.std.numel() == 0
 
@@ -214,10 +169,15 @@ def test_chunked_pass_equals_the_whole_logits_pass_in_float64(kind, context, chu
         model, ROWS, 0, batch_size=3, context=context, moments=True, chunk_tokens=chunk
     )
     _assert_same(
-        got, _whole_logits_reference(model, ROWS, 0, 3, context=context, moments=True), True, 1e-9
+        got,
+        whole_logits_token_logprobs(model, ROWS, 0, 3, context=context, moments=True),
+        True,
+        1e-9,
     )
     plain = token_logprobs(model, ROWS, 0, batch_size=3, context=context, chunk_tokens=chunk)
-    _assert_same(plain, _whole_logits_reference(model, ROWS, 0, 3, context=context), False, 1e-9)
+    _assert_same(
+        plain, whole_logits_token_logprobs(model, ROWS, 0, 3, context=context), False, 1e-9
+    )
 
 
 def test_the_adapters_are_what_is_scored():
@@ -235,7 +195,7 @@ def test_a_float32_model_agrees_to_float32_rounding_of_its_logits():
     model = _llama(6, dtype=torch.float32)
     for context in ((), tuple(CONTEXT)):
         got = token_logprobs(model, ROWS, 0, 3, context=context, moments=True, chunk_tokens=2)
-        want = _whole_logits_reference(model, ROWS, 0, 3, context=context, moments=True)
+        want = whole_logits_token_logprobs(model, ROWS, 0, 3, context=context, moments=True)
         _assert_same(got, want, True, 1e-5)
 
 
@@ -256,7 +216,7 @@ def test_a_model_without_a_head_falls_back_to_its_whole_logits():
     assert _split_head(wrapped) is None
     for context in ((), tuple(CONTEXT)):
         got = token_logprobs(wrapped, ROWS, 0, 3, context=context, moments=True, chunk_tokens=2)
-        want = _whole_logits_reference(model, ROWS, 0, 3, context=context, moments=True)
+        want = whole_logits_token_logprobs(model, ROWS, 0, 3, context=context, moments=True)
         _assert_same(got, want, True, 1e-9)
 
 
@@ -298,3 +258,4 @@ def test_no_batch_by_tokens_by_vocab_tensor_is_ever_made(kind):
     finally:
         hook.remove()
     assert not too_big, too_big
+
