@@ -103,28 +103,33 @@ def _score_positions(
     rows = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(lengths)])
     steps = torch.cat([torch.arange(n) for n in lengths])
     rows, steps = rows.to(device), steps.to(device)
-    picked, means, stds = [], [], []
+    # The results are allocated before the loop and written in place: small tensors kept
+    # from each chunk would land in the holes the chunk's large buffers leave on the C heap,
+    # so that the next chunk's buffers no longer fit there and the heap grows by a chunk's
+    # worth every chunk (measured: 5.3 GB for 2 rows of 1,024 tokens at Llama-3's vocab).
+    picked = torch.empty(len(rows), dtype=torch.float64, device=device)
+    mean = torch.empty(len(rows) if moments else 0, dtype=torch.float64, device=device)
+    std = torch.empty_like(mean)
     for lo in range(0, len(rows), chunk):
-        r, t = rows[lo : lo + chunk], steps[lo : lo + chunk]
+        hi = min(lo + chunk, len(rows))
+        r, t = rows[lo:hi], steps[lo:hi]
         if first is None:
             x = states[r, t]
         else:
             x = states[r, (t - 1).clamp(min=0)]
             x[t == 0] = first
         logp = torch.log_softmax(project(x).double(), dim=-1)  # [c, V]
-        picked.append(logp.gather(-1, targets[r, t].unsqueeze(-1)).squeeze(-1))
+        picked[lo:hi] = logp.gather(-1, targets[r, t].unsqueeze(-1)).squeeze(-1)
         if moments:
-            p = logp.exp()
-            mean = (p * logp).sum(-1)
-            means.append(mean)
-            stds.append(((p * logp.square()).sum(-1) - mean.square()).clamp(min=0).sqrt())
+            # mu = sum p logp, sigma^2 = sum p logp^2 - mu^2, in one buffer (in place).
+            weighted = logp.exp().mul_(logp)  # p logp
+            m = weighted.sum(-1)
+            mean[lo:hi] = m
+            second = weighted.mul_(logp).sum(-1)  # p logp^2
+            std[lo:hi] = (second - m.square()).clamp(min=0).sqrt()
+            del weighted
         del logp
-    empty = torch.empty(0, dtype=torch.float64, device=device)
-    return (
-        torch.cat(picked),
-        torch.cat(means) if moments else empty,
-        torch.cat(stds) if moments else empty,
-    )
+    return picked, mean, std
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -23,6 +24,7 @@ from attacks.likelihood import (
     split_continuation,
     token_logprobs,
 )
+from benchmarks.speed_ratios import PeakRSS
 from benchmarks.whole_logits import whole_logits_token_logprobs
 from tests.attack_models import tiny_model, tokenizer
 
@@ -259,3 +261,26 @@ def test_no_batch_by_tokens_by_vocab_tensor_is_ever_made(kind):
         hook.remove()
     assert not too_big, too_big
 
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux VmHWM only")
+def test_peak_memory_of_the_pass_does_not_grow_with_the_batch():
+    """4 rows of 512 tokens at a 64,000-token vocabulary: the whole-logits pass would hold
+    float64 [4, 511, 64000] tensors (1 GB each); the chunked pass stays within a few
+    chunks' buffers (about 32 MiB each), the C heap included. (Results kept from each chunk
+    as small tensors made the heap grow by a chunk's buffers every chunk: 2.9 GB here.)"""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64_000,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=32,
+        max_position_embeddings=512,
+    )
+    model = LlamaForCausalLM(config).eval()
+    rows = torch.randint(1, 64_000, (4, 512), generator=torch.Generator().manual_seed(0))
+    token_logprobs(model, [rows[0, :8].tolist()], 0, moments=True)  # warm-up
+    with PeakRSS() as rss:
+        token_logprobs(model, rows.tolist(), 0, batch_size=4, moments=True)
+    assert rss.method == "VmHWM"
+    assert rss.growth < 400 * 2**20, rss.growth / 2**20
