@@ -32,7 +32,7 @@ and imports. Sizes are the quickstart's model and data unless a row says otherwi
   128,256-token vocabulary, nothing downloaded), rows of 1,024 random tokens, min-k%++
   moments on, one thread. The chunked pass at 32 rows against the whole-logits pass it
   replaced (benchmarks/whole_logits.py) at 1 and 2 rows; the whole-logits pass at 32 rows
-  would need about 141 GB, so its figure there is extrapolated, never run. Each variant runs
+  would need about 141 GiB, so its figure there is extrapolated, never run. Each variant runs
   in a fresh subprocess; its peak memory growth is the kernel's high-water mark of the
   process' RSS (VmHWM, reset through /proc/self/clear_refs just before the pass) minus its
   RSS then: exact, no sampling. `--only likelihood` runs these rows alone.
@@ -280,7 +280,7 @@ LIKELIHOOD_MODEL = {
 }
 LIKELIHOOD_TOKENS = 1024
 LIKELIHOOD_ROWS = 32  # the paper presets' attack batch
-LIKELIHOOD_GOAL_GB = 0.5
+LIKELIHOOD_GOAL_GIB = 0.5
 
 
 def _rss_kb(field: str) -> int:
@@ -375,10 +375,10 @@ def run_likelihood_worker(variant: str, rows: int, tokens: int = LIKELIHOOD_TOKE
 
 def measure_likelihood() -> tuple[list[Row], str]:
     """The likelihood rows, and a table of every variant measured."""
-    gb = 1e9
+    gb = 2**30  # GiB, as the issue's figures (4.4 per row with moments, ~141 at 32 rows)
     chunked = run_likelihood_worker("chunked", LIKELIHOOD_ROWS)
     whole = [run_likelihood_worker("whole-logits", 1)]
-    # The whole-logits pass grows by about 4.4 GB a row: 2 rows only with room to spare.
+    # The whole-logits pass grows by about 4.4 GiB a row: 2 rows only with room to spare.
     if psutil.virtual_memory().available > 3 * whole[0]["growth_bytes"]:
         whole.append(run_likelihood_worker("whole-logits", 2))
     one = whole[0]
@@ -393,9 +393,9 @@ def measure_likelihood() -> tuple[list[Row], str]:
             "logits 1 x 1,024 (vocab 128,256, moments)",
             chunked["growth_bytes"] / one["growth_bytes"],
             math.nan,
-            f"chunked <= {LIKELIHOOD_GOAL_GB} GB",
-            f"{chunked['growth_bytes'] / gb:.3f} GB vs {one['growth_bytes'] / gb:.2f} GB "
-            f"(whole logits at {LIKELIHOOD_ROWS} rows: ~{at_32 / gb:.0f} GB, from {basis}; "
+            f"chunked <= {LIKELIHOOD_GOAL_GIB} GiB",
+            f"{chunked['growth_bytes'] / gb:.3f} GiB vs {one['growth_bytes'] / gb:.2f} GiB "
+            f"(whole logits at {LIKELIHOOD_ROWS} rows: ~{at_32 / gb:.0f} GiB, from {basis}; "
             f"{chunked['rss_method']})",
         ),
         (
@@ -409,7 +409,7 @@ def measure_likelihood() -> tuple[list[Row], str]:
         ),
     ]
     lines = [
-        "| variant | rows x tokens | peak RSS growth GB | seconds (wall; CPU) | "
+        "| variant | rows x tokens | peak RSS growth GiB | seconds (wall; CPU) | "
         "per row, / whole logits at 1 row (wall; memory) |",
         "|---|---|---|---|---|",
     ]
