@@ -163,8 +163,11 @@ def token_logprobs(
     device = next(model.parameters()).device
     model.eval()
     split = _split_head(model)
-    # With a plain head, the body gives hidden states and the head is applied per chunk;
-    # otherwise (no accessible head) the model's forward gives whole logits.
+    # With a plain head, the body gives hidden states and the head is applied per chunk.
+    # Fallback, the model's own forward and its whole [batch, tokens, vocab] logits: only
+    # when there is no LM head that can be applied alone (no `lm_head` module, a family
+    # whose logits are more than the head's output, or a peft method that changes the
+    # inputs); the float64 log-softmax and moments are still chunked then.
     run = split[0] if split else model
     project = split[1] if split else (lambda x: x)
     outputs = "last_hidden_state" if split else "logits"
