@@ -27,6 +27,15 @@ and imports. Sizes are the quickstart's model and data unless a row says otherwi
 - Scale: 100 clients sampling 0.1 vs 3 clients (peak RSS of the whole process tree, Ray's
   daemons included, polled every 0.1 s) and vs 10 clients sampling 1.0 (same sampled count:
   the fit-stage time should not grow with total clients); 2 local steps, 3 rounds.
+- Likelihood pass (`attacks.likelihood.token_logprobs`, behind MIA, exposure, utility and the
+  DP audit): a narrow random Llama built from `LlamaConfig` (hidden 64, 2 layers, Llama-3's
+  128,256-token vocabulary, nothing downloaded), rows of 1,024 random tokens, min-k%++
+  moments on, one thread. The chunked pass at 32 rows against the whole-logits pass it
+  replaced (benchmarks/whole_logits.py) at 1 and 2 rows; the whole-logits pass at 32 rows
+  would need about 141 GiB, so its figure there is extrapolated, never run. Each variant runs
+  in a fresh subprocess; its peak memory growth is the kernel's high-water mark of the
+  process' RSS (VmHWM, reset through /proc/self/clear_refs just before the pass) minus its
+  RSS then: exact, no sampling. `--only likelihood` runs these rows alone.
 """
 
 from __future__ import annotations
@@ -259,6 +268,166 @@ def extraction_times(config, per_prompt_limit: int = 16) -> tuple[Timing, Timing
     )
 
 
+# --------------------------------------------------------------------------- likelihood pass
+
+# The narrow random Llama of the likelihood rows: Llama-3's vocabulary, a tiny body, so that
+# the vocabulary-wide work is what is measured.
+LIKELIHOOD_MODEL = {
+    "vocab_size": 128_256,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+}
+LIKELIHOOD_TOKENS = 1024
+LIKELIHOOD_ROWS = 32  # the paper presets' attack batch
+LIKELIHOOD_GOAL_GIB = 0.5
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+class PeakRSS:
+    """Peak RSS growth of this process over a block, in bytes. On Linux the kernel's own
+    high-water mark (VmHWM), reset to the current RSS through /proc/self/clear_refs when the
+    block starts: exact, however short the peak. Elsewhere a thread samples RSS every
+    millisecond (a lower bound: a shorter peak can be missed); `method` says which."""
+
+    def __enter__(self):
+        self.base = psutil.Process().memory_info().rss
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.base = _rss_kb("VmRSS") * 1024
+            self.method = "VmHWM"
+        except OSError:
+            import threading
+
+            self.method, self.peak, self.done = "sampled", self.base, threading.Event()
+
+            def sample():
+                me = psutil.Process()
+                while not self.done.wait(0.001):
+                    self.peak = max(self.peak, me.memory_info().rss)
+
+            self.thread = threading.Thread(target=sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.method == "VmHWM":
+            self.peak = _rss_kb("VmHWM") * 1024
+        else:
+            self.done.set()
+            self.thread.join()
+            self.peak = max(self.peak, psutil.Process().memory_info().rss)
+        self.growth = self.peak - self.base
+
+
+def worker_likelihood(variant: str, rows: int, tokens: int) -> dict:
+    """One likelihood pass over `rows` random rows of `tokens` tokens, with the moments, in
+    one batch: "chunked" (attacks.likelihood) or "whole-logits" (the pass it replaced)."""
+    import gc
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from attacks.likelihood import token_logprobs
+    from benchmarks.whole_logits import whole_logits_token_logprobs
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = LlamaConfig(**LIKELIHOOD_MODEL, max_position_embeddings=tokens)
+    model = LlamaForCausalLM(config).eval()
+    draw = torch.Generator().manual_seed(1)
+    batch = torch.randint(1, config.vocab_size, (rows, tokens), generator=draw).tolist()
+    score = {"chunked": token_logprobs, "whole-logits": whole_logits_token_logprobs}[variant]
+    score(model, [batch[0][:16]], 0, moments=True)  # warm-up: kernels, allocator
+    gc.collect()
+    with PeakRSS() as rss, timed() as t:
+        scores = score(model, batch, 0, batch_size=rows, moments=True)
+    first = scores[0]
+    return {
+        "variant": variant,
+        "rows": rows,
+        "tokens": tokens,
+        "growth_bytes": rss.growth,
+        "rss_method": rss.method,
+        "wall_s": t["t"].wall_s,
+        "cpu_s": t["t"].cpu_s,
+        # Row 0 is the same row in every variant: its sums show the variants agree.
+        "row0_logprob": float(first.logprob.sum()),
+        "row0_mean": float(first.mean.sum()),
+    }
+
+
+def run_likelihood_worker(variant: str, rows: int, tokens: int = LIKELIHOOD_TOKENS) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.speed_ratios", "--likelihood-worker", variant]
+    out = subprocess.run(
+        [*cmd, str(rows), str(tokens)], cwd=REPO, check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure_likelihood() -> tuple[list[Row], str]:
+    """The likelihood rows, and a table of every variant measured."""
+    gb = 2**30  # GiB, as the issue's figures (4.4 per row with moments, ~141 at 32 rows)
+    chunked = run_likelihood_worker("chunked", LIKELIHOOD_ROWS)
+    whole = [run_likelihood_worker("whole-logits", 1)]
+    # The whole-logits pass grows by about 4.4 GiB a row: 2 rows only with room to spare.
+    if psutil.virtual_memory().available > 3 * whole[0]["growth_bytes"]:
+        whole.append(run_likelihood_worker("whole-logits", 2))
+    one = whole[0]
+    per_row = whole[1]["growth_bytes"] - one["growth_bytes"] if len(whole) > 1 else None
+    at_32 = one["growth_bytes"] + (LIKELIHOOD_ROWS - 1) * (per_row or one["growth_bytes"])
+    basis = "1 and 2 rows" if per_row else "1 row, times 32"
+    row_time = {k: chunked[k] / chunked["rows"] for k in ("wall_s", "cpu_s")}
+    agree = abs(chunked["row0_logprob"] - one["row0_logprob"])
+    rows: list[Row] = [
+        (
+            f"likelihood pass peak RSS growth, chunked {LIKELIHOOD_ROWS} x 1,024 / whole "
+            "logits 1 x 1,024 (vocab 128,256, moments)",
+            chunked["growth_bytes"] / one["growth_bytes"],
+            math.nan,
+            f"chunked <= {LIKELIHOOD_GOAL_GIB} GiB",
+            f"{chunked['growth_bytes'] / gb:.3f} GiB vs {one['growth_bytes'] / gb:.2f} GiB "
+            f"(whole logits at {LIKELIHOOD_ROWS} rows: ~{at_32 / gb:.0f} GiB, from {basis}; "
+            f"{chunked['rss_method']})",
+        ),
+        (
+            f"likelihood pass time per row, chunked at {LIKELIHOOD_ROWS} rows / whole logits "
+            "at 1 row",
+            row_time["wall_s"] / one["wall_s"],
+            row_time["cpu_s"] / one["cpu_s"],
+            "<= 1",
+            f"CPU {row_time['cpu_s']:.2f} s vs {one['cpu_s']:.2f} s per row; row 0's "
+            f"log-likelihood differs by {agree:.1e} nats",
+        ),
+    ]
+    lines = [
+        "| variant | rows x tokens | peak RSS growth GiB | seconds (wall; CPU) | "
+        "per row, / whole logits at 1 row (wall; memory) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in [chunked, *whole]:
+        lines.append(
+            f"| {r['variant']} | {r['rows']} x {r['tokens']:,} | {r['growth_bytes'] / gb:.3f} | "
+            f"{r['wall_s']:.1f}; {r['cpu_s']:.1f} | "
+            f"{r['wall_s'] / r['rows'] / one['wall_s']:.2f}; "
+            f"{r['growth_bytes'] / r['rows'] / one['growth_bytes']:.3f} |"
+        )
+    lines.append(
+        f"| whole-logits, extrapolated (not run) | {LIKELIHOOD_ROWS} x 1,024 | "
+        f"~{at_32 / gb:.0f} | - | - |"
+    )
+    return rows, "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- the table
 
 # Every simulation: one CPU per client, so 2 Ray actors on 2 cores (the quickstart's 0.5
@@ -269,7 +438,8 @@ SIMULATION = ["federation.client_cpus=1"]
 Row = tuple[str, float, float, str, str]
 
 
-def measure(out: str) -> list[Row]:
+def measure(out: str) -> tuple[list[Row], str]:
+    """Every row, and the likelihood variants' own table."""
     rows: list[Row] = []
 
     fl_size = ["federation.rounds=4", "training.local_epochs=2", *SIMULATION]
@@ -388,7 +558,9 @@ def measure(out: str) -> list[Row]:
             f"CPU {many['cpu_s']:.1f} s vs {ten['cpu_s']:.1f} s",
         )
     )
-    return rows
+    likelihood, details = measure_likelihood()
+    rows.extend(likelihood)
+    return rows, details
 
 
 def machine_facts() -> str:
@@ -405,11 +577,13 @@ def machine_facts() -> str:
     )
 
 
-def table(rows: list[Row], seconds: float) -> str:
+def table(rows: list[Row], seconds: float, details: str = "", only: str = "") -> str:
     lines = [
         f"### {machine_facts()}",
         "",
-        f"Whole bench: {seconds:.0f} s.",
+        f"Only the {only} rows (`--only {only}`): {seconds:.0f} s."
+        if only
+        else f"Whole bench: {seconds:.0f} s.",
         "",
         "| ratio | wall | CPU time | goal | sides |",
         "|---|---|---|---|---|",
@@ -417,6 +591,8 @@ def table(rows: list[Row], seconds: float) -> str:
     for name, wall, cpu, goal, detail in rows:
         cpu_text = "-" if math.isnan(cpu) else f"{cpu:.2f}"
         lines.append(f"| {name} | {wall:.2f} | {cpu_text} | {goal} | {detail} |")
+    if details:
+        lines += ["", details.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -433,6 +609,9 @@ def append_results(text: str) -> None:
     atomic_write_text(RESULTS, updated)
 
 
+# Rows that `--only NAME` runs alone.
+ONLY = {"likelihood": measure_likelihood}
+
 SECTION_INTRO = (
     "Appended by `make bench` (benchmarks/speed_ratios.py; sizes in its docstring). Each "
     "ratio's two sides are measured back to back in one run."
@@ -442,6 +621,13 @@ SECTION_INTRO = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=sorted(WORKERS))
+    parser.add_argument(
+        "--likelihood-worker", nargs=3, metavar=("VARIANT", "ROWS", "TOKENS"),
+        help="(internal) one likelihood pass in this process",
+    )
+    parser.add_argument(
+        "--only", choices=sorted(ONLY), help="run these rows alone (no config, no simulation)"
+    )
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--no-append", action="store_true", help="print only")
     parser.add_argument(
@@ -454,11 +640,18 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.overrides, os.environ["BENCH_OUT"])
         print(json.dumps(WORKERS[args.worker](config)))
         return 0
+    if args.likelihood_worker:
+        variant, rows, tokens = args.likelihood_worker
+        print(json.dumps(worker_likelihood(variant, int(rows), int(tokens))))
+        return 0
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fedmem-bench-") as out:
-        load([], out)  # validates the quickstart before anything runs
-        rows = measure(out)
-    text = table(rows, time.perf_counter() - start)
+    if args.only:
+        rows, details = ONLY[args.only]()
+    else:
+        with tempfile.TemporaryDirectory(prefix="fedmem-bench-") as out:
+            load([], out)  # validates the quickstart before anything runs
+            rows, details = measure(out)
+    text = table(rows, time.perf_counter() - start, details, args.only or "")
     print(text)
     if not args.no_append:
         append_results(text)

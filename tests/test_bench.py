@@ -69,3 +69,27 @@ def test_the_plain_loop_trains_and_audits_every_round(tmp_path, monkeypatch):
     assert result["wall_s"] > 0
     rounds = [r["round"] for r in read_jsonl(config.run_dir / "metrics.jsonl")]
     assert rounds == [0, 1, 2]
+
+
+def test_the_likelihood_row_measures_both_passes_on_the_same_rows(monkeypatch):
+    """The likelihood worker at a tiny size: both variants score row 0 alike, and each
+    reports its peak RSS growth and time."""
+    small = {**bench.LIKELIHOOD_MODEL, "vocab_size": 300, "hidden_size": 16}
+    monkeypatch.setattr(bench, "LIKELIHOOD_MODEL", small)
+    chunked = bench.worker_likelihood("chunked", 2, 32)
+    whole = bench.worker_likelihood("whole-logits", 1, 32)
+    assert abs(chunked["row0_logprob"] - whole["row0_logprob"]) < 1e-4
+    assert abs(chunked["row0_mean"] - whole["row0_mean"]) < 1e-4
+    for r in (chunked, whole):
+        assert r["growth_bytes"] >= 0 and r["wall_s"] > 0 and r["rss_method"]
+
+
+def test_only_runs_the_named_rows_and_titles_them(monkeypatch, capsys, tmp_path):
+    row = ("likelihood x / y", 0.5, 0.4, "<= 1", "sides")
+    monkeypatch.setattr(bench, "ONLY", {"likelihood": lambda: ([row], "| variant |\n")})
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "RESULTS.md")
+    assert bench.main(["--only", "likelihood"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "Only the likelihood rows (`--only likelihood`)" in text
+    assert "| likelihood x / y | 0.50 | 0.40 | <= 1 | sides |" in text
+    assert "| variant |" in text
