@@ -1,6 +1,6 @@
 """The teacher-forced likelihood pass as it was before chunking (attacks/likelihood.py up to
 commit 9a75c7a), kept verbatim as the reference that `token_logprobs` is measured against
-(make bench's likelihood row) and tested against (tests/test_likelihood.py).
+(make bench's likelihood row) and tested against (tests/attacks/test_likelihood.py).
 
 It takes the float64 log-softmax of the model's whole [batch, tokens, vocab] logits at once:
 with Llama-3's 128,256-token vocabulary that is 2.45 GB per 1,024-token row (4.4 GB with the

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.configs import TINY_OVERRIDES
+from tests.support.files import write_toml
+
 # Built artefacts (tokenizer, warm-started base) go to a cache inside the checkout, shared by
 # the test session's processes (Ray workers included) and ignored by git.
 os.environ.setdefault(
@@ -15,24 +18,6 @@ os.environ.setdefault(
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
-
-TINY_OVERRIDES = {
-    "model": {
-        "hidden_size": 64,
-        "num_layers": 2,
-        "num_heads": 2,
-        "intermediate_size": 128,
-        "vocab_size": 512,
-        "pretrain_steps": 20,
-    },
-    "data": {"num_samples": 120},
-    "canaries": {"replica_counts": [1, 4], "per_count": 2, "exposure_digits": 2},
-    "federation": {"num_clients": 2, "rounds": 2},
-    "training": {"batch_size": 8, "lr": 3e-3, "max_seq_len": 128},
-    "attack": {"prefix_tokens": 16, "suffix_tokens": 16},
-    "dp_audit": {"records": 40, "client_canaries": 8},  # DP runs: a small audit
-}
-
 
 @pytest.fixture
 def tiny_raw(tmp_path) -> dict:
@@ -46,19 +31,6 @@ def tiny_raw(tmp_path) -> dict:
 
 
 # ------------------------------------------------------------------ a finished tiny sweep
-
-
-def write_toml(path: Path, raw: dict) -> Path:
-    """A nested mapping as TOML (top-level values first, then one table per section)."""
-    import json
-
-    lines = [f"{k} = {json.dumps(v)}" for k, v in raw.items() if not isinstance(v, dict)]
-    for section, table in raw.items():
-        if isinstance(table, dict):
-            lines.append(f"[{section}]")
-            lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in table.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 TINY_SWEEP = {

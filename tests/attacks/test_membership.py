@@ -1,0 +1,116 @@
+"""Membership inference: each score by hand on fixed logits; AUC at chance before training
+and near 1 after memorizing; ROC summaries."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from attacks.likelihood import token_logprobs
+from attacks.membership import SCORES, Sample, roc
+from tests.support.attack_models import memorize, short_texts, tiny_model, tokenizer
+
+ROW = [0, 1, 2, 1, 0]
+TEXT = "a fixed text"
+LOGITS = [[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [-1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [1.0, -2.0, 0.5]]
+REFERENCE = [[0.0, 1.0, 0.0], [0.0, 0.0, 2.0], [1.0, 1.0, 1.0], [2.0, 0.0, 0.0], [0.0] * 3]
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' that returns the same logits for every row, whatever its tokens."""
+
+    def __init__(self, logits: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.tensor(logits)
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        rows, width = input_ids.shape
+        return SimpleNamespace(logits=self.table[:width].expand(rows, width, -1))
+
+
+def _logp(logits: list[float], token: int) -> float:
+    return logits[token] - math.log(sum(math.exp(v) for v in logits))
+
+
+def _hand_token_logps(table) -> list[float]:
+    return [_logp(table[t - 1], ROW[t]) for t in range(1, len(ROW))]  # -1.55, -1.23, ...
+
+
+def _sample(k_moments: bool = True) -> Sample:
+    scores = token_logprobs(FixedLogits(LOGITS), [ROW], pad_id=0, moments=k_moments)[0]
+    ref = token_logprobs(FixedLogits(REFERENCE), [ROW], pad_id=0)[0]
+    return Sample(TEXT, scores, ref)
+
+
+def test_loss_score_is_the_mean_token_log_probability():
+    assert SCORES["loss"](_sample(), 0.2) == pytest.approx(sum(_hand_token_logps(LOGITS)) / 4)
+
+
+def test_zlib_score_divides_the_loss_by_the_compressed_length():
+    loss = -sum(_hand_token_logps(LOGITS)) / 4
+    expected = -loss / len(zlib.compress(TEXT.encode()))
+    assert SCORES["zlib"](_sample(), 0.2) == pytest.approx(expected)
+
+
+def test_min_k_averages_the_least_likely_fraction_of_tokens():
+    lps = sorted(_hand_token_logps(LOGITS))
+    assert SCORES["min_k"](_sample(), 0.5) == pytest.approx((lps[0] + lps[1]) / 2)
+    assert SCORES["min_k"](_sample(), 0.1) == pytest.approx(lps[0])  # at least one token
+
+
+def test_min_k_plus_plus_standardizes_by_the_next_token_distribution():
+    z = []
+    for t in range(1, len(ROW)):
+        logits = LOGITS[t - 1]
+        logps = [_logp(logits, v) for v in range(3)]
+        mean = sum(math.exp(lp) * lp for lp in logps)
+        std = math.sqrt(sum(math.exp(lp) * (lp - mean) ** 2 for lp in logps))
+        z.append((logps[ROW[t]] - mean) / std)
+    z.sort()
+    assert SCORES["min_k_plus_plus"](_sample(), 0.5) == pytest.approx((z[0] + z[1]) / 2)
+
+
+def test_reference_score_is_how_much_lower_the_loss_is_than_the_reference_loss():
+    expected = sum(_hand_token_logps(LOGITS)) / 4 - sum(_hand_token_logps(REFERENCE)) / 4
+    assert SCORES["reference"](_sample(), 0.2) == pytest.approx(expected)
+
+
+def test_roc_auc_and_tpr_at_zero_false_positives_by_hand():
+    result = roc([3.0, 2.0, 0.5, 1.0, 0.0, -1.0, 2.5], [True] * 3 + [False] * 4)
+    assert result.auc == pytest.approx((4 + 3 + 2) / 12)
+    # Four non-members: any FPR below 1/4 is FPR 0, where one member of three is found.
+    assert result.tpr_at == {0.01: pytest.approx(1 / 3), 0.001: pytest.approx(1 / 3)}
+    assert result.fpr[0] == 0.0 and result.fpr[-1] == 1.0
+
+
+def _all_scores(model, reference, tok, texts):
+    rows = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
+    scores = token_logprobs(model, rows, tok.pad_token_id, moments=True)
+    refs = token_logprobs(reference, rows, tok.pad_token_id)
+    samples = [Sample(t, s, r) for t, s, r in zip(texts, scores, refs, strict=True)]
+    return {name: [f(s, 0.2) for s in samples] for name, f in SCORES.items()}
+
+
+def test_auc_is_at_chance_on_a_model_that_trained_on_nothing():
+    tok = tokenizer()
+    texts = short_texts(160, seed=3)
+    model = tiny_model(tok, seed=0)
+    labels = [True] * 80 + [False] * 80
+    for name, values in _all_scores(model, model, tok, texts).items():
+        assert abs(roc(values, labels).auc - 0.5) < 0.12, name
+
+
+def test_auc_is_near_one_on_a_model_trained_to_memorize_its_members():
+    tok = tokenizer()
+    texts = short_texts(24, seed=4)
+    model, base = tiny_model(tok, seed=0), tiny_model(tok, seed=0)
+    members = texts[:12]
+    memorize(model, [tok(t)["input_ids"] + [tok.eos_token_id] for t in members], steps=120)
+    labels = [True] * 12 + [False] * 12
+    for name, values in _all_scores(model, base, tok, texts).items():
+        assert roc(values, labels).auc > 0.95, name

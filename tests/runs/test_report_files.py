@@ -1,0 +1,198 @@
+"""Reports: report.md, a self-contained report.html and PNG figures, numbers from the store."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import statistics
+
+import pytest
+
+from fedmem.drivers.cli import main
+from fedmem.runs.report_files import write_report
+from fedmem.runs.store import query
+from tests.support.configs import TINY_OVERRIDES
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ALWAYS = ("extraction_vs_round", "extraction_vs_replicas", "privacy_utility")
+AUDITED = (*ALWAYS, "mia_roc", "exposure")  # runs that audit membership and exposure (default)
+
+
+@pytest.fixture(scope="module")
+def sweep_report(finished_sweep):
+    return write_report(finished_sweep.sweep.folder)
+
+
+@pytest.fixture(scope="module")
+def unaudited_run(tmp_path_factory):
+    """A tiny finished run that audited neither membership inference nor exposure."""
+    from fedmem.config import build_config
+    from fedmem.drivers.cli import train_and_audit
+
+    folder = tmp_path_factory.mktemp("unaudited")
+    raw = copy.deepcopy(TINY_OVERRIDES)
+    raw.update(name="unaudited", mode="centralized", output={"dir": str(folder)})
+    raw["federation"] = {**raw["federation"], "rounds": 1}
+    raw["attack"] = {**raw["attack"], "membership": {"enabled": False},
+                     "exposure": {"enabled": False}}
+    train_and_audit(build_config(raw))
+    return folder / "unaudited"
+
+
+def _final_rows(finished_sweep) -> dict[str, list[dict]]:
+    """combination -> the final metrics row of each of its seeds' runs (summary.json)."""
+    rows: dict[str, list[dict]] = {}
+    for cell in finished_sweep.sweep.cells:
+        summary = json.loads((cell.run_dir / "summary.json").read_text())
+        rows.setdefault(cell.combination, []).append(summary["final"])
+    return rows
+
+
+def _markdown_table(text: str, heading: str) -> list[dict[str, str]]:
+    block = text.split(heading, 1)[1].strip().split("\n\n", 1)[0].splitlines()
+    header = [c.strip() for c in block[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+            for line in block[2:]]
+
+
+def _mean_std(cell: str) -> tuple[float, float]:
+    mean, _, std = cell.partition(" ± ")
+    return float(mean), float(std or 0)
+
+
+def test_each_figure_is_a_non_empty_png_next_to_the_report(sweep_report, finished_sweep):
+    assert set(sweep_report.figures) == set(AUDITED)
+    for name in AUDITED:
+        png = finished_sweep.sweep.folder / f"{name}.png"
+        assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 5000
+        assert f"]({name}.png)" in sweep_report.markdown.read_text()
+
+
+def test_html_embeds_its_figures_and_loads_nothing_external(sweep_report):
+    page = sweep_report.html.read_text()
+    assert page.count('src="data:image/png;base64,') == len(AUDITED)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "<link" not in page and "<script" not in page
+
+
+def test_report_table_numbers_equal_the_store(sweep_report, finished_sweep):
+    rows = _markdown_table(sweep_report.markdown.read_text(),
+                           "## Memorization and utility by combination")
+    runs = query(finished_sweep.sweep.folder, "runs")
+    numbers = ["seed", "exact_rate", "token_accuracy", "longest_match", "heldout_perplexity"]
+    stats = runs.groupby("combination")[numbers].agg(["mean", "std", "count"])
+    assert sorted(r["combination"] for r in rows) == sorted(stats.index)
+    for row in rows:
+        s = stats.loc[row["combination"]]
+        assert int(row["seeds"]) == s[("seed", "count")] == 2
+        for column, key, scale, tol in (
+            ("exact (%)", "exact_rate", 100, 0.05),
+            ("partial: token acc (%)", "token_accuracy", 100, 0.05),
+            ("longest run (tokens)", "longest_match", 1, 0.05),
+            ("held-out ppl", "heldout_perplexity", 1, 0.005),
+        ):
+            mean, std = _mean_std(row[column])
+            assert mean == pytest.approx(s[(key, "mean")] * scale, abs=tol), column
+            assert std == pytest.approx(s[(key, "std")] * scale, abs=tol), column
+
+
+def test_replica_table_equals_the_final_round_metrics(sweep_report, finished_sweep):
+    rows = _markdown_table(sweep_report.markdown.read_text(),
+                           "## Exact extraction by replica count (%)")
+    final = query(
+        finished_sweep.sweep.folder,
+        "SELECT r.combination, AVG(m.value) * 100 AS pct FROM round_metrics m "
+        "JOIN runs r USING (run_id) WHERE m.round = r.rounds "
+        "AND m.key = 'extraction.by_replicas.4.exact_rate' GROUP BY r.combination",
+    ).set_index("combination")["pct"]
+    for row in rows:
+        assert float(row["4x"]) == pytest.approx(final[row["combination"]], abs=0.05)
+
+
+def test_report_names_the_audits_these_runs_lack(unaudited_run):
+    report = write_report(unaudited_run)
+    assert set(report.figures) == set(ALWAYS)
+    absent = report.markdown.read_text().split("## Not in these runs", 1)[1]
+    for what in ("MIA AUC", "MIA ROC curves", "exposure"):
+        assert f"- {what} (" in absent
+    assert [a.split(" (")[0] for a in report.absent] == ["MIA AUC", "MIA ROC curves", "exposure"]
+    assert not any(h.startswith(("MIA", "exposure")) for h in report.table[0])
+    assert {"QA accuracy (%)", "MCQ accuracy (%)"} <= set(report.table[0])  # utility: always
+    run = query(unaudited_run, "runs").iloc[0]
+    assert run[["mia_score", "mia_auc", "exposure_mean"]].isna().all()
+    assert query(unaudited_run, "mia_roc").empty and query(unaudited_run, "exposure").empty
+
+
+def test_audited_runs_lack_nothing(sweep_report):
+    assert sweep_report.absent == []
+    assert "## Not in these runs" not in sweep_report.markdown.read_text()
+
+
+def test_audit_columns_equal_the_final_round_audits(sweep_report, finished_sweep):
+    """MIA AUC and TPR of the headline score (reference: computed by default), exposure of the
+    injected exposure canaries and held-out QA / MCQ accuracy: mean +- std over seeds of each
+    run's final metrics row."""
+    header = sweep_report.table[0]
+    columns = {
+        "MIA AUC (reference)": (lambda r: r["membership"]["scores"]["reference"]["all"]["auc"],
+                                1, 0.0005),
+        "MIA TPR @ 1% FPR (%)": (
+            lambda r: r["membership"]["scores"]["reference"]["all"]["tpr_at_fpr_0.01"], 100,
+            0.05),
+        "exposure (bits)": (lambda r: r["exposure"]["injected"]["mean"], 1, 0.005),
+        "QA accuracy (%)": (lambda r: r["utility"]["qa_accuracy"], 100, 0.05),
+        "MCQ accuracy (%)": (lambda r: r["utility"]["mcq_accuracy"], 100, 0.05),
+    }
+    assert set(columns) <= set(header)
+    finals = _final_rows(finished_sweep)
+    for row in sweep_report.table[1:]:
+        runs = finals[row[0]]
+        assert len(runs) == 2
+        for column, (field, scale, tol) in columns.items():
+            values = [field(r) * scale for r in runs]
+            mean, std = _mean_std(row[header.index(column)])
+            assert mean == pytest.approx(statistics.mean(values), abs=tol), column
+            assert std == pytest.approx(statistics.stdev(values), abs=tol), column
+
+
+def test_roc_and_exposure_figures_draw_the_global_final_round(sweep_report, finished_sweep):
+    """The figures' data: the final round's global curves over all samples (one panel per
+    configured score) and the final round's global exposure rows, for every combination."""
+    from fedmem.runs.report_files import _final_round_rows, load_report_data
+
+    db = finished_sweep.sweep.folder / "fedmem.sqlite"
+    data = load_report_data(db, [c.name for c in finished_sweep.sweep.cells])
+    cell = finished_sweep.sweep.cells[0]
+    curves = json.loads((cell.run_dir / "roc" / "round-001.json").read_text())["global"]
+    roc = _final_round_rows(data.roc[data.roc.population == "all"])
+    mine = roc[roc.run_id == cell.name].sort_values(["curve", "point"])
+    for score, points in curves.items():
+        got = mine[mine.curve == score]
+        assert got["fpr"].tolist() == points["all"]["fpr"]
+        assert got["tpr"].tolist() == points["all"]["tpr"]
+    exposure = _final_round_rows(data.exposure)
+    assert set(exposure["round"]) == {1}
+    assert set(exposure["combination"]) == set(data.style.index)
+    for name in ("mia_roc", "exposure"):
+        assert sweep_report.figures[name].stat().st_size > 5000
+
+
+def test_cli_report_of_a_single_run_writes_into_its_folder(finished_sweep, capsys):
+    run = finished_sweep.sweep.cells[0].run_dir
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").exists() and (run / "privacy_utility.png").exists()
+    assert "exact (%)" in capsys.readouterr().out
+
+
+def test_compare_prints_two_runs_side_by_side(finished_sweep, capsys):
+    a, b = (finished_sweep.sweep.cells[i].run_dir for i in (0, 4))
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "B - A" in out and "heldout_perplexity" in out
+    assert re.search(r"config model\.finetuning\s*│\s*full\s*│\s*lora", out)
+
+
+def test_compare_of_a_folder_that_is_no_run_exits_2(tmp_path, capsys):
+    assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
+    assert "not a finished run folder" in capsys.readouterr().err

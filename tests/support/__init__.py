@@ -1,0 +1,2 @@
+"""Helpers the tests share that are not fixtures: fake Flower grids and clients, tiny attack
+models, test input files."""
