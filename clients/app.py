@@ -10,6 +10,7 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.client import ClientApp, NumPyClient
 
+from fedmem import seeding
 from fedmem.config import Config, from_run_config, to_run_config
 from fedmem.data.federated import build_federated_data
 from fedmem.mitigations import registry
@@ -55,7 +56,7 @@ def working_model(config: Config) -> torch.nn.Module:
 
 
 def training_seed(config: Config, server_round: int, client: int) -> int:
-    return (config.seed * 1_000_003 + server_round * 1_009 + client) % 2**31
+    return seeding.training_seed(config.seed, server_round, client)
 
 
 # Key in the node's persistent state under which the client's DP accountant history lives.

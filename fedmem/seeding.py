@@ -14,19 +14,51 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Context, Message
-from flwr.clientapp.typing import ClientAppCallable
+
+if TYPE_CHECKING:
+    from flwr.app import Context, Message
+    from flwr.clientapp.typing import ClientAppCallable
 
 # Streams: distinct purposes draw from unrelated seeds even for the same round and client.
 SERVER_ROUND, CLIENT_MESSAGE, FAULTS = "server-round", "client-message", "faults"
+MIA_MEMBERS, EXPOSURE_CANDIDATES = "mia-members", "exposure-candidates"
+DP_CANARY_DIRECTIONS, WEIGHT_NOISE = "dp-canary-directions", "weight-noise"
+
+# The data and the local training draw from `seed * 1_000_003 + offset`, as they always
+# have, so earlier runs reproduce. The offsets never meet: the data streams are 1..8 and
+# training seeds are at least 1_009 (rounds and epochs start at 1). Every other draw takes
+# `derive_seed` with a stream name of its own.
+_LINEAR = 1_000_003
+DATA_STREAMS = {
+    "split": 1,
+    "partition": 2,
+    "canaries": 3,
+    "inject": 4,
+    "exposure": 5,
+    "exposure-inject": 6,
+    "audit-records": 7,
+    "audit-inject": 8,
+}
 
 
 def derive_seed(seed: int, stream: str, *parts: int) -> int:
     """A 32-bit seed from the run seed, a stream name and integers (rounds, clients)."""
     text = ":".join([str(seed), stream, *(str(p) for p in parts)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def data_seed(seed: int, stream: str) -> int:
+    """The seed of one of the data's streams (`DATA_STREAMS`)."""
+    return seed * _LINEAR + DATA_STREAMS[stream]
+
+
+def training_seed(seed: int, server_round: int, client: int = 0) -> int:
+    """The seed of one local training call: client `client` in round `server_round` (the
+    centralized baseline: client 0, the round being the epoch)."""
+    return (seed * _LINEAR + server_round * 1_009 + client) % 2**31
 
 
 def seed_global_rngs(seed: int, server_round: int) -> None:

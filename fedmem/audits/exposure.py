@@ -24,6 +24,7 @@ from fedmem.audits.declaration import (
     StoreTable,
     dig,
 )
+from fedmem.seeding import EXPOSURE_CANDIDATES, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +50,7 @@ def audit_exposure(config: Config, model: torch.nn.Module) -> AuditPart:
             c.text[c.split + 1 :],
             max_enumerate=ex.max_enumerate,
             sample_size=ex.sample_size,
-            seed=config.seed * 1_000_003 + i,
+            seed=derive_seed(config.seed, EXPOSURE_CANDIDATES, i),
             estimator=ex.estimator,
         )
         rows.append(

@@ -27,6 +27,7 @@ from fedmem.audits.declaration import (
     StoreTable,
     dig,
 )
+from fedmem.seeding import MIA_MEMBERS, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +63,7 @@ def membership_samples(config: Config) -> tuple[MembershipSample, ...]:
     training = sorted({t for t in data.pooled_texts if t not in canary_texts})
     heldout = [format_qa(p) for p in data.heldout]
     n = min(config.attack.membership.qa_members or len(heldout), len(training))
-    members = random.Random(config.seed * 1_000_003 + 7).sample(training, n)
+    members = random.Random(derive_seed(config.seed, MIA_MEMBERS)).sample(training, n)
     entries = [("canary", c.canary_id, c.injected, c.replicas, c.text) for c in data.canaries]
     entries += [("qa", f"train-{i}", True, None, t) for i, t in enumerate(members)]
     entries += [("qa", f"heldout-{i}", False, None, t) for i, t in enumerate(heldout)]

@@ -39,15 +39,19 @@ from fedmem.data.qa import (
     prompt_parts,
 )
 from fedmem.files import DataError
+from fedmem.seeding import data_seed
 
-# Independent seed streams, so changing e.g. the canaries leaves the QA split untouched.
-_SPLIT_STREAM, _PARTITION_STREAM, _CANARY_STREAM, _INJECT_STREAM = 1, 2, 3, 4
-_EXPOSURE_STREAM, _EXPOSURE_INJECT_STREAM = 5, 6
-_AUDIT_RECORD_STREAM, _AUDIT_INJECT_STREAM = 7, 8
+# Independent seed streams (fedmem.seeding.DATA_STREAMS), so changing e.g. the canaries
+# leaves the QA split untouched.
+_SPLIT_STREAM, _PARTITION_STREAM, _CANARY_STREAM, _INJECT_STREAM = (
+    "split", "partition", "canaries", "inject"
+)
+_EXPOSURE_STREAM, _EXPOSURE_INJECT_STREAM = "exposure", "exposure-inject"
+_AUDIT_RECORD_STREAM, _AUDIT_INJECT_STREAM = "audit-records", "audit-inject"
 
 
-def _seed(config: Config, stream: int) -> int:
-    return config.seed * 1_000_003 + stream
+def _seed(config: Config, stream: str) -> int:
+    return data_seed(config.seed, stream)
 
 
 @dataclass(frozen=True)

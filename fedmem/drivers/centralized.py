@@ -9,13 +9,14 @@ from fedmem.mitigations.local_fit import local_fit
 from fedmem.models.loading import build_model, load_tokenizer
 from fedmem.runs.folder import load_checkpoint
 from fedmem.runs.recorder import RunRecorder
+from fedmem.seeding import training_seed
 from fedmem.training import encode_training_rows
 
 POOLED = "0"  # the one "client" of the centralized baseline, as metrics and checkpoints name it
 
 
 def epoch_seed(config: Config, epoch: int) -> int:
-    return (config.seed * 1_000_003 + epoch * 1_009) % 2**31
+    return training_seed(config.seed, epoch)
 
 
 def run_centralized(config: Config, on_round=None, resume: bool = False) -> dict:

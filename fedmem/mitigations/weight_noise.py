@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedmem.config import Config, WeightNoiseConfig
 from fedmem.mitigations.registry import Mitigation
+from fedmem.seeding import WEIGHT_NOISE, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +52,7 @@ def audit_sigma(cfg: WeightNoiseConfig, server_round: int) -> float:
 
 def noise_seed(seed: int, server_round: int) -> int:
     """A fresh, reproducible noise draw per round, derived from the run seed."""
-    return (seed * 1_000_003 + server_round * 7_919 + 1) % 2**31
+    return derive_seed(seed, WEIGHT_NOISE, server_round)
 
 
 @contextmanager

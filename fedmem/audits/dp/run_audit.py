@@ -38,9 +38,8 @@ from attacks.dp_audit import (
 from fedmem.config import Config
 from fedmem.data.federated import build_federated_data
 from fedmem.models.loading import get_trainable_state, load_tokenizer
+from fedmem.seeding import DP_CANARY_DIRECTIONS, derive_seed
 from fedmem.training import encode_samples
-
-_CANARY_STREAM = 7  # seeds the canary directions, apart from the data's streams
 
 
 def client_canaries_enabled(config: Config) -> bool:
@@ -52,7 +51,7 @@ def client_canaries_enabled(config: Config) -> bool:
 
 
 def canary_seed(config: Config) -> int:
-    return config.seed * 1_000_003 + _CANARY_STREAM
+    return derive_seed(config.seed, DP_CANARY_DIRECTIONS)
 
 
 def inserted_canaries(config: Config) -> range:
