@@ -17,7 +17,11 @@ from fedmem.audits.declaration import ReplicaColumn, header_text
 from fedmem.config import config_differences
 from fedmem.runs.store import SUMMARY_FILE, StoreError, flatten, mitigations_label
 
+# Sent to a file or a pipe, rich would cut tables to 80 columns ("repli…"): there is no
+# terminal to fit, so tables print at their natural width (up to 240 columns).
 console = Console(highlight=False, soft_wrap=True)
+if not console.is_terminal:
+    console = Console(highlight=False, soft_wrap=True, width=240)
 
 
 def round_line(row: dict, rounds: int) -> str:
