@@ -302,11 +302,9 @@ def test_tpr_at_fpr_is_the_point_membership_roc_reports(members, nonmembers, fpr
         assert reported.auc == pytest.approx(mann_whitney_auc(members, nonmembers), abs=1e-12)
 
 
-def test_where_roc_falls_back_to_fpr_zero_the_interval_says_n_a():
-    # attacks.membership.roc reports the TPR at FPR = 0 under the 0.1 % label with 200
-    # non-members; the report shows n/a instead.
+def test_where_the_non_members_cannot_resolve_the_fpr_roc_and_the_interval_say_n_a():
     members, nonmembers = [5.0, 6.0], list(np.arange(200.0) / 100)
-    assert roc(members + nonmembers, [True] * 2 + [False] * 200).tpr_at[0.001] == 1.0
+    assert roc(members + nonmembers, [True] * 2 + [False] * 200).tpr_at[0.001] is None
     assert str(tpr_at_fpr(members, nonmembers, 0.001)) == "n/a (needs ≥ 1000 non-members)"
 
 
