@@ -336,10 +336,10 @@ class ClientDPConfig:
     # The clipping norm. The adaptive modes are refused when enabled (see _check_client_dp):
     # they stay in the choices only so the refusal can say why.
     clip_norm: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
-    # Unused while adaptive clipping is refused; kept so older run folders' configs load.
+    # Adaptive clipping's three keys (target quantile, norm step, clipped-count noise std):
+    # unused while it is refused, kept because every saved config.json carries them.
     target_quantile: float = field(default=0.5, metadata=_range(0.0, 1.0))
     clip_norm_lr: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
-    # Std of the noise on the clipped-count; 0 = Flower's default, sampled clients / 20.
     clipped_count_stddev: float = field(default=0.0, metadata=_range(0.0))
     # The delta the client-level epsilon (dp_accounting, over all rounds) is reported at.
     delta: float = field(default=1e-5, metadata=_range(0.0, 1.0, lo_open=True))
