@@ -9,8 +9,14 @@ methods of Steinke, Nasr and Jagielski (NeurIPS 2023) and Mahloujifar, Melis and
 Client level (DP-FedAvg), after Andrew et al. (arXiv 2302.03098): canary clients send a fixed
 random direction; the statistic is the cosine between each direction and the model's change,
 for inserted canaries and for never-inserted directions. Epsilon comes from a Gaussian fit of
-the two distributions (their estimate) and from a Gaussian-DP lower bound at the confidence
-asked (jax-privacy's `epsilon_from_gdp`, made one-sided: see `gdp_lower_bound`).
+the two distributions (their estimate: a point estimate, not a bound) and from a Gaussian-DP
+lower bound at the confidence asked (jax-privacy's `epsilon_from_gdp`, made one-sided: see
+`gdp_lower_bound`).
+
+Verdicts (`verdict`) weigh a bound against the claim and against the audit's power, its
+ceiling: the bound it would give if every guess were right (`one_run_ceilings`,
+`gdp_ceiling`). A claim at or above the ceiling cannot be refuted by the audit, so not
+refuting it is `inconclusive`, not `consistent`.
 
 The statistics are jax-privacy's `CanaryScoreAuditor` and dp-accounting's Gaussian mechanism
 (plus scipy's Clopper-Pearson bound where jax-privacy's GDP bound is unsound), imported when
@@ -28,7 +34,7 @@ import torch
 
 from attacks.likelihood import token_logprobs
 
-CONSISTENT, VIOLATION = "consistent", "VIOLATION"
+CONSISTENT, VIOLATION, INCONCLUSIVE = "consistent", "VIOLATION", "inconclusive"
 
 
 # ----------------------------------------------------------------------- record level
@@ -85,6 +91,29 @@ def one_run_bounds(
         correct = int((in_scores >= threshold).sum()) if eps > 0 else 0
         bounds[name] = OneRunBound(float(public), guesses, correct)
     return bounds
+
+
+def one_run_ceilings(
+    included: int, excluded: int, delta: float, significance: float
+) -> dict[str, float]:
+    """The audit's power: what `one_run_bounds` gives, per method, when the scores separate
+    perfectly (every included record above every excluded one, so every guess is right).
+    No run with these record counts, delta and significance can report a larger bound."""
+    in_scores = np.arange(included, dtype=np.float64) + excluded + 1
+    out_scores = np.arange(excluded, dtype=np.float64)
+    bounds = one_run_bounds(in_scores, out_scores, delta, significance)
+    return {name: b.epsilon for name, b in bounds.items()}
+
+
+def all_correct_epsilon(guesses: int, confidence: float) -> float:
+    """Steinke et al.'s pure-DP one-run bound when all `guesses` guesses are right: under
+    eps-DP each is right with probability at most p = e^eps / (1 + e^eps), so all right has
+    probability p^guesses; the bound is the eps where that equals 1 - confidence. About 5.8
+    for 1,000 guesses and 8.1 for 10,000 at 95 % (the paper's figures); 0 with no guesses."""
+    if guesses == 0:
+        return 0.0
+    p = (1.0 - confidence) ** (1.0 / guesses)
+    return math.log(p / (1.0 - p))
 
 
 def attack_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
@@ -155,6 +184,12 @@ def gdp_lower_bound(
     return float(dp_accounting.get_epsilon_gaussian(1 / best, delta))
 
 
+def gdp_ceiling(canaries: int, delta: float, significance: float) -> float:
+    """The client-level audit's power: `gdp_lower_bound` when the `canaries` inserted and
+    as many never-inserted cosines separate perfectly."""
+    return gdp_lower_bound(np.ones(canaries), np.zeros(canaries), delta, significance)
+
+
 # --------------------------------------------------------------------------- claims
 
 
@@ -171,6 +206,11 @@ def gaussian_composition_epsilon(noise_multiplier: float, rounds: int, delta: fl
     return float(dp_accounting.get_epsilon_gaussian(noise_multiplier / math.sqrt(rounds), delta))
 
 
-def verdict(lower_bounds: Sequence[float], claimed: float) -> str:
-    """`VIOLATION` when a lower bound exceeds the claimed epsilon, else `consistent`."""
-    return VIOLATION if max(lower_bounds) > claimed else CONSISTENT
+def verdict(lower_bounds: Sequence[float], claimed: float, ceiling: float) -> str:
+    """`VIOLATION` when a lower bound exceeds the claimed epsilon; else `consistent` only when
+    the audit could have refuted the claim (its `ceiling`, the largest bound it can give,
+    exceeds the claim), and `inconclusive` when it could not (claim >= ceiling, e.g. an
+    audit with no power, ceiling 0)."""
+    if max(lower_bounds) > claimed:
+        return VIOLATION
+    return CONSISTENT if ceiling > claimed else INCONCLUSIVE

@@ -27,6 +27,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from attacks.likelihood import TokenScores
+from attacks.statistics import tpr_at_fpr
 
 FPR_TARGETS = (0.01, 0.001)
 _EPS = 1e-12
@@ -83,25 +84,36 @@ SCORES: dict[str, Callable[[Sample, float], float]] = {
 @dataclass(frozen=True)
 class Roc:
     auc: float
-    tpr_at: dict[float, float]  # FPR target -> TPR at the largest ROC point with FPR <= it
+    # FPR target -> TPR at the largest ROC point with FPR <= it; None where the non-members
+    # are too few to resolve the target (fewer than ceil(1 / target)).
+    tpr_at: dict[float, float | None]
     fpr: list[float]
     tpr: list[float]
+    nonmembers: int
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | int | None]:
         return {
             "auc": self.auc,
             **{f"tpr_at_fpr_{f:g}": t for f, t in self.tpr_at.items()},
+            "nonmembers": self.nonmembers,
         }
 
 
 def roc(scores: Sequence[float], members: Sequence[bool]) -> Roc:
     """ROC of `scores` separating members (True) from non-members; needs both classes.
 
-    With fewer than 1/target non-members, the TPR at that FPR is the TPR at FPR = 0."""
+    The TPR at each FPR target is `attacks.statistics.tpr_at_fpr`'s: None with fewer than
+    ceil(1 / target) non-members, where not one false positive fits under the target."""
     labels = np.asarray(members, dtype=bool)
     if labels.all() or not labels.any():
         raise ValueError("roc: needs at least one member and one non-member")
     values = np.asarray(scores, dtype=np.float64)
     fpr, tpr, _ = roc_curve(labels, values)
-    tpr_at = {f: float(tpr[fpr <= f].max()) for f in FPR_TARGETS}
-    return Roc(float(roc_auc_score(labels, values)), tpr_at, fpr.tolist(), tpr.tolist())
+    tpr_at = {f: _resolved_tpr(values[labels], values[~labels], f) for f in FPR_TARGETS}
+    auc = float(roc_auc_score(labels, values))
+    return Roc(auc, tpr_at, fpr.tolist(), tpr.tolist(), int((~labels).sum()))
+
+
+def _resolved_tpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> float | None:
+    result = tpr_at_fpr(members, nonmembers, fpr)
+    return float(result.estimate) if result.resolvable else None

@@ -59,6 +59,19 @@ def header_text(header: Header, values: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Needs:
+    """A report column's value exists only with at least `minimum` of what the `runs`
+    column `column` counts (`what`); below it the report says so instead of a number."""
+
+    column: str
+    minimum: int
+    what: str
+
+    def text(self) -> str:
+        return f"n/a (needs ≥ {self.minimum} {self.what})"
+
+
+@dataclass(frozen=True)
 class ReportColumn:
     """A headline column in the report's table: mean +- std over seeds of `value * scale`."""
 
@@ -67,6 +80,7 @@ class ReportColumn:
     digits: int = 1
     note: str = ""  # its entry in the note under the table, e.g. "*exact*: ..."
     absent: str = ""  # listed under "Not in these runs" when no run carries the column
+    needs: Needs | None = None  # shown as "n/a (needs ≥ N ...)" where the runs had fewer
 
 
 @dataclass(frozen=True)

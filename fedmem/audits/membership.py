@@ -21,6 +21,7 @@ from fedmem.audits.declaration import (
     AuditPart,
     Column,
     Figure,
+    Needs,
     ReplicaColumn,
     ReportColumn,
     ReportView,
@@ -173,6 +174,35 @@ def _overall(key: str):
     return read
 
 
+def _resolved_tpr(key: str, fpr: float):
+    """The headline score's TPR at `fpr` over all samples; None where the row's non-members
+    cannot resolve it (older rows stored the TPR at FPR 0 there)."""
+    from attacks.statistics import min_nonmembers_for_fpr
+
+    overall = _overall(key)
+
+    def read(row: Mapping) -> Any:
+        nonmembers = dig(row, "membership", "nonmembers")
+        if nonmembers is not None and nonmembers < min_nonmembers_for_fpr(fpr):
+            return None
+        return overall(row)
+
+    return read
+
+
+def _nonmembers(row: Mapping) -> Any:
+    return dig(row, "membership", "nonmembers")
+
+
+def _tpr_text(value: float | None, fpr: float) -> str:
+    """'12.5%', or 'n/a (needs ≥ 100 non-members)' where the TPR was not resolvable."""
+    from attacks.statistics import min_nonmembers_for_fpr
+
+    if value is None:
+        return f"n/a (needs ≥ {min_nonmembers_for_fpr(fpr)} non-members)"
+    return f"{value:.1%}"
+
+
 def _auc_by_replicas(row: Mapping, replicas: str) -> Any:
     score = _score(row)
     return dig(row, "membership", "scores", score, "by_replicas", replicas) if score else None
@@ -203,8 +233,8 @@ def membership_table(row: Mapping) -> Any:
         table.add_row(
             name,
             f"{entry['all']['auc']:.3f}",
-            f"{entry['all']['tpr_at_fpr_0.01']:.1%}",
-            f"{entry['all']['tpr_at_fpr_0.001']:.1%}",
+            _tpr_text(entry["all"]["tpr_at_fpr_0.01"], 0.01),
+            _tpr_text(entry["all"]["tpr_at_fpr_0.001"], 0.001),
             f"{entry['canaries']['auc']:.3f}" if "canaries" in entry else "-",
             f"{entry['qa']['auc']:.3f}" if "qa" in entry else "-",
         )
@@ -292,9 +322,14 @@ AUDIT = Audit(
                    absent="MIA AUC (no run audited membership: attack.membership.enabled = "
                    "false)"),
                frontier=lambda v: f"membership inference AUC ({v['mia_score']})"),
-        Column("mia_tpr_at_1pct_fpr", _overall("tpr_at_fpr_0.01"),
-               report=ReportColumn("MIA TPR @ 1% FPR (%)", PCT, 1)),
-        Column("mia_tpr_at_01pct_fpr", _overall("tpr_at_fpr_0.001")),
+        Column("mia_tpr_at_1pct_fpr", _resolved_tpr("tpr_at_fpr_0.01", 0.01),
+               doc="its TPR at 1% FPR; NULL with fewer than 100 non-members",
+               report=ReportColumn("MIA TPR @ 1% FPR (%)", PCT, 1,
+                                   needs=Needs("mia_nonmembers", 100, "non-members"))),
+        Column("mia_tpr_at_01pct_fpr", _resolved_tpr("tpr_at_fpr_0.001", 0.001),
+               doc="its TPR at 0.1% FPR; NULL with fewer than 1000 non-members"),
+        Column("mia_nonmembers", _nonmembers, sql="INTEGER",
+               doc="non-members the MIA TPRs rest on (a TPR at FPR f needs >= ceil(1/f))"),
     ),
     round_line="MIA AUC {mia_auc:.2f} ({mia_score})",
     by_replicas=(ReplicaColumn(_auc_header, _auc_by_replicas, "{:.2f}"),),

@@ -2,9 +2,14 @@
 
 Each client's update is its new trainable state (LoRA adapter or all weights) minus the
 global one it received. It is clipped to `clip_norm` (on the server, or on the client by
-`fixedclipping_mod` / `adaptiveclipping_mod`), and the server adds Gaussian noise of std
+`fixedclipping_mod`), and the server adds Gaussian noise of std
 noise_multiplier * clip_norm / sampled clients to the average. Under SecAgg+ clipping must
 happen on the client: the server only ever sees the sum.
+
+Flower's adaptive-clipping wrappers are not used: in flwr 1.41 the norm moves the wrong way
+(its norm bit means "was clipped", its update uses Andrew et al.'s sign for "was not") and
+the noise is scaled by the updated norm, not the one the updates were clipped with, so no
+epsilon computed for them holds. The config refuses the adaptive modes.
 
 flwr is imported inside the functions: the registry imports this module for its label.
 """
@@ -23,20 +28,13 @@ if TYPE_CHECKING:
 
 
 def dp_wrappers() -> tuple[type, ...]:
-    """Flower's four DP strategy wrappers."""
+    """Flower's two fixed-clipping DP strategy wrappers (server-side, client-side)."""
     from flwr.server.strategy import (
-        DifferentialPrivacyClientSideAdaptiveClipping,
         DifferentialPrivacyClientSideFixedClipping,
-        DifferentialPrivacyServerSideAdaptiveClipping,
         DifferentialPrivacyServerSideFixedClipping,
     )
 
-    return (
-        DifferentialPrivacyServerSideFixedClipping,
-        DifferentialPrivacyClientSideFixedClipping,
-        DifferentialPrivacyServerSideAdaptiveClipping,
-        DifferentialPrivacyClientSideAdaptiveClipping,
-    )
+    return (DifferentialPrivacyServerSideFixedClipping, DifferentialPrivacyClientSideFixedClipping)
 
 
 def client_weight(config: Config, num_examples: int) -> int:
@@ -50,27 +48,17 @@ def wrap_strategy(config: Config, strategy: Strategy) -> Strategy:
     dp = config.client_dp
     if not dp.enabled:
         return strategy
-    server_fixed, client_fixed, server_adaptive, client_adaptive = dp_wrappers()
+    server_fixed, client_fixed = dp_wrappers()
     n = config.sampled_clients()
     if dp.clipping == "server-fixed":
         return server_fixed(strategy, dp.noise_multiplier, dp.clip_norm, n)
     if dp.clipping == "client-fixed":
         return client_fixed(strategy, dp.noise_multiplier, dp.clip_norm, n)
-    adaptive = {"server-adaptive": server_adaptive, "client-adaptive": client_adaptive}
-    return adaptive[dp.clipping](
-        strategy,
-        dp.noise_multiplier,
-        n,
-        initial_clipping_norm=dp.clip_norm,
-        target_clipped_quantile=dp.target_quantile,
-        clip_norm_lr=dp.clip_norm_lr,
-        clipped_count_stddev=dp.clipped_count_stddev or None,
-    )
+    raise ValueError(f"client_dp.clipping = {dp.clipping!r}: only the fixed modes are supported")
 
 
 def round_facts(strategy: Strategy) -> dict[str, float] | None:
-    """The clipping norm and noise std the wrapper uses now (None when not a DP wrapper).
-    Adaptive wrappers update the norm in aggregate_fit, before adding the noise."""
+    """The clipping norm and noise std the wrapper uses (None when not a DP wrapper)."""
     if not isinstance(strategy, dp_wrappers()):
         return None
     norm = float(strategy.clipping_norm)
@@ -79,8 +67,8 @@ def round_facts(strategy: Strategy) -> dict[str, float] | None:
 
 
 def strategy_state(strategy: Strategy) -> dict[str, float]:
-    """What a resumed run needs of the wrapper: the clipping norm (adaptive clipping moves
-    it every round); empty when `strategy` is not a DP wrapper."""
+    """What a resumed run needs of the wrapper: the clipping norm; empty when `strategy` is
+    not a DP wrapper."""
     if not isinstance(strategy, dp_wrappers()):
         return {}
     return {"clip_norm": float(strategy.clipping_norm)}
@@ -98,9 +86,9 @@ def client_mods(config: Config, client: int = 0) -> list[Mod]:
     dp = config.client_dp
     if not dp.enabled or not dp.clipping.startswith("client-"):
         return []
-    from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod
+    from flwr.client.mod import fixedclipping_mod
 
-    return [fixedclipping_mod if dp.clipping == "client-fixed" else adaptiveclipping_mod]
+    return [fixedclipping_mod]
 
 
 def label(config: Mapping[str, Any]) -> str | None:

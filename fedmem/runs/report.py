@@ -85,10 +85,20 @@ def _eps(value: float) -> str:
     return "inf" if value == float("inf") else f"{value:.3f}"
 
 
+def _ceiling(facts: dict, key: str = "epsilon_ceiling") -> str:
+    return "-" if facts.get(key) is None else _eps(facts[key])
+
+
 def dp_audit_table(audit: dict) -> Table:
-    """The accountant's epsilon beside the one-run empirical lower bounds, per audit."""
-    table = Table(title="DP audit: claimed epsilon vs empirical lower bound (one run)")
-    for col in ("audit", "claimed eps", "delta", "lower bound", "method", "evidence", "verdict"):
+    """The accountant's epsilon beside the one-run empirical lower bounds and the audit's
+    ceiling (the largest bound it could give), per audit; one verdict, the final round's."""
+    table = Table(
+        title="DP audit: claimed epsilon vs empirical lower bound (one run; verdict: final "
+        "round only; inconclusive = claim at or above the ceiling, the audit could not refute it)"
+    )
+    columns = ("audit", "claimed eps", "delta", "lower bound", "ceiling (power)", "method",
+               "evidence", "verdict")
+    for col in columns:
         table.add_column(col, justify="right")
     if record := audit.get("record"):
         claim = f"{_eps(record['epsilon_claimed'])} ({record['claimed_by']})"
@@ -100,9 +110,10 @@ def dp_audit_table(audit: dict) -> Table:
                 claim,
                 f"{record['delta']:g}",
                 _eps(record[f"epsilon_{method}"]),
+                _ceiling(record, f"epsilon_ceiling_{method}"),
                 method,
                 f"{record[f'correct_{method}']}/{record[f'guesses_{method}']} guesses right",
-                record["verdict"],
+                record["verdict"] or "-",
             )
     if client := audit.get("client"):
         for threat in ("final_model", "all_iterates"):
@@ -112,9 +123,10 @@ def dp_audit_table(audit: dict) -> Table:
                 _eps(client["epsilon_claimed"]),
                 f"{client['delta']:g}",
                 _eps(facts["epsilon_lower_bound"]),
+                _ceiling(client),
                 f"gdp, {threat}",
-                f"Gaussian-fit estimate {_eps(facts['epsilon_estimate'])}",
-                client["verdict"],
+                f"Gaussian-fit estimate {_eps(facts['epsilon_estimate'])} (not a bound)",
+                client["verdict"] or "-",
             )
     return table
 

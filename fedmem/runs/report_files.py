@@ -68,6 +68,23 @@ def _report_columns() -> list[Column]:
     return [c for c in registry.columns() if c.report]
 
 
+def _shown(data: ReportData, column: Column) -> bool:
+    """A report column is shown when a run carries it, or carries the count it needs (then
+    its cells say how many it needs)."""
+    needs = column.report.needs if column.report else None
+    return data.has(column.name) or (needs is not None and data.has(needs.column))
+
+
+def _cell(column: Column, t: pd.Series, n: int) -> str:
+    """A combination's mean ± std of `column`, or what it needs where its runs had too few."""
+    report = column.report
+    mean = t[f"{column.name}_mean"]
+    needs = report.needs
+    if mean != mean and needs and t.get(f"{needs.column}_min", float("nan")) < needs.minimum:
+        return needs.text()
+    return _fmt(mean, t[f"{column.name}_std"], n, report.scale, report.digits)
+
+
 @dataclass
 class ReportData:
     """The reported runs' rows from the store: what the report's tables and every declared
@@ -161,16 +178,21 @@ def _final_round_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def combination_table(data: ReportData) -> pd.DataFrame:
     """Per combination: seeds, then `<column>_mean` / `<column>_std` for every report column
-    some run carries, and the wall time (fractions, unscaled)."""
-    columns = ["combination", "seed"]
-    columns += [c.name for c in _report_columns() if data.has(c.name)]
-    columns.append("wall_time_s")
-    per_run = data.runs.set_index("run_id")[columns].astype({c: float for c in columns[2:]})
+    shown (`_shown`), the wall time (fractions, unscaled), and `<count>_min` for each count a
+    shown column needs."""
+    shown = [c for c in _report_columns() if _shown(data, c)]
+    columns = ["combination", "seed", *[c.name for c in shown], "wall_time_s"]
+    counts = list(dict.fromkeys(c.report.needs.column for c in shown
+                                if c.report.needs and c.report.needs.column in data.runs))
+    per_run = data.runs.set_index("run_id")[columns + counts].astype(
+        {c: float for c in columns[2:] + counts})
     rows = {}
     for combination, group in per_run.groupby("combination", sort=False):
         row: dict[str, float] = {"seeds": len(group)}
-        for column in per_run.columns.drop(["combination", "seed"]):
+        for column in columns[2:]:
             row[f"{column}_mean"], row[f"{column}_std"] = _mean_std(group[column])
+        for column in counts:
+            row[f"{column}_min"] = float(group[column].min())
         rows[combination] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -187,8 +209,7 @@ def _table_rows(data: ReportData) -> list[list[str]]:
     for combination, t in table.iterrows():
         n = int(t["seeds"])
         row = [combination, str(n)]
-        row += [_fmt(t[f"{c.name}_mean"], t[f"{c.name}_std"], n, c.report.scale,
-                     c.report.digits) for c in shown]
+        row += [_cell(c, t, n) for c in shown]
         row.append(_fmt(t.wall_time_s_mean, t.wall_time_s_std, n, digits=0))
         rows.append(row)
     return rows

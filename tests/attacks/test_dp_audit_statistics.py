@@ -9,13 +9,17 @@ import pytest
 
 from attacks.dp_audit import (
     CONSISTENT,
+    INCONCLUSIVE,
     VIOLATION,
+    all_correct_epsilon,
     canary_direction,
     cosine,
     gaussian_composition_epsilon,
     gaussian_fit_epsilon,
+    gdp_ceiling,
     gdp_lower_bound,
     one_run_bounds,
+    one_run_ceilings,
     record_scores,
     token_log_probs,
     verdict,
@@ -77,10 +81,49 @@ def test_token_log_probs_are_the_models_next_token_loss(tiny_raw):
         assert -lp.mean() == pytest.approx(loss, rel=1e-5)
 
 
-def test_verdict_is_violation_only_when_a_lower_bound_exceeds_the_claim():
-    assert verdict([0.3, 1.2], claimed=1.0) == VIOLATION
-    assert verdict([0.3, 0.9], claimed=1.0) == CONSISTENT
-    assert verdict([5.0, 7.0], claimed=math.inf) == CONSISTENT
+def test_a_bound_above_the_claim_is_a_violation():
+    assert verdict([0.3, 1.2], claimed=1.0, ceiling=6.0) == VIOLATION
+    assert verdict([0.3, 1.2], claimed=1.0, ceiling=0.5) == VIOLATION
+
+
+def test_a_claim_below_the_ceiling_that_no_bound_exceeds_is_consistent_even_at_bound_zero():
+    assert verdict([0.3, 0.9], claimed=1.0, ceiling=3.0) == CONSISTENT
+    assert verdict([0.0, 0.0], claimed=1.0, ceiling=3.0) == CONSISTENT
+
+
+def test_a_claim_above_the_ceiling_is_inconclusive_the_audit_could_not_have_refuted_it():
+    assert verdict([0.0, 0.0], claimed=50.2, ceiling=4.9) == INCONCLUSIVE
+    assert verdict([2.0, 3.0], claimed=math.inf, ceiling=4.9) == INCONCLUSIVE
+    assert verdict([0.0, 0.0], claimed=0.1, ceiling=0.0) == INCONCLUSIVE  # no power at all
+
+
+def test_the_ceiling_of_all_correct_guesses_is_the_papers():
+    """Steinke, Nasr and Jagielski 2023: 1,000 guesses, all right, bound epsilon at about 5.8
+    with 95 % confidence; 10,000 at about 8."""
+    assert all_correct_epsilon(1_000, 0.95) == pytest.approx(5.8, abs=0.05)
+    assert all_correct_epsilon(10_000, 0.95) == pytest.approx(8.1, abs=0.1)
+    assert all_correct_epsilon(0, 0.95) == 0.0
+
+
+def test_the_audits_ceiling_is_its_bound_on_perfectly_separated_scores():
+    ceilings = one_run_ceilings(100, 100, delta=1e-5, significance=0.025)
+    perfect = one_run_bounds(np.arange(100.0) + 1000, np.arange(100.0), 1e-5, 0.025)
+    assert ceilings == {name: b.epsilon for name, b in perfect.items()}
+    assert 0 < ceilings["one_run"] < all_correct_epsilon(200, 0.975)
+
+
+def test_a_quickstart_size_audit_cannot_confirm_the_quickstarts_claims():
+    """200 audit records, about 100 in: no bound could reach epsilon 9.42 (sigma 1) or 50.2
+    (sigma 0.5), so a zero bound there says nothing."""
+    ceiling = max(one_run_ceilings(100, 100, delta=1e-5, significance=0.025).values())
+    assert ceiling < 9.42
+    assert verdict([0.0, 0.0], claimed=9.42, ceiling=ceiling) == INCONCLUSIVE
+    assert verdict([0.0, 0.0], claimed=50.2, ceiling=ceiling) == INCONCLUSIVE
+
+
+def test_the_client_level_ceiling_is_the_gdp_bound_on_perfectly_separated_cosines():
+    ceiling = gdp_ceiling(64, 1e-5, 0.025)
+    assert ceiling == gdp_lower_bound(np.ones(64), np.zeros(64), 1e-5, 0.025) > 0
 
 
 # ------------------------------------------------------------------------ client level
@@ -207,12 +250,15 @@ def test_terminal_summary_shows_claim_bounds_and_verdict_of_each_audit():
         "epsilon_one_run_fdp": 0.48,
         "guesses_one_run_fdp": 40,
         "correct_one_run_fdp": 36,
+        "epsilon_ceiling_one_run": 3.001,
+        "epsilon_ceiling_one_run_fdp": 5.345,
     }
     threat = {"epsilon_lower_bound": 1.5, "epsilon_estimate": 3.9}
     client = {
         "canaries": 64,
         "epsilon_claimed": 4.4,
         "delta": 1e-5,
+        "epsilon_ceiling": 15.69,
         "verdict": CONSISTENT,
         "final_model": threat,
         "all_iterates": threat,
@@ -221,7 +267,19 @@ def test_terminal_summary_shows_claim_bounds_and_verdict_of_each_audit():
     console.print(dp_audit_table({"record": record, "client": client}))
     text = console.export_text()
     assert "0.480" in text and "36/40 guesses right" in text and "VIOLATION" in text
-    assert "gdp, all_iterates" in text and "Gaussian-fit estimate 3.900" in text
+    assert "gdp, all_iterates" in text and "Gaussian-fit estimate 3.900 (not a bound)" in text
+    assert "3.001" in text and "5.345" in text and "15.690" in text  # each audit's ceiling
+    assert "verdict: final round only" in text
+
+
+def test_only_the_final_round_gets_a_verdict(tiny_raw):
+    from fedmem.audits.dp.run_audit import run_verdict
+    from fedmem.config import build_config
+
+    config = build_config({**tiny_raw, "federation": {"num_clients": 2, "rounds": 3}})
+    assert run_verdict(config, 2, [9.0], claimed=1.0, ceiling=5.0) is None
+    assert run_verdict(config, 3, [9.0], claimed=1.0, ceiling=5.0) == VIOLATION
+    assert run_verdict(config, 3, [0.0], claimed=9.42, ceiling=5.0) == INCONCLUSIVE
 
 
 def test_our_tests_package_wins_over_the_one_jax_privacy_installs():

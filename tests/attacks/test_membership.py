@@ -83,8 +83,8 @@ def test_reference_score_is_how_much_lower_the_loss_is_than_the_reference_loss()
 def test_roc_auc_and_tpr_at_zero_false_positives_by_hand():
     result = roc([3.0, 2.0, 0.5, 1.0, 0.0, -1.0, 2.5], [True] * 3 + [False] * 4)
     assert result.auc == pytest.approx((4 + 3 + 2) / 12)
-    # Four non-members: any FPR below 1/4 is FPR 0, where one member of three is found.
-    assert result.tpr_at == {0.01: pytest.approx(1 / 3), 0.001: pytest.approx(1 / 3)}
+    # Four non-members resolve no FPR below 1/4: neither target is a measurement.
+    assert result.tpr_at == {0.01: None, 0.001: None}
     assert result.fpr[0] == 0.0 and result.fpr[-1] == 1.0
 
 
@@ -114,3 +114,52 @@ def test_auc_is_near_one_on_a_model_trained_to_memorize_its_members():
     labels = [True] * 12 + [False] * 12
     for name, values in _all_scores(model, base, tok, texts).items():
         assert roc(values, labels).auc > 0.95, name
+
+
+# --- TPR at a low FPR only where the non-members can resolve it --------------------------
+
+
+def _separable(nonmembers: int) -> tuple[list[float], list[bool]]:
+    """Three members scoring above every non-member, then `nonmembers` non-members."""
+    scores = [1e6, 1e6 + 1, 1e6 + 2] + [float(i) for i in range(nonmembers)]
+    return scores, [True] * 3 + [False] * nonmembers
+
+
+def test_tpr_at_an_fpr_the_non_members_cannot_resolve_is_none_not_the_tpr_at_fpr_zero():
+    summary = roc(*_separable(62)).summary()
+    assert summary["tpr_at_fpr_0.01"] is None and summary["tpr_at_fpr_0.001"] is None
+    assert summary["nonmembers"] == 62
+
+
+def test_tpr_at_an_fpr_is_reported_from_ceil_one_over_fpr_non_members():
+    assert roc(*_separable(99)).tpr_at == {0.01: None, 0.001: None}
+    assert roc(*_separable(100)).tpr_at == {0.01: 1.0, 0.001: None}
+    assert roc(*_separable(1000)).tpr_at == {0.01: 1.0, 0.001: 1.0}
+
+
+def test_the_terminal_table_says_how_many_non_members_an_unresolved_tpr_needs():
+    from rich.console import Console
+
+    from fedmem.audits.membership import membership_table
+
+    entry = {"all": {"auc": 0.6, "tpr_at_fpr_0.01": None, "tpr_at_fpr_0.001": None,
+                     "nonmembers": 62}}
+    row = {"round": 3, "membership": {"members": 40, "nonmembers": 62,
+                                      "scores": {"loss": entry}}}
+    console = Console(width=300, record=True)
+    console.print(membership_table(row))
+    text = console.export_text()
+    assert "n/a (needs ≥ 100 non-members)" in text
+    assert "n/a (needs ≥ 1000 non-members)" in text
+
+
+def test_the_store_reads_an_unresolvable_tpr_as_null_even_from_an_older_row():
+    """Rows written before this rule hold the TPR at FPR 0 under the 0.1 % key."""
+    from fedmem.audits.membership import AUDIT
+
+    columns = {c.name: c.read for c in AUDIT.columns}
+    entry = {"all": {"auc": 0.6, "tpr_at_fpr_0.01": 0.25, "tpr_at_fpr_0.001": 0.25}}
+    old = {"membership": {"members": 40, "nonmembers": 500, "scores": {"loss": entry}}}
+    assert columns["mia_tpr_at_1pct_fpr"](old) == 0.25
+    assert columns["mia_tpr_at_01pct_fpr"](old) is None
+    assert columns["mia_nonmembers"](old) == 500

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from attacks import statistics
 from attacks.membership import roc
@@ -297,21 +297,30 @@ def test_tpr_at_fpr_is_the_point_membership_roc_reports(members, nonmembers, fpr
     if result.resolvable:
         labels = [True] * len(members) + [False] * len(nonmembers)
         reported = roc(members + nonmembers, labels)
-        assert result.estimate == pytest.approx(_roc_tpr_at(reported, fpr), abs=1e-12)
+        assert result.estimate == pytest.approx(_roc_tpr_at(members, nonmembers, fpr), abs=1e-12)
         assert result.estimate == pytest.approx(reported.tpr_at.get(fpr, result.estimate))
         assert reported.auc == pytest.approx(mann_whitney_auc(members, nonmembers), abs=1e-12)
 
 
-def test_where_roc_falls_back_to_fpr_zero_the_interval_says_n_a():
-    # attacks.membership.roc reports the TPR at FPR = 0 under the 0.1 % label with 200
-    # non-members; the report shows n/a instead.
+def test_where_the_non_members_cannot_resolve_the_fpr_roc_and_the_interval_say_n_a():
     members, nonmembers = [5.0, 6.0], list(np.arange(200.0) / 100)
-    assert roc(members + nonmembers, [True] * 2 + [False] * 200).tpr_at[0.001] == 1.0
+    assert roc(members + nonmembers, [True] * 2 + [False] * 200).tpr_at[0.001] is None
     assert str(tpr_at_fpr(members, nonmembers, 0.001)) == "n/a (needs ≥ 1000 non-members)"
 
 
-def _roc_tpr_at(r, fpr: float) -> float:
-    return max(t for f, t in zip(r.fpr, r.tpr, strict=True) if f <= fpr)
+def _roc_tpr_at(members: list[float], nonmembers: list[float], fpr: float) -> float:
+    """From every ROC point: the curve `roc` stores for plotting drops collinear points
+    (scikit-learn's drop_intermediate), which can be the one at the target."""
+    labels = [True] * len(members) + [False] * len(nonmembers)
+    f, t, _ = roc_curve(labels, members + nonmembers, drop_intermediate=False)
+    return float(t[f <= fpr + 1e-12].max())
+
+
+def test_tpr_at_fpr_reads_a_roc_point_the_plotted_curve_drops():
+    # (0.02, 0), (0.04, 0.5), (0.06, 1) are collinear: the plotted curve keeps only the ends.
+    members, nonmembers = [1.0, 2.0], [0.0] * 94 + [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    assert tpr_at_fpr(members, nonmembers, 0.05).estimate == 0.5
+    assert _roc_tpr_at(members, nonmembers, 0.05) == 0.5
 
 
 # --- paired tests ----------------------------------------------------------------------------

@@ -62,9 +62,9 @@ def _saved(**sections) -> dict:
         ({"dp_sgd": {"enabled": True, "target_epsilon": 8.0}}, "dp-sgd(eps=8)"),
         ({"client_dp": {"enabled": True}}, "client-dp(client-fixed,sigma=1)"),
         (
-            {"client_dp": {"enabled": True, "clipping": "server-adaptive",
+            {"client_dp": {"enabled": True, "clipping": "server-fixed",
                            "noise_multiplier": 0.05}},
-            "client-dp(server-adaptive,sigma=0.05)",
+            "client-dp(server-fixed,sigma=0.05)",
         ),
         ({"secagg": {"enabled": True}}, "secagg"),
         (

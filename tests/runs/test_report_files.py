@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from fedmem.drivers.cli import main
-from fedmem.runs.report_files import write_report
+from fedmem.runs.report_files import ReportData, _table_rows, write_report
 from fedmem.runs.store import query
 from tests.support.configs import TINY_OVERRIDES
 
@@ -137,9 +137,6 @@ def test_audit_columns_equal_the_final_round_audits(sweep_report, finished_sweep
     columns = {
         "MIA AUC (reference)": (lambda r: r["membership"]["scores"]["reference"]["all"]["auc"],
                                 1, 0.0005),
-        "MIA TPR @ 1% FPR (%)": (
-            lambda r: r["membership"]["scores"]["reference"]["all"]["tpr_at_fpr_0.01"], 100,
-            0.05),
         "exposure (bits)": (lambda r: r["exposure"]["injected"]["mean"], 1, 0.005),
         "QA accuracy (%)": (lambda r: r["utility"]["qa_accuracy"], 100, 0.05),
         "MCQ accuracy (%)": (lambda r: r["utility"]["mcq_accuracy"], 100, 0.05),
@@ -154,6 +151,13 @@ def test_audit_columns_equal_the_final_round_audits(sweep_report, finished_sweep
             mean, std = _mean_std(row[header.index(column)])
             assert mean == pytest.approx(statistics.mean(values), abs=tol), column
             assert std == pytest.approx(statistics.stdev(values), abs=tol), column
+        tprs = [r["membership"]["scores"]["reference"]["all"]["tpr_at_fpr_0.01"] for r in runs]
+        cell = row[header.index("MIA TPR @ 1% FPR (%)")]
+        if None in tprs:  # too few non-members: every seed's run has the same count
+            assert cell == "n/a (needs ≥ 100 non-members)"
+        else:
+            mean, _ = _mean_std(cell)
+            assert mean == pytest.approx(100 * statistics.mean(tprs), abs=0.05)
 
 
 def test_roc_and_exposure_figures_draw_the_global_final_round(sweep_report, finished_sweep):
@@ -196,3 +200,25 @@ def test_compare_prints_two_runs_side_by_side(finished_sweep, capsys):
 def test_compare_of_a_folder_that_is_no_run_exits_2(tmp_path, capsys):
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
+
+
+def _data(runs: list[dict]):
+    import pandas as pd
+
+    frame = pd.DataFrame(runs)
+    style = frame.groupby("combination")["finetuning"].first().to_frame()
+    return ReportData(frame, pd.DataFrame(), pd.DataFrame(), style)
+
+
+def test_the_report_shows_a_tpr_its_non_members_cannot_resolve_as_what_it_needs():
+    """62 non-members cannot resolve 1 % FPR (it takes 100): the cell says so, where a
+    number would be the TPR at FPR 0 under a 1 % label."""
+    run = {"finetuning": "lora", "wall_time_s": 1.0, "mia_tpr_at_1pct_fpr": None}
+    rows = _table_rows(_data([
+        {**run, "run_id": "a-0", "combination": "a", "seed": 0, "mia_nonmembers": 62},
+        {**run, "run_id": "b-0", "combination": "b", "seed": 0, "mia_nonmembers": 400,
+         "mia_tpr_at_1pct_fpr": 0.125},
+    ]))
+    column = rows[0].index("MIA TPR @ 1% FPR (%)")
+    assert {r[0]: r[column] for r in rows[1:]} == {
+        "a": "n/a (needs ≥ 100 non-members)", "b": "12.5"}

@@ -4,6 +4,7 @@ pandas DataFrames, rebuilt from folders."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sqlite3
 
@@ -146,8 +147,13 @@ def test_runs_and_rounds_carry_the_headline_audit_numbers(finished_sweep):
         assert got["mia_score"] == "reference"  # computed by default: the headline score
         overall = row["membership"]["scores"]["reference"]["all"]
         assert got["mia_auc"] == overall["auc"]
-        assert got["mia_tpr_at_1pct_fpr"] == overall["tpr_at_fpr_0.01"]
-        assert got["mia_tpr_at_01pct_fpr"] == overall["tpr_at_fpr_0.001"]
+        assert got["mia_nonmembers"] == overall["nonmembers"]
+        for column, key in (("mia_tpr_at_1pct_fpr", "tpr_at_fpr_0.01"),
+                            ("mia_tpr_at_01pct_fpr", "tpr_at_fpr_0.001")):
+            if overall[key] is None:  # too few non-members to resolve the FPR: NULL
+                assert got[column] is None or math.isnan(got[column])
+            else:
+                assert got[column] == overall[key]
         assert got["exposure_mean"] == row["exposure"]["injected"]["mean"]
         assert got["qa_accuracy"] == row["utility"]["qa_accuracy"]
         assert got["mcq_accuracy"] == row["utility"]["mcq_accuracy"]

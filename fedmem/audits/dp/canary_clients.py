@@ -32,7 +32,7 @@ class CanaryClients(Strategy):
         self.seed = canary_seed(config)
         self.indices = inserted_canaries(config)
         self.denominator = config.sampled_clients()
-        self.clip_norm = clip_norm  # the DP wrapper's current norm (adaptive clipping moves it)
+        self.clip_norm = clip_norm  # the DP wrapper's clipping norm
         self.round_norms: dict[int, float] = {}
 
     def aggregate_fit(self, server_round, results, failures):

@@ -12,8 +12,13 @@ Every DP run (DP-SGD or client-level DP) is audited from the same single trainin
   direction with the final model's change ("final_model") and with every round's change
   ("all_iterates").
 
-The verdict is `VIOLATION` when a lower bound exceeds the claim. The lower bounds a verdict
-rests on hold jointly with probability `dp_audit.confidence` (Bonferroni over the two).
+Each round stores its bounds beside the audit's ceiling (its power: the largest bound its
+records or canaries could give, every guess right). The verdict is one per run, the final
+round's (no correction over rounds is needed, as no earlier round is tested): `VIOLATION`
+when a lower bound exceeds the claim, `consistent` when none does and the ceiling exceeds
+the claim, `inconclusive` when the claim is at or above the ceiling (the audit could not
+have refuted it). The lower bounds a verdict rests on hold jointly with probability
+`dp_audit.confidence` (Bonferroni over the two).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from attacks.dp_audit import (
     cosine,
     gaussian_composition_epsilon,
     gaussian_fit_epsilon,
+    gdp_ceiling,
     gdp_lower_bound,
     one_run_bounds,
+    one_run_ceilings,
     record_scores,
     token_log_probs,
     verdict,
@@ -57,6 +64,18 @@ def canary_seed(config: Config) -> int:
 def inserted_canaries(config: Config) -> range:
     """Direction indices of the canary clients (the never-inserted ones follow them)."""
     return range(config.dp_audit.client_canaries)
+
+
+VERDICT_RULE = "one per run: the final round's bounds against its claim and ceiling"
+
+
+def run_verdict(
+    config: Config, server_round: int, bounds: list[float], claimed: float, ceiling: float
+) -> str | None:
+    """The run's verdict at its final round; None before it (those rounds are not tested)."""
+    if server_round != config.federation.rounds:
+        return None
+    return verdict(bounds, claimed, ceiling)
 
 
 def client_epsilon(config: Config, rounds: int) -> float:
@@ -137,17 +156,24 @@ class RunDPAudit:
             "claimed_by": claimed_by,
             "delta": delta,
             "confidence": cfg.confidence,
+            "verdict_rule": VERDICT_RULE,
         }
         if not len(in_scores) or not len(out_scores):
             return {**facts, "verdict": "undetermined (every record on one side)"}
         significance = (1 - cfg.confidence) / 2  # two methods, one joint confidence
         bounds = one_run_bounds(in_scores, out_scores, delta, significance)
+        ceilings = one_run_ceilings(len(in_scores), len(out_scores), delta, significance)
         for name, bound in bounds.items():
             facts[f"epsilon_{name}"] = bound.epsilon
             facts[f"guesses_{name}"] = bound.guesses
             facts[f"correct_{name}"] = bound.correct
+            facts[f"epsilon_ceiling_{name}"] = ceilings[name]
+        facts["epsilon_ceiling"] = max(ceilings.values())
         facts["auroc"] = attack_auroc(in_scores, out_scores)
-        facts["verdict"] = verdict([b.epsilon for b in bounds.values()], claimed)
+        epsilons = [b.epsilon for b in bounds.values()]
+        facts["verdict"] = run_verdict(
+            self.config, server_round, epsilons, claimed, facts["epsilon_ceiling"]
+        )
         return facts
 
 
@@ -203,6 +229,8 @@ class ClientCanaryAudit:
             "epsilon_claimed": claimed,
             "delta": dp.delta,
             "confidence": cfg.confidence,
+            "epsilon_ceiling": gdp_ceiling(self.k, dp.delta, significance),
+            "verdict_rule": VERDICT_RULE,
         }
         bounds = []
         for name, stats in statistics.items():
@@ -210,11 +238,14 @@ class ClientCanaryAudit:
             bound = gdp_lower_bound(inserted, unobserved, dp.delta, significance)
             bounds.append(bound)
             facts[name] = {
+                # Andrew et al.'s Gaussian fit: a point estimate, not a bound.
                 "epsilon_estimate": gaussian_fit_epsilon(inserted, unobserved, dp.delta),
                 "epsilon_lower_bound": bound,
                 "cosine_mean_inserted": float(inserted.mean()),
                 "cosine_mean_unobserved": float(unobserved.mean()),
                 "cosine_std_unobserved": float(unobserved.std(ddof=1)),
             }
-        facts["verdict"] = verdict(bounds, claimed)
+        facts["verdict"] = run_verdict(
+            self.config, server_round, bounds, claimed, facts["epsilon_ceiling"]
+        )
         return facts
