@@ -28,12 +28,18 @@ from fedmem.audits.declaration import (
     StoreTable,
     dig,
 )
+from fedmem.audits.intervals import ci_bound, formatted, rate_ci
 from fedmem.audits.populations import canaries_by_id, canary_targets
 
 if TYPE_CHECKING:
     import torch
 
-    from attacks.extraction import Decoding, ExtractionResult, ExtractionTarget
+    from attacks.extraction import (
+        Decoding,
+        ExtractionResult,
+        ExtractionSummary,
+        ExtractionTarget,
+    )
     from fedmem.config import Config
 
 PCT = 100.0
@@ -127,25 +133,34 @@ def extraction_metrics(
         return str(max(set(clients), key=clients.count)) if clients else "none"
 
     out = {
-        "injected": summarize(injected).as_dict(),
+        "injected": _with_ci(summarize(injected)),
         "by_replicas": {
-            str(k): s.as_dict()
+            str(k): _with_ci(s)
             for k, s in summarize_by(results, lambda cid: canaries[cid].replicas).items()
         },
     }
     if by_client:
-        out["by_client"] = {k: s.as_dict() for k, s in summarize_by(injected, owner).items()}
+        out["by_client"] = {k: _with_ci(s) for k, s in summarize_by(injected, owner).items()}
     return out
 
 
+def _with_ci(summary: ExtractionSummary) -> dict:
+    """The summary's numbers, plus `exact_rate_ci`: the 95 % Clopper-Pearson interval of
+    the exact rate (successes = canaries extracted exactly, n = canaries in the group)."""
+    extracted = round(summary.exact_rate * summary.n)
+    return {**summary.as_dict(), "exact_rate_ci": rate_ci(extracted, summary.n)}
+
+
 def _mean_tree(trees: list[dict]) -> dict:
-    """Element-wise mean of equally shaped nested dicts of numbers."""
+    """Element-wise mean of equally shaped nested dicts of numbers. Intervals (lists) are
+    left out: a mean of intervals is no interval of the mean."""
     first = trees[0]
     return {
         k: _mean_tree([t[k] for t in trees])
         if isinstance(first[k], dict)
         else sum(t[k] for t in trees) / len(trees)
         for k in first
+        if not isinstance(first[k], list)
     }
 
 
@@ -199,6 +214,11 @@ def _groups(row: Mapping) -> list[str]:
 
 def _by_replicas(key: str):
     return lambda row, replicas: dig(row, "extraction", "by_replicas", replicas, key)
+
+
+def _rate_with_ci(row: Mapping, replicas: str) -> str | None:
+    """'62.5 % [24.5, 91.5]': the group's exact rate with its Clopper-Pearson interval."""
+    return formatted(dig(row, "extraction", "by_replicas", replicas), "exact_rate", "%")
 
 
 # ------------------------------------------------------------------------ the report
@@ -296,6 +316,10 @@ def _injected(key: str):
     return lambda row: dig(row, "extraction", "injected", key)
 
 
+def _injected_ci(side: int):
+    return lambda row: ci_bound(dig(row, "extraction", "injected"), "exact_rate", side)
+
+
 AUDIT = Audit(
     name="extraction",
     order=10,
@@ -311,6 +335,10 @@ AUDIT = Audit(
                    note="*exact*: injected canaries whose secret continuation the global "
                    "model reproduces token for token (greedy)"),
                frontier="exact extraction, final round (%)"),
+        Column("exact_rate_low", _injected_ci(0),
+               doc="95 % Clopper-Pearson interval of exact_rate: low"),
+        Column("exact_rate_high", _injected_ci(1),
+               doc="95 % Clopper-Pearson interval of exact_rate: high"),
         Column("token_accuracy", _injected("token_accuracy"),
                report=ReportColumn(
                    "partial: token acc (%)", PCT, 1,
@@ -324,8 +352,8 @@ AUDIT = Audit(
     round_line="exact {exact_rate:.1%}  token acc {token_accuracy:.1%}",
     by_replicas=(
         ReplicaColumn("canaries", _by_replicas("n")),
-        ReplicaColumn("exact (before)", _by_replicas("exact_rate"), "{:.1%}", before=True),
-        ReplicaColumn("exact", _by_replicas("exact_rate"), "{:.1%}"),
+        ReplicaColumn("exact (before), % [95% CI]", _rate_with_ci, before=True),
+        ReplicaColumn("exact, % [95% CI]", _rate_with_ci),
         ReplicaColumn("token acc", _by_replicas("token_accuracy"), "{:.1%}"),
         ReplicaColumn("edit sim", _by_replicas("edit_similarity"), "{:.1%}"),
         ReplicaColumn("longest run", _by_replicas("longest_match"), "{:.1f}"),

@@ -1,0 +1,67 @@
+"""Every reported figure with its interval: the audits' rows carry intervals beside their
+estimates, the store and the terminal show them, and seeded intervals repeat exactly."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from attacks.extraction import ExtractionResult
+from fedmem.audits import registry
+from fedmem.audits.extraction import extraction_metrics
+from fedmem.runs.report import summary_table
+
+
+def _results(exact: int, n: int, replicas: int = 4) -> tuple[list, dict]:
+    """n canaries of one replica group, the first `exact` extracted exactly."""
+    canaries = {f"c{i}": SimpleNamespace(replicas=replicas, clients=(i % 2,) * replicas)
+                for i in range(n)}
+    results = [ExtractionResult(f"c{i}", (), i < exact, 1.0 if i < exact else 0.5, 0)
+               for i in range(n)]
+    return results, canaries
+
+
+def test_five_of_eight_extracted_carries_the_clopper_pearson_interval():
+    metrics = extraction_metrics(*_results(5, 8))
+    for group in (metrics["injected"], metrics["by_replicas"]["4"]):
+        assert group["exact_rate"] == 0.625 and group["n"] == 8  # unchanged keys and values
+        low, high = group["exact_rate_ci"]
+        assert (round(low * 100, 1), round(high * 100, 1)) == (24.5, 91.5)
+    assert all("exact_rate_ci" in g for g in metrics["by_client"].values())
+
+
+def test_no_and_all_canaries_extracted_reach_the_bounds():
+    assert extraction_metrics(*_results(0, 8))["injected"]["exact_rate_ci"][0] == 0.0
+    assert extraction_metrics(*_results(8, 8))["injected"]["exact_rate_ci"][1] == 1.0
+
+
+def test_the_store_columns_hold_the_headline_interval():
+    row = {"extraction": extraction_metrics(*_results(5, 8))}
+    values = registry.get("extraction").values(row)
+    assert values["exact_rate"] == 0.625
+    assert values["exact_rate_low"] == pytest.approx(0.2449, abs=1e-4)
+    assert values["exact_rate_high"] == pytest.approx(0.9148, abs=1e-4)
+    assert registry.get("extraction").values({})["exact_rate_low"] is None  # not audited
+
+
+def test_the_terminal_table_shows_rate_and_interval_with_the_unit_in_the_header():
+    final = {"extraction": {**extraction_metrics(*_results(5, 8)), "decoding": "greedy",
+                            "prefix_tokens": 8}}
+    before = {"extraction": extraction_metrics(*_results(0, 8))}
+    summary = {"name": "t", "mode": "simulation", "finetuning": "lora", "rounds": 1,
+               "final": final, "before": before}
+    console = Console(width=400, record=True)
+    console.print(summary_table(summary))
+    text = console.export_text()
+    assert "exact, % [95% CI]" in text
+    assert "62.5 % [24.5, 91.5]" in text
+    assert "0.0 % [0.0, 36.9]" in text  # round 0: none of 8
+
+
+def test_rows_from_before_intervals_still_show_their_rate():
+    from fedmem.audits.intervals import formatted
+
+    assert formatted({"exact_rate": 0.5, "n": 4}, "exact_rate", "%") == "50.0 %"
+    assert formatted(None, "exact_rate", "%") is None
