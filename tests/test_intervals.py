@@ -65,3 +65,46 @@ def test_rows_from_before_intervals_still_show_their_rate():
 
     assert formatted({"exact_rate": 0.5, "n": 4}, "exact_rate", "%") == "50.0 %"
     assert formatted(None, "exact_rate", "%") is None
+
+
+def _samples(n: int) -> tuple:
+    """n members then n non-members; odd ones canaries (members with 4 replicas)."""
+    from fedmem.audits.membership import MembershipSample
+
+    return tuple(
+        MembershipSample(f"s{i}", "canary" if i % 2 else "qa", i < n,
+                         (4 if i < n else 0) if i % 2 else None, "x", ())
+        for i in range(2 * n)
+    )
+
+
+def test_mia_auc_carries_a_seeded_bootstrap_interval_around_it():
+    from fedmem.audits.membership import _score_entry
+
+    config = SimpleNamespace(seed=7, canaries=SimpleNamespace(replica_counts=(4,)))
+    samples = _samples(20)
+    scores = [float(i % 7) + (3.0 if s.member else 0.0) for i, s in enumerate(samples)]
+    entry, _ = _score_entry(config, samples, scores)
+    again, _ = _score_entry(config, samples, scores)
+    for pop in ("all", "canaries", "qa"):
+        low, high = entry[pop]["auc_ci"]
+        assert low <= entry[pop]["auc"] <= high and low < high
+        assert again[pop]["auc_ci"] == [low, high]  # seeded: a rerun gives the same interval
+    other, _ = _score_entry(SimpleNamespace(seed=8, canaries=config.canaries), samples, scores)
+    assert other["all"]["auc_ci"] != entry["all"]["auc_ci"]  # from the run seed
+    values = registry.get("membership").values({"membership": {"scores": {"loss": entry}}})
+    assert [values["mia_auc_low"], values["mia_auc_high"]] == entry["all"]["auc_ci"]
+
+
+def test_exposure_means_carry_a_seeded_bootstrap_interval():
+    from attacks.statistics import bootstrap_interval
+    from fedmem.audits.exposure import _mean_by_replicas, _stats
+
+    values = [1.0, 2.0, 4.0, 8.0, 3.0, 5.0]
+    stats = _stats(values, seed=3)
+    assert stats["mean"] == pytest.approx(23 / 6) and stats["n"] == 6
+    expected = bootstrap_interval(values, resamples=1000, seed=3)
+    assert stats["mean_ci"] == [expected.low, expected.high] == _stats(values, seed=3)["mean_ci"]
+    row = {"exposure": {"by_replicas": {"4": stats}}}
+    assert _mean_by_replicas(row, "4") == expected.format("bits")
+    assert _stats([], seed=3)["mean_ci"] is None
