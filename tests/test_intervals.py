@@ -108,3 +108,36 @@ def test_exposure_means_carry_a_seeded_bootstrap_interval():
     row = {"exposure": {"by_replicas": {"4": stats}}}
     assert _mean_by_replicas(row, "4") == expected.format("bits")
     assert _stats([], seed=3)["mean_ci"] is None
+
+
+def test_report_cells_show_the_mean_with_its_t_interval_over_seeds():
+    import pandas as pd
+
+    from fedmem.runs.report_files import _fmt, seed_interval
+
+    ci = seed_interval(pd.Series([0.25, 0.5, None]))  # a run without the column is skipped
+    assert ci.estimate == 0.375 and ci.method == "t-interval over 2 seeds"
+    # mean +- t(0.975, 1) * s / sqrt(2) = 37.5 +- 12.706 * 12.5
+    assert _fmt(ci.estimate, ci.low, ci.high, 100) == "37.5 [-121.3, 196.3]"
+    one = seed_interval(pd.Series([0.25]))
+    assert _fmt(one.estimate, one.low, one.high, 100) == "25.0"  # one seed: no interval
+    none = seed_interval(pd.Series([None], dtype=float))
+    assert _fmt(none.estimate, none.low, none.high) == "n/a"
+
+
+def test_replica_cells_use_seeds_or_for_one_seed_the_groups_clopper_pearson():
+    import pandas as pd
+
+    from fedmem.audits.extraction import by_replicas, replica_rows
+
+    final = pd.DataFrame({
+        "combination": ["full", "full", "lora"],
+        "extraction.by_replicas.4.exact_rate": [0.5, 0.75, 0.625],
+        "extraction.by_replicas.4.n": [8, 8, 8],
+    })
+    view = SimpleNamespace(final=final, style=pd.DataFrame(index=["full", "lora"]))
+    cells = by_replicas(view).set_index("combination")
+    assert cells.loc["lora", ["low", "high"]].round(1).tolist() == [24.5, 91.5]
+    assert cells.loc["full", "mean"] == 62.5
+    assert cells.loc["full", "high"] == pytest.approx(62.5 + 12.706 * 12.5, abs=0.01)
+    assert replica_rows(view)[2] == ["lora", "62.5 [24.5, 91.5]"]

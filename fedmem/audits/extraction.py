@@ -225,32 +225,56 @@ def _rate_with_ci(row: Mapping, replicas: str) -> str | None:
 
 
 def by_replicas(view: ReportView) -> Any:
-    """combination, replicas, mean, std of final-round exact extraction (%) over seeds."""
+    """combination, replicas, mean, std, low, high of final-round exact extraction (%): the
+    mean over seeds with its 95 % t-interval; for one seed, the run's Clopper-Pearson interval
+    over the group's canaries."""
     import pandas as pd
 
     pattern = re.compile(r"^extraction\.by_replicas\.(\d+)\.exact_rate$")
     records = []
     for column in view.final.columns:
         if m := pattern.match(column):
+            n_column = column.removesuffix("exact_rate") + "n"
             for combination, group in view.final.groupby("combination", sort=False):
-                values = (group[column] * PCT).dropna()
-                std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-                mean = float(values.mean()) if len(values) else float("nan")
                 records.append({"combination": combination, "replicas": int(m.group(1)),
-                                "mean": mean, "std": std})
-    return pd.DataFrame.from_records(records, columns=["combination", "replicas", "mean", "std"])
+                                **_cell_stats(group[column], group.get(n_column))})
+    return pd.DataFrame.from_records(
+        records, columns=["combination", "replicas", "mean", "std", "low", "high"])
+
+
+def _cell_stats(rates: Any, counts: Any) -> dict[str, float]:
+    """One cell's mean, std and 95 % interval over its seeds' rates, in %."""
+    from attacks.statistics import aggregate_seeds
+
+    values = rates.dropna()
+    if not len(values):
+        return {"mean": float("nan"), "std": 0.0, "low": float("nan"), "high": float("nan")}
+    ci = aggregate_seeds(values.to_numpy(dtype=float))
+    if len(values) == 1 and counts is not None and counts.notna().all():
+        n = int(counts.iloc[0])
+        low, high = rate_ci(round(float(values.iloc[0]) * n), n)
+    else:
+        low, high = ci.low, ci.high
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": ci.estimate * PCT, "std": std * PCT, "low": low * PCT, "high": high * PCT}
 
 
 def replica_rows(view: ReportView) -> list[list[str]]:
+    """Per combination and replica count: mean [95 % interval] of exact extraction (%)."""
     replicas = by_replicas(view)
     counts = sorted(replicas["replicas"].unique())
     rows = [["combination", *[("0 (twins)" if r == 0 else f"{r}x") for r in counts]]]
     for combination in view.style.index:
         sub = replicas[replicas.combination == combination].set_index("replicas")
-        rows.append([combination, *[
-            f"{sub.loc[r, 'mean']:.1f}" if r in sub.index else "n/a" for r in counts
-        ]])
+        rows.append([combination, *[_interval_text(sub.loc[r]) if r in sub.index else "n/a"
+                                    for r in counts]])
     return rows
+
+
+def _interval_text(cell: Any) -> str:
+    from attacks.statistics import Interval
+
+    return Interval(cell["mean"], cell["low"], cell["high"], 0.95, "").format()
 
 
 def _percent_axis(ax) -> None:
@@ -264,17 +288,21 @@ def exact_by_round(view: ReportView) -> Any:
 
 
 def draw_vs_round(rounds: Any, view: ReportView) -> Any:
-    """Exact extraction of injected canaries per round, mean over seeds (band: +-1 std).
+    """Exact extraction of injected canaries per round, mean over seeds (band: the 95 %
+    t-interval over seeds; none with one seed).
 
     `rounds`: run_id, combination, round, exact_rate."""
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for combination, group in rounds.groupby("combination", sort=False):
-        stats = group.groupby("round")["exact_rate"].agg(["mean", "std"]).fillna(0.0) * 100
+        stats = pd.DataFrame.from_dict(
+            {r: _cell_stats(g["exact_rate"], None) for r, g in group.groupby("round")},
+            orient="index")
         ax.plot(stats.index, stats["mean"], view.linestyle(combination), marker="o", ms=3,
                 color=view.colour(combination), label=combination)
-        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+        ax.fill_between(stats.index, stats["low"], stats["high"],
                         color=view.colour(combination), alpha=0.15, lw=0)
     ax.set_xlabel("round (0 = before fine-tuning)")
     ax.set_ylabel("exact extraction, injected canaries (%)")
@@ -289,7 +317,7 @@ def draw_vs_round(rounds: Any, view: ReportView) -> Any:
 def draw_vs_replicas(replicas: Any, view: ReportView) -> Any:
     """Final-round exact extraction by replica count (0 = never-injected twins).
 
-    `replicas`: combination, replicas, mean, std (in %)."""
+    `replicas`: combination, replicas, mean, low, high (in %); error bars: the interval."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -298,7 +326,9 @@ def draw_vs_replicas(replicas: Any, view: ReportView) -> Any:
     for combination, group in replicas.groupby("combination", sort=False):
         group = group.sort_values("replicas")
         x = [position[r] for r in group["replicas"]]
-        ax.errorbar(x, group["mean"], yerr=group["std"].fillna(0.0), capsize=3, marker="o",
+        spread = [(group["mean"] - group["low"]).fillna(0.0).clip(lower=0),
+                  (group["high"] - group["mean"]).fillna(0.0).clip(lower=0)]
+        ax.errorbar(x, group["mean"], yerr=spread, capsize=3, marker="o",
                     ms=4, ls=view.linestyle(combination), color=view.colour(combination),
                     label=combination)
     ax.set_xticks(range(len(counts)), [("0 (twins)" if r == 0 else f"{r}x") for r in counts])
@@ -364,11 +394,15 @@ AUDIT = Audit(
                         "longest_match", "generated", "extra_json"), canary_results),),
     figures=(
         Figure("extraction_vs_round",
-               "Exact extraction of injected canaries by round (band: ±1 std over seeds).",
+               "Exact extraction of injected canaries by round (band: 95 % t-interval over "
+               "seeds).",
                exact_by_round, draw_vs_round),
         Figure("extraction_vs_replicas",
-               "Final-round exact extraction by replica count, full (solid) vs LoRA (dashed).",
+               "Final-round exact extraction by replica count, full (solid) vs LoRA (dashed); "
+               "error bars: 95 % t-interval over seeds (one seed: Clopper-Pearson over the "
+               "group's canaries).",
                by_replicas, draw_vs_replicas),
     ),
-    sections=(Section("Exact extraction by replica count (%)", replica_rows),),
+    sections=(Section("Exact extraction by replica count (%, mean [95 % interval])",
+                      replica_rows),),
 )

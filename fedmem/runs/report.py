@@ -157,7 +157,7 @@ def print_summary(summary: dict, run_dir) -> None:
 
 
 def print_report(report) -> None:
-    table = Table(title=f"{report.folder}: final round, mean ± std over seeds")
+    table = Table(title=f"{report.folder}: final round, mean [95 % t-interval] over seeds")
     for i, col in enumerate(report.table[0]):
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row in report.table[1:]:
