@@ -141,3 +141,17 @@ def test_replica_cells_use_seeds_or_for_one_seed_the_groups_clopper_pearson():
     assert cells.loc["full", "mean"] == 62.5
     assert cells.loc["full", "high"] == pytest.approx(62.5 + 12.706 * 12.5, abs=0.01)
     assert replica_rows(view)[2] == ["lora", "62.5 [24.5, 91.5]"]
+
+
+def test_seeds_that_agree_exactly_fall_back_to_clopper_pearson_over_their_canaries():
+    import pandas as pd
+
+    from fedmem.audits.extraction import by_replicas
+
+    final = pd.DataFrame({"combination": ["full", "full"],
+                          "extraction.by_replicas.4.exact_rate": [0.0, 0.0],
+                          "extraction.by_replicas.4.n": [4, 4]})
+    view = SimpleNamespace(final=final, style=pd.DataFrame(index=["full"]))
+    cell = by_replicas(view).iloc[0]
+    assert (cell["mean"], cell["low"]) == (0.0, 0.0)
+    assert cell["high"] == pytest.approx(36.94, abs=0.01)  # 0 of 8 canaries

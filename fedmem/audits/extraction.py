@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedmem.audits.declaration import (
+    GLOBAL,
     Audit,
     AuditPart,
     Column,
@@ -226,8 +227,8 @@ def _rate_with_ci(row: Mapping, replicas: str) -> str | None:
 
 def by_replicas(view: ReportView) -> Any:
     """combination, replicas, mean, std, low, high of final-round exact extraction (%): the
-    mean over seeds with its 95 % t-interval; for one seed, the run's Clopper-Pearson interval
-    over the group's canaries."""
+    mean over seeds with its 95 % t-interval; for one seed, or seeds that agree exactly,
+    Clopper-Pearson over the group's canaries of all its seeds."""
     import pandas as pd
 
     pattern = re.compile(r"^extraction\.by_replicas\.(\d+)\.exact_rate$")
@@ -250,9 +251,12 @@ def _cell_stats(rates: Any, counts: Any) -> dict[str, float]:
     if not len(values):
         return {"mean": float("nan"), "std": 0.0, "low": float("nan"), "high": float("nan")}
     ci = aggregate_seeds(values.to_numpy(dtype=float))
-    if len(values) == 1 and counts is not None and counts.notna().all():
-        n = int(counts.iloc[0])
-        low, high = rate_ci(round(float(values.iloc[0]) * n), n)
+    if (len(values) == 1 or ci.low == ci.high) and counts is not None \
+            and counts.notna().all():
+        # One seed, or seeds that agree exactly (a zero-width t-interval says nothing):
+        # Clopper-Pearson over the canaries of all its seeds together.
+        n = counts.loc[values.index].astype(int)
+        low, high = rate_ci(int(round((values * n).sum())), int(n.sum()))
     else:
         low, high = ci.low, ci.high
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -275,6 +279,76 @@ def _interval_text(cell: Any) -> str:
     from attacks.statistics import Interval
 
     return Interval(cell["mean"], cell["low"], cell["high"], 0.95, "").format()
+
+
+def finetuning_tests(view: ReportView) -> list[list[str]]:
+    """Full vs LoRA fine-tuning, cell by cell (same other axes and seed): McNemar exact on
+    per-canary exact matches and Wilcoxon on token accuracy, final round, global model,
+    headline decoding and prefix length. Pairs pool (seed, canary) over the seeds. Header
+    only when the runs hold no full/LoRA pair."""
+    from attacks.statistics import align, mcnemar_exact, paired_wilcoxon
+
+    rows = [["full", "LoRA", "pairs", "exact extraction", "token accuracy"]]
+    outcomes = _final_outcomes(view)
+    for full, lora in _finetuning_pairs(view.runs):
+        a = {(seed, cid): v for run, seed, _ in full for cid, v in outcomes.get(run, {}).items()}
+        b = {(seed, cid): v for run, seed, _ in lora for cid, v in outcomes.get(run, {}).items()}
+        if not a or a.keys() != b.keys():
+            continue  # nothing audited, or different canaries: no pairing
+        x, y = align(a, b)
+        exact = mcnemar_exact([v[0] for v in x], [v[0] for v in y])
+        accuracy = paired_wilcoxon([v[1] for v in x], [v[1] for v in y])
+        names = (str(full[0][2]), str(lora[0][2]))
+        rows.append([*names, str(len(x)), exact.describe("full", "LoRA"),
+                     accuracy.describe("full", "LoRA")])
+    return rows
+
+
+def _finetuning_pairs(runs: Any) -> list[tuple[list, list]]:
+    """[(full runs, LoRA runs)] of combinations alike but for model.finetuning, each run as
+    (run_id, seed, combination), matched seed by seed."""
+    groups: dict[str, dict[str, dict[int, tuple]]] = {}
+    for run in runs.itertuples():
+        axes = {k: v for k, v in json.loads(run.axes_json).items()
+                if k not in ("seed", "model.finetuning")}
+        key = json.dumps(axes, sort_keys=True) + run.mitigations
+        groups.setdefault(key, {}).setdefault(run.finetuning, {})[int(run.seed)] = (
+            run.run_id, int(run.seed), run.combination)
+    pairs = []
+    for by_kind in groups.values():
+        full, lora = by_kind.get("full", {}), by_kind.get("lora", {})
+        seeds = sorted(full.keys() & lora.keys())
+        if seeds:
+            pairs.append(([full[s] for s in seeds], [lora[s] for s in seeds]))
+    return pairs
+
+
+def _final_outcomes(view: ReportView) -> dict[str, dict[str, tuple[bool, float]]]:
+    """run_id -> canary id -> (exact, token accuracy): injected canaries, the global
+    model's final round, the run's headline decoding and prefix length."""
+    results = view.table("canary_results")
+    if results is None or results.empty:
+        return {}
+    headline = {r.run_id: _headline_setting(json.loads(r.config_json))
+                for r in view.runs.itertuples()}
+    out: dict[str, dict] = {}
+    for run_id, group in results[results["injected"] == 1].groupby("run_id"):
+        extra = [json.loads(e) for e in group["extra_json"]]
+        keep = [e.get("vantage", GLOBAL) == GLOBAL
+                and (e.get("decoding"), e.get("prefix_tokens")) == headline.get(run_id)
+                for e in extra]
+        mine = group[keep]
+        if mine.empty:
+            continue
+        last = mine[mine["round"] == mine["round"].max()]
+        out[run_id] = {r.canary_id: (bool(r.exact), float(r.token_accuracy))
+                       for r in last.itertuples()}
+    return out
+
+
+def _headline_setting(config: Mapping) -> tuple[str, int]:
+    attack = config.get("attack", {})
+    return (attack.get("decoding") or ["greedy"])[0], attack.get("prefix_tokens")
 
 
 def _percent_axis(ax) -> None:
@@ -404,5 +478,7 @@ AUDIT = Audit(
                by_replicas, draw_vs_replicas),
     ),
     sections=(Section("Exact extraction by replica count (%, mean [95 % interval])",
-                      replica_rows),),
+                      replica_rows),
+              Section("Full vs LoRA fine-tuning: paired tests over the same canaries",
+                      finetuning_tests)),
 )

@@ -292,7 +292,8 @@ def write_report(path: str | Path) -> Report:
     pngs, captions, empty = _draw(data, folder)
     absent = _absent(data, empty)
     rows = _table_rows(data)
-    sections = [(s.heading, s.rows(data)) for a in registry.audits() for s in a.sections]
+    sections = [(s.heading, table) for a in registry.audits() for s in a.sections
+                if len(table := s.rows(data)) > 1]  # a table with only its header: left out
     title = f"fedmem report: {folder.resolve().name}"
     facts = (
         f"{len(data.runs)} runs, {len(data.style)} combinations; final round of each run; "

@@ -232,3 +232,20 @@ def test_the_report_shows_a_tpr_its_non_members_cannot_resolve_as_what_it_needs(
     column = rows[0].index("MIA TPR @ 1% FPR (%)")
     assert {r[0]: r[column] for r in rows[1:]} == {
         "a": "n/a (needs ≥ 100 non-members)", "b": "12.5"}
+
+
+def test_full_and_lora_cells_are_compared_canary_by_canary(sweep_report, finished_sweep):
+    """Each goldfish setting has a full and a LoRA cell per seed: one line per pair, McNemar
+    exact on exact matches and Wilcoxon on token accuracy over (seed, canary) pairs."""
+    rows = _markdown_table(sweep_report.markdown.read_text(),
+                           "## Full vs LoRA fine-tuning: paired tests over the same canaries")
+    assert len(rows) == 2
+    injected = query(finished_sweep.sweep.folder,
+                     "SELECT COUNT(DISTINCT canary_id) AS n FROM canary_results "
+                     "WHERE injected = 1").iloc[0]["n"]
+    for row in rows:
+        assert row["full"].startswith("model.finetuning=full") or "full" in row["full"]
+        assert int(row["pairs"]) == 2 * injected  # two seeds
+        assert re.search(r"LoRA [<>=] full, p [=<] [\d.]+ \(McNemar exact, \d+ discordant of "
+                         rf"{2 * injected}\)", row["exact extraction"])
+        assert "Wilcoxon signed-rank" in row["token accuracy"]
