@@ -155,3 +155,43 @@ def test_seeds_that_agree_exactly_fall_back_to_clopper_pearson_over_their_canari
     cell = by_replicas(view).iloc[0]
     assert (cell["mean"], cell["low"]) == (0.0, 0.0)
     assert cell["high"] == pytest.approx(36.94, abs=0.01)  # 0 of 8 canaries
+
+
+def _tiny_run(folder, name: str) -> list[dict]:
+    import copy
+    import json
+
+    from fedmem.config import build_config
+    from fedmem.drivers.cli import train_and_audit
+    from tests.conftest import TINY_OVERRIDES
+
+    raw = copy.deepcopy(TINY_OVERRIDES)
+    raw.update(name=name, mode="centralized", output={"dir": str(folder)})
+    raw["federation"] = {**raw["federation"], "rounds": 1}
+    train_and_audit(build_config(raw))
+    lines = (folder / name / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _intervals(row: dict) -> dict:
+    membership = row["membership"]["scores"]
+    return {
+        "exact": [g["exact_rate_ci"] for g in row["extraction"]["by_replicas"].values()],
+        "injected": row["extraction"]["injected"]["exact_rate_ci"],
+        "auc": {s: e["all"]["auc_ci"] for s, e in membership.items()},
+        "exposure": [g["mean_ci"] for g in row["exposure"]["by_replicas"].values()],
+    }
+
+
+def test_a_tiny_run_records_intervals_and_a_rerun_repeats_them(tmp_path):
+    from fedmem.runs.report import round_line
+
+    first, again = _tiny_run(tmp_path, "a"), _tiny_run(tmp_path, "b")
+    assert [_intervals(r) for r in first] == [_intervals(r) for r in again]
+    final = first[-1]
+    injected = final["extraction"]["injected"]
+    assert injected["exact_rate_ci"][0] <= injected["exact_rate"] <= injected["exact_rate_ci"][1]
+    for entry in final["membership"]["scores"].values():
+        low, high = entry["all"]["auc_ci"]
+        assert low <= entry["all"]["auc"] <= high
+    assert " [" in round_line(final, 1).split("exact ", 1)[1].split("  ")[0]

@@ -453,7 +453,8 @@ AUDIT = Audit(
                    "longest run (tokens)", 1.0, 1,
                    note="*longest run*: secret tokens reproduced before the first error")),
     ),
-    round_line="exact {exact_rate:.1%}  token acc {token_accuracy:.1%}",
+    round_line="exact {exact_rate:.1%} [{exact_rate_low:.1%}, {exact_rate_high:.1%}]  "
+               "token acc {token_accuracy:.1%}",
     by_replicas=(
         ReplicaColumn("canaries", _by_replicas("n")),
         ReplicaColumn("exact (before), % [95% CI]", _rate_with_ci, before=True),
