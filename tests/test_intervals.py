@@ -108,6 +108,9 @@ def test_exposure_means_carry_a_seeded_bootstrap_interval():
     row = {"exposure": {"by_replicas": {"4": stats}}}
     assert _mean_by_replicas(row, "4") == expected.format("bits")
     assert _stats([], seed=3)["mean_ci"] is None
+    one = _stats([4.0], seed=3)  # one canary: no interval rather than a zero-width one
+    assert one["mean_ci"] is None
+    assert _mean_by_replicas({"exposure": {"by_replicas": {"1": one}}}, "1") == "4.0 bits"
 
 
 def test_report_cells_show_the_mean_with_its_t_interval_over_seeds():

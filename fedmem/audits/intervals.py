@@ -24,11 +24,12 @@ def rate_ci(successes: int, n: int) -> list[float]:
 
 
 def mean_ci(values: Sequence[float], seed: int) -> list[float] | None:
-    """Percentile bootstrap interval of the mean of `values` as [low, high]; None without
-    values. Seeded, so a rerun gives the same interval."""
+    """Percentile bootstrap interval of the mean of `values` as [low, high]; None with fewer
+    than two values (one value resamples to itself: a zero width that means no information,
+    not certainty). Seeded, so a rerun gives the same interval."""
     from attacks.statistics import bootstrap_interval
 
-    if not values:
+    if len(values) < 2:
         return None
     ci = bootstrap_interval(values, confidence=CONFIDENCE, resamples=RESAMPLES, seed=seed)
     return [ci.low, ci.high]
