@@ -25,7 +25,7 @@ from fedmem.audits.declaration import (
     dig,
 )
 from fedmem.audits.intervals import formatted, mean_ci
-from fedmem.seeding import EXPOSURE_CANDIDATES, derive_seed
+from fedmem.seeding import EXPOSURE_BOOTSTRAP, EXPOSURE_CANDIDATES, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -69,11 +69,12 @@ def audit_exposure(config: Config, model: torch.nn.Module) -> AuditPart:
     for row in rows:
         groups[row["replicas"]].append(row["exposure"])
     injected = [row["exposure"] for row in rows if row["replicas"] > 0]
+    seed = derive_seed(config.seed, EXPOSURE_BOOTSTRAP)
     metrics = {
         "space": rows[0]["space"],
         "method": rows[0]["method"],
-        "injected": _stats(injected, config.seed),
-        "by_replicas": {str(k): _stats(v, config.seed) for k, v in sorted(groups.items())},
+        "injected": _stats(injected, seed),
+        "by_replicas": {str(k): _stats(v, seed) for k, v in sorted(groups.items())},
     }
     return AuditPart({"exposure": metrics}, rows)
 

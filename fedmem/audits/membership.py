@@ -29,7 +29,7 @@ from fedmem.audits.declaration import (
     dig,
 )
 from fedmem.audits.intervals import auc_ci, ci_bound, formatted
-from fedmem.seeding import MIA_MEMBERS, derive_seed
+from fedmem.seeding import AUC_BOOTSTRAP, MIA_MEMBERS, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -158,7 +158,7 @@ def _auc_ci(
     """95 % stratified bootstrap interval of the population's AUC, seeded from the run seed."""
     members = [v[i] for i in idx if samples[i].member]
     nonmembers = [v[i] for i in idx if not samples[i].member]
-    return auc_ci(members, nonmembers, config.seed)
+    return auc_ci(members, nonmembers, derive_seed(config.seed, AUC_BOOTSTRAP))
 
 
 # ------------------------------------------------------------------- headline numbers

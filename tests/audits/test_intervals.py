@@ -166,7 +166,7 @@ def _tiny_run(folder, name: str) -> list[dict]:
 
     from fedmem.config import build_config
     from fedmem.drivers.cli import train_and_audit
-    from tests.conftest import TINY_OVERRIDES
+    from tests.support.configs import TINY_OVERRIDES
 
     raw = copy.deepcopy(TINY_OVERRIDES)
     raw.update(name=name, mode="centralized", output={"dir": str(folder)})
