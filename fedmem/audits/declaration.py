@@ -73,7 +73,8 @@ class Needs:
 
 @dataclass(frozen=True)
 class ReportColumn:
-    """A headline column in the report's table: mean +- std over seeds of `value * scale`."""
+    """A headline column in the report's table: the mean over seeds of `value * scale` with
+    its 95 % t-interval over seeds."""
 
     header: Header  # from {column name: its values across the runs, joined by "/"}
     scale: float = 1.0
@@ -131,7 +132,7 @@ class ReportView(Protocol):
     rounds: Any  # store `rounds_wide`: one row per (run, round), a column per metric
     final: Any  # `rounds` at each run's final round, indexed by run_id
     style: Any  # combination -> finetuning
-    combinations: Any  # per combination: seeds, `<column>_mean`, `<column>_std`
+    combinations: Any  # per combination: seeds, `<column>_mean`, `_std`, `_low`, `_high`
     frontier: list[tuple[str, str, float]]  # privacy axes: (column, label, scale)
 
     def table(self, name: str) -> Any:

@@ -24,7 +24,8 @@ from fedmem.audits.declaration import (
     StoreTable,
     dig,
 )
-from fedmem.seeding import EXPOSURE_CANDIDATES, derive_seed
+from fedmem.audits.intervals import formatted, mean_ci
+from fedmem.seeding import EXPOSURE_BOOTSTRAP, EXPOSURE_CANDIDATES, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -68,19 +69,23 @@ def audit_exposure(config: Config, model: torch.nn.Module) -> AuditPart:
     for row in rows:
         groups[row["replicas"]].append(row["exposure"])
     injected = [row["exposure"] for row in rows if row["replicas"] > 0]
+    seed = derive_seed(config.seed, EXPOSURE_BOOTSTRAP)
     metrics = {
         "space": rows[0]["space"],
         "method": rows[0]["method"],
-        "injected": _stats(injected),
-        "by_replicas": {str(k): _stats(v) for k, v in sorted(groups.items())},
+        "injected": _stats(injected, seed),
+        "by_replicas": {str(k): _stats(v, seed) for k, v in sorted(groups.items())},
     }
     return AuditPart({"exposure": metrics}, rows)
 
 
-def _stats(values: list[float]) -> dict:
+def _stats(values: list[float], seed: int) -> dict:
+    """n, mean and max exposure, and `mean_ci`: a 95 % percentile bootstrap interval of the
+    mean over the group's canaries, seeded from the run seed (reruns give the same one)."""
     if not values:
-        return {"n": 0, "mean": None, "max": None}
-    return {"n": len(values), "mean": sum(values) / len(values), "max": max(values)}
+        return {"n": 0, "mean": None, "max": None, "mean_ci": None}
+    return {"n": len(values), "mean": sum(values) / len(values), "max": max(values),
+            "mean_ci": mean_ci(values, seed)}
 
 
 # ------------------------------------------------------------------------ the store
@@ -145,7 +150,8 @@ def draw_exposure(exposure: Any, view: ReportView) -> Any:
 
 
 def _mean_by_replicas(row: Mapping, replicas: str) -> Any:
-    return dig(row, "exposure", "by_replicas", replicas, "mean")
+    """'3.2 bits [2.1, 4.0]': the group's mean exposure with its bootstrap interval."""
+    return formatted(dig(row, "exposure", "by_replicas", replicas), "mean", "bits")
 
 
 AUDIT = Audit(
@@ -164,7 +170,7 @@ AUDIT = Audit(
                    note="*exposure*: mean exposure of injected exposure canaries")),
     ),
     round_line="exposure {exposure_mean:.1f} bits",
-    by_replicas=(ReplicaColumn("exposure (bits)", _mean_by_replicas, "{:.1f}"),),
+    by_replicas=(ReplicaColumn("exposure, bits [95% CI]", _mean_by_replicas),),
     tables=(StoreTable("exposure", EXPOSURE_DDL,
                        ("round", "canary_id", "replicas", "exposure"), exposures),),
     figures=(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedmem.audits.declaration import (
+    GLOBAL,
     Audit,
     AuditPart,
     Column,
@@ -28,12 +29,18 @@ from fedmem.audits.declaration import (
     StoreTable,
     dig,
 )
+from fedmem.audits.intervals import ci_bound, formatted, rate_ci
 from fedmem.audits.populations import canaries_by_id, canary_targets
 
 if TYPE_CHECKING:
     import torch
 
-    from attacks.extraction import Decoding, ExtractionResult, ExtractionTarget
+    from attacks.extraction import (
+        Decoding,
+        ExtractionResult,
+        ExtractionSummary,
+        ExtractionTarget,
+    )
     from fedmem.config import Config
 
 PCT = 100.0
@@ -127,25 +134,34 @@ def extraction_metrics(
         return str(max(set(clients), key=clients.count)) if clients else "none"
 
     out = {
-        "injected": summarize(injected).as_dict(),
+        "injected": _with_ci(summarize(injected)),
         "by_replicas": {
-            str(k): s.as_dict()
+            str(k): _with_ci(s)
             for k, s in summarize_by(results, lambda cid: canaries[cid].replicas).items()
         },
     }
     if by_client:
-        out["by_client"] = {k: s.as_dict() for k, s in summarize_by(injected, owner).items()}
+        out["by_client"] = {k: _with_ci(s) for k, s in summarize_by(injected, owner).items()}
     return out
 
 
+def _with_ci(summary: ExtractionSummary) -> dict:
+    """The summary's numbers, plus `exact_rate_ci`: the 95 % Clopper-Pearson interval of
+    the exact rate (successes = canaries extracted exactly, n = canaries in the group)."""
+    extracted = round(summary.exact_rate * summary.n)
+    return {**summary.as_dict(), "exact_rate_ci": rate_ci(extracted, summary.n)}
+
+
 def _mean_tree(trees: list[dict]) -> dict:
-    """Element-wise mean of equally shaped nested dicts of numbers."""
+    """Element-wise mean of equally shaped nested dicts of numbers. Intervals (lists) are
+    left out: a mean of intervals is no interval of the mean."""
     first = trees[0]
     return {
         k: _mean_tree([t[k] for t in trees])
         if isinstance(first[k], dict)
         else sum(t[k] for t in trees) / len(trees)
         for k in first
+        if not isinstance(first[k], list)
     }
 
 
@@ -201,36 +217,138 @@ def _by_replicas(key: str):
     return lambda row, replicas: dig(row, "extraction", "by_replicas", replicas, key)
 
 
+def _rate_with_ci(row: Mapping, replicas: str) -> str | None:
+    """'62.5 % [24.5, 91.5]': the group's exact rate with its Clopper-Pearson interval."""
+    return formatted(dig(row, "extraction", "by_replicas", replicas), "exact_rate", "%")
+
+
 # ------------------------------------------------------------------------ the report
 
 
 def by_replicas(view: ReportView) -> Any:
-    """combination, replicas, mean, std of final-round exact extraction (%) over seeds."""
+    """combination, replicas, mean, std, low, high of final-round exact extraction (%): the
+    mean over seeds with its 95 % t-interval; for one seed, or seeds that agree exactly,
+    Clopper-Pearson over the group's canaries of all its seeds."""
     import pandas as pd
 
     pattern = re.compile(r"^extraction\.by_replicas\.(\d+)\.exact_rate$")
     records = []
     for column in view.final.columns:
         if m := pattern.match(column):
+            n_column = column.removesuffix("exact_rate") + "n"
             for combination, group in view.final.groupby("combination", sort=False):
-                values = (group[column] * PCT).dropna()
-                std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-                mean = float(values.mean()) if len(values) else float("nan")
                 records.append({"combination": combination, "replicas": int(m.group(1)),
-                                "mean": mean, "std": std})
-    return pd.DataFrame.from_records(records, columns=["combination", "replicas", "mean", "std"])
+                                **_cell_stats(group[column], group.get(n_column))})
+    return pd.DataFrame.from_records(
+        records, columns=["combination", "replicas", "mean", "std", "low", "high"])
+
+
+def _cell_stats(rates: Any, counts: Any) -> dict[str, float]:
+    """One cell's mean, std and 95 % interval over its seeds' rates, in %."""
+    from attacks.statistics import aggregate_seeds
+
+    values = rates.dropna()
+    if not len(values):
+        return {"mean": float("nan"), "std": 0.0, "low": float("nan"), "high": float("nan")}
+    ci = aggregate_seeds(values.to_numpy(dtype=float))
+    if (len(values) == 1 or ci.low == ci.high) and counts is not None \
+            and counts.notna().all():
+        # One seed, or seeds that agree exactly (a zero-width t-interval says nothing):
+        # Clopper-Pearson over the canaries of all its seeds together.
+        n = counts.loc[values.index].astype(int)
+        low, high = rate_ci(int(round((values * n).sum())), int(n.sum()))
+    else:
+        low, high = ci.low, ci.high
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": ci.estimate * PCT, "std": std * PCT, "low": low * PCT, "high": high * PCT}
 
 
 def replica_rows(view: ReportView) -> list[list[str]]:
+    """Per combination and replica count: mean [95 % interval] of exact extraction (%)."""
     replicas = by_replicas(view)
     counts = sorted(replicas["replicas"].unique())
     rows = [["combination", *[("0 (twins)" if r == 0 else f"{r}x") for r in counts]]]
     for combination in view.style.index:
         sub = replicas[replicas.combination == combination].set_index("replicas")
-        rows.append([combination, *[
-            f"{sub.loc[r, 'mean']:.1f}" if r in sub.index else "n/a" for r in counts
-        ]])
+        rows.append([combination, *[_interval_text(sub.loc[r]) if r in sub.index else "n/a"
+                                    for r in counts]])
     return rows
+
+
+def _interval_text(cell: Any) -> str:
+    from attacks.statistics import Interval
+
+    return Interval(cell["mean"], cell["low"], cell["high"], 0.95, "").format()
+
+
+def finetuning_tests(view: ReportView) -> list[list[str]]:
+    """Full vs LoRA fine-tuning, cell by cell (same other axes and seed): McNemar exact on
+    per-canary exact matches and Wilcoxon on token accuracy, final round, global model,
+    headline decoding and prefix length. Pairs pool (seed, canary) over the seeds. Header
+    only when the runs hold no full/LoRA pair."""
+    from attacks.statistics import align, mcnemar_exact, paired_wilcoxon
+
+    rows = [["full", "LoRA", "pairs", "exact extraction", "token accuracy"]]
+    outcomes = _final_outcomes(view)
+    for full, lora in _finetuning_pairs(view.runs):
+        a = {(seed, cid): v for run, seed, _ in full for cid, v in outcomes.get(run, {}).items()}
+        b = {(seed, cid): v for run, seed, _ in lora for cid, v in outcomes.get(run, {}).items()}
+        if not a or a.keys() != b.keys():
+            continue  # nothing audited, or different canaries: no pairing
+        x, y = align(a, b)
+        exact = mcnemar_exact([v[0] for v in x], [v[0] for v in y])
+        accuracy = paired_wilcoxon([v[1] for v in x], [v[1] for v in y])
+        names = (str(full[0][2]), str(lora[0][2]))
+        rows.append([*names, str(len(x)), exact.describe("full", "LoRA"),
+                     accuracy.describe("full", "LoRA")])
+    return rows
+
+
+def _finetuning_pairs(runs: Any) -> list[tuple[list, list]]:
+    """[(full runs, LoRA runs)] of combinations alike but for model.finetuning, each run as
+    (run_id, seed, combination), matched seed by seed."""
+    groups: dict[str, dict[str, dict[int, tuple]]] = {}
+    for run in runs.itertuples():
+        axes = {k: v for k, v in json.loads(run.axes_json).items()
+                if k not in ("seed", "model.finetuning")}
+        key = json.dumps(axes, sort_keys=True) + run.mitigations
+        groups.setdefault(key, {}).setdefault(run.finetuning, {})[int(run.seed)] = (
+            run.run_id, int(run.seed), run.combination)
+    pairs = []
+    for by_kind in groups.values():
+        full, lora = by_kind.get("full", {}), by_kind.get("lora", {})
+        seeds = sorted(full.keys() & lora.keys())
+        if seeds:
+            pairs.append(([full[s] for s in seeds], [lora[s] for s in seeds]))
+    return pairs
+
+
+def _final_outcomes(view: ReportView) -> dict[str, dict[str, tuple[bool, float]]]:
+    """run_id -> canary id -> (exact, token accuracy): injected canaries, the global
+    model's final round, the run's headline decoding and prefix length."""
+    results = view.table("canary_results")
+    if results is None or results.empty:
+        return {}
+    headline = {r.run_id: _headline_setting(json.loads(r.config_json))
+                for r in view.runs.itertuples()}
+    out: dict[str, dict] = {}
+    for run_id, group in results[results["injected"] == 1].groupby("run_id"):
+        extra = [json.loads(e) for e in group["extra_json"]]
+        keep = [e.get("vantage", GLOBAL) == GLOBAL
+                and (e.get("decoding"), e.get("prefix_tokens")) == headline.get(run_id)
+                for e in extra]
+        mine = group[keep]
+        if mine.empty:
+            continue
+        last = mine[mine["round"] == mine["round"].max()]
+        out[run_id] = {r.canary_id: (bool(r.exact), float(r.token_accuracy))
+                       for r in last.itertuples()}
+    return out
+
+
+def _headline_setting(config: Mapping) -> tuple[str, int]:
+    attack = config.get("attack", {})
+    return (attack.get("decoding") or ["greedy"])[0], attack.get("prefix_tokens")
 
 
 def _percent_axis(ax) -> None:
@@ -244,17 +362,21 @@ def exact_by_round(view: ReportView) -> Any:
 
 
 def draw_vs_round(rounds: Any, view: ReportView) -> Any:
-    """Exact extraction of injected canaries per round, mean over seeds (band: +-1 std).
+    """Exact extraction of injected canaries per round, mean over seeds (band: the 95 %
+    t-interval over seeds; none with one seed).
 
     `rounds`: run_id, combination, round, exact_rate."""
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for combination, group in rounds.groupby("combination", sort=False):
-        stats = group.groupby("round")["exact_rate"].agg(["mean", "std"]).fillna(0.0) * 100
+        stats = pd.DataFrame.from_dict(
+            {r: _cell_stats(g["exact_rate"], None) for r, g in group.groupby("round")},
+            orient="index")
         ax.plot(stats.index, stats["mean"], view.linestyle(combination), marker="o", ms=3,
                 color=view.colour(combination), label=combination)
-        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+        ax.fill_between(stats.index, stats["low"], stats["high"],
                         color=view.colour(combination), alpha=0.15, lw=0)
     ax.set_xlabel("round (0 = before fine-tuning)")
     ax.set_ylabel("exact extraction, injected canaries (%)")
@@ -269,7 +391,7 @@ def draw_vs_round(rounds: Any, view: ReportView) -> Any:
 def draw_vs_replicas(replicas: Any, view: ReportView) -> Any:
     """Final-round exact extraction by replica count (0 = never-injected twins).
 
-    `replicas`: combination, replicas, mean, std (in %)."""
+    `replicas`: combination, replicas, mean, low, high (in %); error bars: the interval."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -278,7 +400,9 @@ def draw_vs_replicas(replicas: Any, view: ReportView) -> Any:
     for combination, group in replicas.groupby("combination", sort=False):
         group = group.sort_values("replicas")
         x = [position[r] for r in group["replicas"]]
-        ax.errorbar(x, group["mean"], yerr=group["std"].fillna(0.0), capsize=3, marker="o",
+        spread = [(group["mean"] - group["low"]).fillna(0.0).clip(lower=0),
+                  (group["high"] - group["mean"]).fillna(0.0).clip(lower=0)]
+        ax.errorbar(x, group["mean"], yerr=spread, capsize=3, marker="o",
                     ms=4, ls=view.linestyle(combination), color=view.colour(combination),
                     label=combination)
     ax.set_xticks(range(len(counts)), [("0 (twins)" if r == 0 else f"{r}x") for r in counts])
@@ -296,6 +420,10 @@ def _injected(key: str):
     return lambda row: dig(row, "extraction", "injected", key)
 
 
+def _injected_ci(side: int):
+    return lambda row: ci_bound(dig(row, "extraction", "injected"), "exact_rate", side)
+
+
 AUDIT = Audit(
     name="extraction",
     order=10,
@@ -311,6 +439,10 @@ AUDIT = Audit(
                    note="*exact*: injected canaries whose secret continuation the global "
                    "model reproduces token for token (greedy)"),
                frontier="exact extraction, final round (%)"),
+        Column("exact_rate_low", _injected_ci(0),
+               doc="95 % Clopper-Pearson interval of exact_rate: low"),
+        Column("exact_rate_high", _injected_ci(1),
+               doc="95 % Clopper-Pearson interval of exact_rate: high"),
         Column("token_accuracy", _injected("token_accuracy"),
                report=ReportColumn(
                    "partial: token acc (%)", PCT, 1,
@@ -321,11 +453,12 @@ AUDIT = Audit(
                    "longest run (tokens)", 1.0, 1,
                    note="*longest run*: secret tokens reproduced before the first error")),
     ),
-    round_line="exact {exact_rate:.1%}  token acc {token_accuracy:.1%}",
+    round_line="exact {exact_rate:.1%} [{exact_rate_low:.1%}, {exact_rate_high:.1%}]  "
+               "token acc {token_accuracy:.1%}",
     by_replicas=(
         ReplicaColumn("canaries", _by_replicas("n")),
-        ReplicaColumn("exact (before)", _by_replicas("exact_rate"), "{:.1%}", before=True),
-        ReplicaColumn("exact", _by_replicas("exact_rate"), "{:.1%}"),
+        ReplicaColumn("exact (before), % [95% CI]", _rate_with_ci, before=True),
+        ReplicaColumn("exact, % [95% CI]", _rate_with_ci),
         ReplicaColumn("token acc", _by_replicas("token_accuracy"), "{:.1%}"),
         ReplicaColumn("edit sim", _by_replicas("edit_similarity"), "{:.1%}"),
         ReplicaColumn("longest run", _by_replicas("longest_match"), "{:.1f}"),
@@ -336,11 +469,17 @@ AUDIT = Audit(
                         "longest_match", "generated", "extra_json"), canary_results),),
     figures=(
         Figure("extraction_vs_round",
-               "Exact extraction of injected canaries by round (band: ±1 std over seeds).",
+               "Exact extraction of injected canaries by round (band: 95 % t-interval over "
+               "seeds).",
                exact_by_round, draw_vs_round),
         Figure("extraction_vs_replicas",
-               "Final-round exact extraction by replica count, full (solid) vs LoRA (dashed).",
+               "Final-round exact extraction by replica count, full (solid) vs LoRA (dashed); "
+               "error bars: 95 % t-interval over seeds (one seed: Clopper-Pearson over the "
+               "group's canaries).",
                by_replicas, draw_vs_replicas),
     ),
-    sections=(Section("Exact extraction by replica count (%)", replica_rows),),
+    sections=(Section("Exact extraction by replica count (%, mean [95 % interval])",
+                      replica_rows),
+              Section("Full vs LoRA fine-tuning: paired tests over the same canaries",
+                      finetuning_tests)),
 )

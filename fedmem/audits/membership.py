@@ -28,7 +28,8 @@ from fedmem.audits.declaration import (
     StoreTable,
     dig,
 )
-from fedmem.seeding import MIA_MEMBERS, derive_seed
+from fedmem.audits.intervals import auc_ci, ci_bound, formatted
+from fedmem.seeding import AUC_BOOTSTRAP, MIA_MEMBERS, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +142,7 @@ def _score_entry(
         if not any(samples[i].member for i in idx) or all(samples[i].member for i in idx):
             continue
         curve = roc([v[i] for i in idx], [samples[i].member for i in idx])
-        entry[pop] = curve.summary()
+        entry[pop] = {**curve.summary(), "auc_ci": _auc_ci(config, samples, v, idx)}
         curves[pop] = {"fpr": curve.fpr, "tpr": curve.tpr}
     entry["by_replicas"] = {}
     for r in config.canaries.replica_counts:
@@ -149,6 +150,15 @@ def _score_entry(
         curve = roc([v[i] for i in idx], [samples[i].member for i in idx])
         entry["by_replicas"][str(r)] = curve.auc
     return entry, curves
+
+
+def _auc_ci(
+    config: Config, samples: tuple[MembershipSample, ...], v: list[float], idx: list[int]
+) -> list[float]:
+    """95 % stratified bootstrap interval of the population's AUC, seeded from the run seed."""
+    members = [v[i] for i in idx if samples[i].member]
+    nonmembers = [v[i] for i in idx if not samples[i].member]
+    return auc_ci(members, nonmembers, derive_seed(config.seed, AUC_BOOTSTRAP))
 
 
 # ------------------------------------------------------------------- headline numbers
@@ -186,6 +196,15 @@ def _resolved_tpr(key: str, fpr: float):
         if nonmembers is not None and nonmembers < min_nonmembers_for_fpr(fpr):
             return None
         return overall(row)
+
+    return read
+
+
+def _overall_ci(side: int):
+    def read(row: Mapping) -> Any:
+        score = _score(row)
+        entry = dig(row, "membership", "scores", score, "all") if score else None
+        return ci_bound(entry, "auc", side)
 
     return read
 
@@ -232,7 +251,7 @@ def membership_table(row: Mapping) -> Any:
     for name, entry in m["scores"].items():
         table.add_row(
             name,
-            f"{entry['all']['auc']:.3f}",
+            formatted(entry["all"], "auc", digits=3),  # with its 95 % bootstrap interval
             _tpr_text(entry["all"]["tpr_at_fpr_0.01"], 0.01),
             _tpr_text(entry["all"]["tpr_at_fpr_0.001"], 0.001),
             f"{entry['canaries']['auc']:.3f}" if "canaries" in entry else "-",
@@ -322,6 +341,8 @@ AUDIT = Audit(
                    absent="MIA AUC (no run audited membership: attack.membership.enabled = "
                    "false)"),
                frontier=lambda v: f"membership inference AUC ({v['mia_score']})"),
+        Column("mia_auc_low", _overall_ci(0), doc="95 % bootstrap interval of mia_auc: low"),
+        Column("mia_auc_high", _overall_ci(1), doc="95 % bootstrap interval of mia_auc: high"),
         Column("mia_tpr_at_1pct_fpr", _resolved_tpr("tpr_at_fpr_0.01", 0.01),
                doc="its TPR at 1% FPR; NULL with fewer than 100 non-members",
                report=ReportColumn("MIA TPR @ 1% FPR (%)", PCT, 1,

@@ -134,18 +134,29 @@ def pareto_front(points: Any, x: str, y: str) -> Any:
 
 
 def frontier_table(view: ReportView) -> Any:
-    """Per combination, held-out perplexity and each privacy axis (scaled), mean and std."""
+    """Per combination, held-out perplexity and each privacy axis (scaled): mean, std and the
+    95 % t-interval over seeds (low, high)."""
     table = view.combinations
     if not view.frontier or "heldout_perplexity_mean" not in table:
         return []
     scaled = {f"{key}_{stat}": table[f"{key}_{stat}"] * scale
-              for key, _, scale in view.frontier for stat in ("mean", "std")}
+              for key, _, scale in view.frontier for stat in ("mean", "std", "low", "high")}
     return table.assign(**scaled)
+
+
+def _spread(row: Any, key: str) -> list[list[float]]:
+    """Error bar lengths [[below], [above]] of the t-interval around the mean; 0 without one
+    (one seed)."""
+    mean, low, high = (row.get(f"{key}_{stat}") for stat in ("mean", "low", "high"))
+    if low is None or high is None or low != low or high != high:
+        return [[0.0], [0.0]]
+    return [[max(mean - low, 0.0)], [max(high - mean, 0.0)]]
 
 
 def draw_frontier(table: Any, view: ReportView) -> Any:
     """Privacy (lower is better) against held-out perplexity (lower is better), one point per
-    combination (mean over seeds, bars +-1 std); Pareto-optimal combinations are starred,
+    combination (mean over seeds, bars: 95 % t-interval over seeds, none for one seed);
+    Pareto-optimal combinations are starred,
     one panel per privacy axis (`view.frontier`)."""
     import matplotlib.pyplot as plt
 
@@ -156,8 +167,8 @@ def draw_frontier(table: Any, view: ReportView) -> Any:
         front = pareto_front(points, "heldout_perplexity_mean", f"{key}_mean")
         for combination, row in table.loc[points.index].iterrows():
             ax.errorbar(row["heldout_perplexity_mean"], row[f"{key}_mean"],
-                        xerr=row.get("heldout_perplexity_std") or 0.0,
-                        yerr=row.get(f"{key}_std") or 0.0, fmt="*" if front[combination] else "o",
+                        xerr=_spread(row, "heldout_perplexity"), yerr=_spread(row, key),
+                        fmt="*" if front[combination] else "o",
                         ms=13 if front[combination] else 6, capsize=3,
                         color=view.colour(combination),
                         label=combination + (" (Pareto)" if front[combination] else ""))
@@ -207,7 +218,7 @@ AUDIT = Audit(
     figures=(
         Figure("privacy_utility",
                "Privacy-utility frontier: lower-left is better; stars are Pareto-optimal "
-               "combinations.",
+               "combinations; bars: 95 % t-interval over seeds.",
                frontier_table, draw_frontier),
     ),
 )

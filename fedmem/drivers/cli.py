@@ -289,9 +289,13 @@ def report(path: str) -> None:
 
 
 def compare(run_a: str, run_b: str) -> None:
-    from fedmem.runs.report import comparison_table, console
+    from fedmem.runs.report import comparison_table, console, paired_tests
 
-    console.print(comparison_table(run_a, run_b), width=max(console.width, 120))
+    table = comparison_table(run_a, run_b)
+    tests = paired_tests(run_a, run_b)  # refuses runs over different canaries, before printing
+    console.print(table, width=max(console.width, 120))
+    for line in tests:
+        console.print(line)
 
 
 def ingest(path: str, db: str | None) -> None:

@@ -157,7 +157,7 @@ def print_summary(summary: dict, run_dir) -> None:
 
 
 def print_report(report) -> None:
-    table = Table(title=f"{report.folder}: final round, mean ± std over seeds")
+    table = Table(title=f"{report.folder}: final round, mean [95 % t-interval] over seeds")
     for i, col in enumerate(report.table[0]):
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row in report.table[1:]:
@@ -225,3 +225,57 @@ def comparison_table(run_a: str | Path, run_b: str | Path) -> Table:
     for key, was, now in config_differences(config_a, config_b):
         table.add_row(f"config {key}", _cell(was), _cell(now), "")
     return table
+
+
+# ------------------------------------------------------------------ paired tests
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _headline_setting(folder: Path) -> tuple[str, int]:
+    """The headline decoding and prefix length: the final row's (the first configured)."""
+    extraction = json.loads((folder / SUMMARY_FILE).read_text())["final"].get("extraction", {})
+    return extraction.get("decoding", "greedy"), extraction.get("prefix_tokens")
+
+
+def canary_outcomes(folder: Path) -> dict[tuple[str, str], tuple[bool, float]]:
+    """(canary id, its text) -> (exact, token accuracy) of the injected canaries: the
+    global model's final round in extraction.jsonl, headline decoding and prefix length."""
+    decoding, prefix = _headline_setting(folder)
+    texts = {c["canary_id"]: c.get("text", "") for c in _read_jsonl(folder / "canaries.jsonl")}
+    rows = [r for r in _read_jsonl(folder / "extraction.jsonl")
+            if r.get("vantage", "global") == "global" and r.get("replicas", 0) > 0
+            and r.get("decoding", decoding) == decoding
+            and r.get("prefix_tokens", prefix) == prefix]
+    if not rows:
+        raise StoreError(f"{folder}: no global extraction rows to compare")
+    final = max(r["round"] for r in rows)
+    return {(r["canary_id"], texts.get(r["canary_id"], "")): (bool(r["exact"]),
+                                                             float(r["token_accuracy"]))
+            for r in rows if r["round"] == final}
+
+
+def paired_tests(run_a: str | Path, run_b: str | Path) -> list[str]:
+    """Whether B's final-round extraction differs from A's on the same canaries: McNemar
+    exact on exact matches, Wilcoxon signed-rank on token accuracy; one line each."""
+    from attacks.statistics import align, mcnemar_exact, paired_wilcoxon
+
+    try:
+        a, b = align(canary_outcomes(Path(run_a)), canary_outcomes(Path(run_b)))
+    except ValueError as err:
+        raise StoreError(f"cannot pair {run_a} and {run_b}: they audited different "
+                         f"canaries ({err})") from None
+    exact = mcnemar_exact([x[0] for x in a], [x[0] for x in b])
+    accuracy = paired_wilcoxon([x[1] for x in a], [x[1] for x in b])
+    return [
+        f"exact extraction: {_verdict(exact)}: {exact.describe('A', 'B')}",
+        f"token accuracy: {_verdict(accuracy)}: {accuracy.describe('A', 'B')}",
+    ]
+
+
+def _verdict(test) -> str:
+    return "significant at 0.05" if test.significant() else "not significant at 0.05"

@@ -3,7 +3,8 @@ a sweep, every number read from the results store (fedmem.runs.store).
 
 The folder is (re)ingested first, so the report always matches the run folders. A
 *combination* is a sweep cell's axis values except the seed (a run outside a sweep is its own
-combination); tables give mean +- sample std over its seeds at each run's final round.
+combination); tables give the mean over its seeds at each run's final round with a 95 %
+Student t-interval over seeds (attacks.statistics.aggregate_seeds) and the number of seeds.
 What the report shows of each audit is declared by the audit (fedmem.audits.registry): its
 headline columns in the table (`Column.report`), its own tables (`Audit.sections`) and its
 figures (`Audit.figures`). Columns and figures fill when the runs carry them; an audit the
@@ -21,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from attacks.statistics import Interval, aggregate_seeds
 from fedmem.audits import registry
 from fedmem.audits.declaration import Column, Header, header_text
 from fedmem.files import atomic_write_text
@@ -57,11 +59,18 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     return float(values.mean()) if len(values) else float("nan"), std
 
 
-def _fmt(mean: float, std: float, n: int, scale: float = 1.0, digits: int = 1) -> str:
-    if mean != mean:  # NaN
-        return "n/a"
-    text = f"{mean * scale:.{digits}f}"
-    return f"{text} ± {std * scale:.{digits}f}" if n > 1 else text
+def seed_interval(values: pd.Series) -> Interval:
+    """Mean over seeds with a 95 % t-interval (nan bounds for one seed, nan mean for none)."""
+    values = values.dropna()
+    if not len(values):
+        return Interval(float("nan"), float("nan"), float("nan"), 0.95, "no seeds")
+    return aggregate_seeds(values.to_numpy(dtype=float))
+
+
+def _fmt(mean: float, low: float, high: float, scale: float = 1.0, digits: int = 1) -> str:
+    """'12.5 [3.1, 21.9]' (the mean with its t-interval over seeds); the mean alone for one
+    seed; 'n/a' for none."""
+    return Interval(mean * scale, low * scale, high * scale, 0.95, "").format(digits=digits)
 
 
 def _report_columns() -> list[Column]:
@@ -75,14 +84,16 @@ def _shown(data: ReportData, column: Column) -> bool:
     return data.has(column.name) or (needs is not None and data.has(needs.column))
 
 
-def _cell(column: Column, t: pd.Series, n: int) -> str:
-    """A combination's mean ± std of `column`, or what it needs where its runs had too few."""
+def _cell(column: Column, t: pd.Series) -> str:
+    """A combination's mean [95 % t-interval over seeds] of `column`, or what it needs where
+    its runs had too few."""
     report = column.report
     mean = t[f"{column.name}_mean"]
     needs = report.needs
     if mean != mean and needs and t.get(f"{needs.column}_min", float("nan")) < needs.minimum:
         return needs.text()
-    return _fmt(mean, t[f"{column.name}_std"], n, report.scale, report.digits)
+    return _fmt(mean, t[f"{column.name}_low"], t[f"{column.name}_high"], report.scale,
+                report.digits)
 
 
 @dataclass
@@ -177,9 +188,10 @@ def _final_round_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def combination_table(data: ReportData) -> pd.DataFrame:
-    """Per combination: seeds, then `<column>_mean` / `<column>_std` for every report column
-    shown (`_shown`), the wall time (fractions, unscaled), and `<count>_min` for each count a
-    shown column needs."""
+    """Per combination: seeds, then `<column>_mean` / `<column>_std` and the 95 % t-interval
+    over seeds `<column>_low` / `<column>_high` (nan bounds for one seed) for every report
+    column shown (`_shown`), the wall time (fractions, unscaled), and `<count>_min` for each
+    count a shown column needs."""
     shown = [c for c in _report_columns() if _shown(data, c)]
     columns = ["combination", "seed", *[c.name for c in shown], "wall_time_s"]
     counts = list(dict.fromkeys(c.report.needs.column for c in shown
@@ -191,6 +203,8 @@ def combination_table(data: ReportData) -> pd.DataFrame:
         row: dict[str, float] = {"seeds": len(group)}
         for column in columns[2:]:
             row[f"{column}_mean"], row[f"{column}_std"] = _mean_std(group[column])
+            ci = seed_interval(group[column])
+            row[f"{column}_low"], row[f"{column}_high"] = ci.low, ci.high
         for column in counts:
             row[f"{column}_min"] = float(group[column].min())
         rows[combination] = row
@@ -201,16 +215,16 @@ def combination_table(data: ReportData) -> pd.DataFrame:
 
 
 def _table_rows(data: ReportData) -> list[list[str]]:
-    """The main table: per combination, seeds, each report column (mean ± std), wall time."""
+    """The main table: per combination, seeds, each report column (mean [95 % t-interval
+    over seeds]), wall time."""
     table = data.combinations
     shown = [c for c in _report_columns() if f"{c.name}_mean" in table]
     header = ["combination", "seeds", *[data.header(c.report.header) for c in shown]]
     rows = [[*header, "wall time (s)"]]
     for combination, t in table.iterrows():
-        n = int(t["seeds"])
-        row = [combination, str(n)]
-        row += [_cell(c, t, n) for c in shown]
-        row.append(_fmt(t.wall_time_s_mean, t.wall_time_s_std, n, digits=0))
+        row = [combination, str(int(t["seeds"]))]
+        row += [_cell(c, t) for c in shown]
+        row.append(_fmt(t.wall_time_s_mean, t.wall_time_s_low, t.wall_time_s_high, digits=0))
         rows.append(row)
     return rows
 
@@ -278,11 +292,12 @@ def write_report(path: str | Path) -> Report:
     pngs, captions, empty = _draw(data, folder)
     absent = _absent(data, empty)
     rows = _table_rows(data)
-    sections = [(s.heading, s.rows(data)) for a in registry.audits() for s in a.sections]
+    sections = [(s.heading, table) for a in registry.audits() for s in a.sections
+                if len(table := s.rows(data)) > 1]  # a table with only its header: left out
     title = f"fedmem report: {folder.resolve().name}"
     facts = (
         f"{len(data.runs)} runs, {len(data.style)} combinations; final round of each run; "
-        f"mean ± sample std over seeds. Store: `{db}`."
+        f"mean over seeds [95 % t-interval over seeds; none with one seed]. Store: `{db}`."
     )
     notes = _notes(data)
     md = [f"# {title}", "", facts, "", "## Memorization and utility by combination", "",

@@ -56,9 +56,18 @@ def _markdown_table(text: str, heading: str) -> list[dict[str, str]]:
             for line in block[2:]]
 
 
-def _mean_std(cell: str) -> tuple[float, float]:
-    mean, _, std = cell.partition(" ± ")
-    return float(mean), float(std or 0)
+def _mean_ci(cell: str) -> tuple[float, float, float]:
+    """'12.5 [3.1, 21.9]' -> (12.5, 3.1, 21.9): the mean and its t-interval over seeds."""
+    mean, _, ci = cell.partition(" [")
+    low, high = ci.rstrip("]").split(", ")
+    return float(mean), float(low), float(high)
+
+
+def _t_interval(values: list[float]) -> tuple[float, float]:
+    from attacks.statistics import aggregate_seeds
+
+    ci = aggregate_seeds(values)
+    return ci.low, ci.high
 
 
 def test_each_figure_is_a_non_empty_png_next_to_the_report(sweep_report, finished_sweep):
@@ -81,7 +90,7 @@ def test_report_table_numbers_equal_the_store(sweep_report, finished_sweep):
                            "## Memorization and utility by combination")
     runs = query(finished_sweep.sweep.folder, "runs")
     numbers = ["seed", "exact_rate", "token_accuracy", "longest_match", "heldout_perplexity"]
-    stats = runs.groupby("combination")[numbers].agg(["mean", "std", "count"])
+    stats = runs.groupby("combination")[numbers].agg(["mean", "count", list])
     assert sorted(r["combination"] for r in rows) == sorted(stats.index)
     for row in rows:
         s = stats.loc[row["combination"]]
@@ -92,14 +101,15 @@ def test_report_table_numbers_equal_the_store(sweep_report, finished_sweep):
             ("longest run (tokens)", "longest_match", 1, 0.05),
             ("held-out ppl", "heldout_perplexity", 1, 0.005),
         ):
-            mean, std = _mean_std(row[column])
+            mean, low, high = _mean_ci(row[column])
             assert mean == pytest.approx(s[(key, "mean")] * scale, abs=tol), column
-            assert std == pytest.approx(s[(key, "std")] * scale, abs=tol), column
+            expected = _t_interval([v * scale for v in s[(key, "list")]])
+            assert (low, high) == pytest.approx(expected, abs=tol), column
 
 
 def test_replica_table_equals_the_final_round_metrics(sweep_report, finished_sweep):
     rows = _markdown_table(sweep_report.markdown.read_text(),
-                           "## Exact extraction by replica count (%)")
+                           "## Exact extraction by replica count (%, mean [95 % interval])")
     final = query(
         finished_sweep.sweep.folder,
         "SELECT r.combination, AVG(m.value) * 100 AS pct FROM round_metrics m "
@@ -107,7 +117,7 @@ def test_replica_table_equals_the_final_round_metrics(sweep_report, finished_swe
         "AND m.key = 'extraction.by_replicas.4.exact_rate' GROUP BY r.combination",
     ).set_index("combination")["pct"]
     for row in rows:
-        assert float(row["4x"]) == pytest.approx(final[row["combination"]], abs=0.05)
+        assert _mean_ci(row["4x"])[0] == pytest.approx(final[row["combination"]], abs=0.05)
 
 
 def test_report_names_the_audits_these_runs_lack(unaudited_run):
@@ -131,8 +141,8 @@ def test_audited_runs_lack_nothing(sweep_report):
 
 def test_audit_columns_equal_the_final_round_audits(sweep_report, finished_sweep):
     """MIA AUC and TPR of the headline score (reference: computed by default), exposure of the
-    injected exposure canaries and held-out QA / MCQ accuracy: mean +- std over seeds of each
-    run's final metrics row."""
+    injected exposure canaries and held-out QA / MCQ accuracy: mean [95 % t-interval] over
+    seeds of each run's final metrics row."""
     header = sweep_report.table[0]
     columns = {
         "MIA AUC (reference)": (lambda r: r["membership"]["scores"]["reference"]["all"]["auc"],
@@ -148,15 +158,15 @@ def test_audit_columns_equal_the_final_round_audits(sweep_report, finished_sweep
         assert len(runs) == 2
         for column, (field, scale, tol) in columns.items():
             values = [field(r) * scale for r in runs]
-            mean, std = _mean_std(row[header.index(column)])
+            mean, low, high = _mean_ci(row[header.index(column)])
             assert mean == pytest.approx(statistics.mean(values), abs=tol), column
-            assert std == pytest.approx(statistics.stdev(values), abs=tol), column
+            assert (low, high) == pytest.approx(_t_interval(values), abs=tol), column
         tprs = [r["membership"]["scores"]["reference"]["all"]["tpr_at_fpr_0.01"] for r in runs]
         cell = row[header.index("MIA TPR @ 1% FPR (%)")]
         if None in tprs:  # too few non-members: every seed's run has the same count
             assert cell == "n/a (needs ≥ 100 non-members)"
         else:
-            mean, _ = _mean_std(cell)
+            mean = _mean_ci(cell)[0]
             assert mean == pytest.approx(100 * statistics.mean(tprs), abs=0.05)
 
 
@@ -222,3 +232,20 @@ def test_the_report_shows_a_tpr_its_non_members_cannot_resolve_as_what_it_needs(
     column = rows[0].index("MIA TPR @ 1% FPR (%)")
     assert {r[0]: r[column] for r in rows[1:]} == {
         "a": "n/a (needs ≥ 100 non-members)", "b": "12.5"}
+
+
+def test_full_and_lora_cells_are_compared_canary_by_canary(sweep_report, finished_sweep):
+    """Each goldfish setting has a full and a LoRA cell per seed: one line per pair, McNemar
+    exact on exact matches and Wilcoxon on token accuracy over (seed, canary) pairs."""
+    rows = _markdown_table(sweep_report.markdown.read_text(),
+                           "## Full vs LoRA fine-tuning: paired tests over the same canaries")
+    assert len(rows) == 2
+    injected = query(finished_sweep.sweep.folder,
+                     "SELECT COUNT(DISTINCT canary_id) AS n FROM canary_results "
+                     "WHERE injected = 1").iloc[0]["n"]
+    for row in rows:
+        assert row["full"].startswith("model.finetuning=full") or "full" in row["full"]
+        assert int(row["pairs"]) == 2 * injected  # two seeds
+        assert re.search(r"LoRA [<>=] full, p [=<] [\d.]+ \(McNemar exact, \d+ discordant of "
+                         rf"{2 * injected}\)", row["exact extraction"])
+        assert "Wilcoxon signed-rank" in row["token accuracy"]
