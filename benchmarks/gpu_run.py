@@ -309,7 +309,9 @@ def fl_row(name: str, fl: dict, plain: dict | None, device: str) -> Row:
     if "error" in fl:
         return Row(name, note=f"fedmem run failed: {fl['error']}")
     row = Row(name, tokens_per_second(fl), None, peak_text(fl, device), fl["wall_s"])
-    row.note = f"clients per round {fl['clients']}; exposure {fl['exposure_mean']}"
+    exposure = fl["exposure_mean"]
+    bits = "-" if exposure is None else f"{exposure:.2f} bits"
+    row.note = f"clients per round {fl['clients']}; final exposure (mean, injected) {bits}"
     if plain is not None:
         if "error" in plain:
             row.note += f"; plain loop failed: {plain['error']}"
@@ -329,8 +331,10 @@ def llama_row(mode: Mode, folder: Path, work: Path, deadline: float) -> Row:
     ]
     fl = run_worker("fl", preset, [*overrides, "name=llama-fl"], deadline - time.time())
     plain = run_worker("plain", preset, [*overrides, "name=llama-plain"], deadline - time.time())
-    label = "tiny random Llama" if mode.tiny else "Llama-3.2-1B shape"
-    return fl_row(f"{label} LoRA, random weights, 3 clients on one device", fl, plain, mode.device)
+    label = "tiny random Llama" if mode.tiny else "Llama-3.2-1B shape, random weights,"
+    clients = 2 if mode.tiny else 3
+    name = f"{label} LoRA, {clients} clients sharing one {mode.device} device"
+    return fl_row(name, fl, plain, mode.device)
 
 
 def smollm2_rows(mode: Mode, tiny_model: Path, work: Path, deadline: float) -> list[Row]:
