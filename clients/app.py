@@ -55,6 +55,22 @@ def working_model(config: Config) -> torch.nn.Module:
     return model
 
 
+def reset_peak_gpu_memory(model: torch.nn.Module) -> None:
+    """Start this fit's GPU peak from what is allocated now (the model, its state)."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gpu_memory(model: torch.nn.Module) -> dict[str, float]:
+    """`peak_gpu_mib`: this process' peak allocated CUDA memory during the fit (its model
+    included), for benchmarks/gpu_run.py; nothing on cpu."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return {}
+    return {"peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+
+
 def training_seed(config: Config, server_round: int, client: int) -> int:
     return seeding.training_seed(config.seed, server_round, client)
 
@@ -77,6 +93,7 @@ class FedmemClient(NumPyClient):
     def fit(self, parameters, config):
         server_round = int(config["server_round"])
         model = working_model(self.config)
+        reset_peak_gpu_memory(model)
         set_trainable_state(model, parameters)
         rows, prompt_lengths = client_rows(self.config, self.client)
         pad_id = load_tokenizer(self.config).pad_token_id
@@ -93,6 +110,7 @@ class FedmemClient(NumPyClient):
             "bytes_sent": state_nbytes(update),
         }
         metrics.update(fit.metrics())
+        metrics.update(peak_gpu_memory(model))
         saved = fit.history()  # the step variant's run-long state: DP-SGD's accountant
         if saved is not None:
             self.state[DP_HISTORY] = ConfigRecord(saved)
