@@ -101,6 +101,9 @@ def rmia_log_ratios(
     approximation from one OUT reference model: Pr(x) = ½((1 + a)·Pr(x|ref) + (1 − a)), i.e.
     the mean of Pr(x)_OUT = Pr(x|ref) and Pr(x)_IN ≈ a·Pr(x|ref) + (1 − a). a = 1 takes
     Pr(x) = Pr(x|ref) (the `reference` score's ratio); a = 0.3 is the paper's offline default.
+    (`a·Pr(x|ref) + (1 − a)` as the whole of Pr(x) is this form with a' = (1 + a) / 2.)
+    The same Pr(·) serves x and the population z. Written from the paper; ML Privacy Meter's
+    offline RMIA (the same formula for x and z) was read as a reference only.
     Computed in log space (logaddexp), so tiny likelihoods do not underflow."""
     if not 0.0 <= offline_a <= 1.0:
         raise ValueError(f"rmia: offline_a = {offline_a!r}: must be in [0, 1]")
