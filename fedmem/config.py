@@ -196,7 +196,7 @@ class TrainingConfig:
 
 
 DECODINGS = ("greedy", "beam", "sampling")
-MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference")
+MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "rmia")
 
 
 @dataclass(frozen=True)
@@ -223,6 +223,10 @@ class MembershipConfig:
     min_k: float = field(default=0.2, metadata=_range(0.0, 1.0, lo_open=True))
     # Training QA samples scored as members; 0 = as many as there are held-out samples.
     qa_members: int = field(default=0, metadata=_range(0))
+    # RMIA's offline a: Pr(x) = ((1 + a) Pr(x|ref) + 1 - a) / 2 (0.3: the paper's default).
+    rmia_offline_a: float = field(default=0.3, metadata=_range(0.0, 1.0))
+    # RMIA's gamma: x beats a population text z when LR(x) / LR(z) > gamma.
+    rmia_gamma: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
 
 
 @dataclass(frozen=True)

@@ -99,9 +99,14 @@ def audit_membership(config: Config, model: torch.nn.Module) -> AuditPart:
     scores = token_logprobs(
         model, [s.ids for s in samples], pad_id, config.training.batch_size, moments=True
     )
-    ref = reference_scores(config) if "reference" in mia.scores else (None,) * len(samples)
+    needs_ref = {"reference", "rmia"} & set(mia.scores)
+    ref = reference_scores(config) if needs_ref else (None,) * len(samples)
     inputs = [Sample(s.text, t, r) for s, t, r in zip(samples, scores, ref, strict=True)]
-    values = {name: [SCORES[name](x, mia.min_k) for x in inputs] for name in mia.scores}
+    values = {
+        name: _rmia(config, samples, inputs) if name == "rmia"
+        else [SCORES[name](x, mia.min_k) for x in inputs]
+        for name in mia.scores
+    }
     metrics: dict = {
         "members": sum(s.member for s in samples),
         "nonmembers": sum(not s.member for s in samples),
@@ -122,6 +127,30 @@ def audit_membership(config: Config, model: torch.nn.Module) -> AuditPart:
         for i, s in enumerate(samples)
     ]
     return AuditPart({"membership": metrics}, rows, curves)
+
+
+def _rmia(
+    config: Config, samples: tuple[MembershipSample, ...], inputs: list
+) -> list[float]:
+    """RMIA of each sample against the non-members of its own kind (twins for canaries,
+    held-out QA for QA samples), leaving a non-member out of its own population.
+
+    Per kind, not all non-members: canaries (records with random secrets) and QA samples sit
+    at different likelihood levels under both models and fine-tuning moves them by different
+    amounts, so a canary's LR against QA non-members would measure its kind, not its
+    membership. Per kind, each score is the fraction of like non-members the sample beats,
+    one [0, 1] scale, so the canaries-only, QA-only and all-samples AUCs all read it."""
+    from attacks.membership import rmia_scores
+
+    mia = config.attack.membership
+    return rmia_scores(
+        [float(x.scores.logprob.mean()) for x in inputs],
+        [float(x.reference.logprob.mean()) for x in inputs],
+        [not s.member for s in samples],
+        [s.kind for s in samples],
+        offline_a=mia.rmia_offline_a,
+        gamma=mia.rmia_gamma,
+    ).tolist()
 
 
 def _score_entry(

@@ -35,6 +35,7 @@ def test_audit_reports_utility_extraction_exposure_and_membership_for_its_vantag
         "min_k",
         "min_k_plus_plus",
         "reference",
+        "rmia",
     }
     assert {k: len(v) for k, v in audit.rows.items()} == {
         "extraction": 8,  # canaries (4 injected, 4 twins)
@@ -50,6 +51,17 @@ def test_reference_score_is_zero_and_at_chance_on_the_model_before_fine_tuning(t
     audit = audit_model(config, build_model(config))
     assert audit.metrics["membership"]["scores"]["reference"]["all"]["auc"] == 0.5
     assert all(r["scores"]["reference"] == 0 for r in audit.rows["membership"])
+
+
+def test_rmia_at_a_1_is_zero_and_at_chance_on_the_model_before_fine_tuning(tiny_raw):
+    """Before fine-tuning the audited model is the reference: at a = 1 every LR is 1 and no
+    sample beats any; the default a = 0.3 scores every sample in [0, 1]."""
+    membership = {**tiny_raw["attack"].get("membership", {}), "rmia_offline_a": 1.0}
+    config = build_config({**tiny_raw, "attack": {**tiny_raw["attack"], "membership": membership}})
+    audit = audit_model(config, build_model(config))
+    rmia = audit.metrics["membership"]["scores"]["rmia"]
+    assert rmia["all"]["auc"] == 0.5 and set(rmia["canaries"]) >= {"auc", "auc_ci"}
+    assert all(r["scores"]["rmia"] == 0 for r in audit.rows["membership"])
 
 
 def test_disabled_audits_are_left_out(tiny_raw):
@@ -91,6 +103,13 @@ def test_bad_attack_settings_are_rejected_naming_the_key(key, value, message):
 def test_bad_sub_section_settings_are_rejected_naming_the_key():
     with pytest.raises(ConfigError, match=r"^attack\.membership\.scores\[0\] = 'ppl'"):
         build_config({"attack": {"membership": {"scores": ["ppl"]}}})
+    for key, value, why in [
+        ("rmia_offline_a", 1.5, r"1\.5: must be <= 1\.0"),
+        ("rmia_offline_a", -0.1, r"-0\.1: must be >= 0\.0"),
+        ("rmia_gamma", 0, r"0\.0: must be > 0\.0"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"^attack\.membership\.{key} = {why}$"):
+            build_config({"attack": {"membership": {key: value}}})
     with pytest.raises(ConfigError, match=r"^attack\.exposure\.estimator = 'gauss'"):
         build_config({"attack": {"exposure": {"estimator": "gauss"}}})
 
