@@ -53,14 +53,13 @@ def membership_samples(config: Config) -> tuple[MembershipSample, ...]:
     exposure canary or a DP audit record); non-members: the never-injected twins and the
     held-out QA samples."""
     from fedmem.data.federated import build_federated_data
-    from fedmem.data.qa import format_qa
     from fedmem.models.loading import load_tokenizer
     from fedmem.training import encode_samples
 
     data = build_federated_data(config, load_tokenizer)
     tokenizer = load_tokenizer(config)
     training = sorted(set(data.qa_texts))  # never a canary or a DP audit record
-    heldout = [format_qa(p) for p in data.heldout]
+    heldout = list(data.heldout_texts)  # rendered as the members were trained
     n = min(config.attack.membership.qa_members or len(heldout), len(training))
     members = random.Random(config.seed * 1_000_003 + 7).sample(training, n)
     entries = [("canary", c.canary_id, c.injected, c.replicas, c.text) for c in data.canaries]

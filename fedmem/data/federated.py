@@ -169,6 +169,17 @@ def renderer(config: Config, load_tokenizer: TokenizerLoader) -> Renderer:
     return render
 
 
+def answer_cut(render: Renderer, pair: QAPair) -> tuple[str, int]:
+    """The pair rendered as trained and cut after its answer (no end-of-turn tokens), and
+    where the answer starts (at the space after the cue): a model given `text[:start]`
+    should continue with `text[start:]`. Plain format: `(format_qa(pair),
+    len(format_question(pair)))`."""
+    text, _ = render(pair)
+    _, cue = prompt_parts(pair)
+    start = text.rindex(f"{cue} {pair.answer}") + len(cue)
+    return text[: start + 1 + len(pair.answer)], start
+
+
 def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tuple[str, int]] | None:
     """The canary records as `(text, split)`: generated notes (`canaries.kind = "note"`,
     measured with the model's tokenizer), or the user's records shuffled (seeded) so that
