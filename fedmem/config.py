@@ -242,6 +242,9 @@ class AttackConfig:
     top_k: int = field(default=40, metadata=_range(0))
     top_p: float = field(default=0.95, metadata=_range(0.0, 1.0, lo_open=True))
     temperature: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # Forbid EOS until the secret's length (generate's min_new_tokens). Off: plain decoding,
+    # a continuation that stops early is scored against the whole secret (not exact).
+    suppress_eos: bool = False
     # Also audit each client's returned state (the view of a server without SecAgg+).
     client_view: bool = False
     exposure: ExposureConfig = ExposureConfig()
