@@ -134,3 +134,10 @@ def test_a_run_records_how_many_audit_records_it_trained_on(tiny_raw):
     table = comparison_table(config.run_dir.parent / "tiny", config.run_dir)
     row = table.columns[0]._cells.index("audit records in training")
     assert (table.columns[1]._cells[row], table.columns[2]._cells[row]) == ("0", str(included))
+
+
+def test_the_run_header_names_the_audit_records_among_the_training_samples():
+    from fedmem.drivers.cli import _audit_records_note
+
+    assert _audit_records_note(0) == ""  # the quickstart's header is unchanged
+    assert _audit_records_note(97) == ", 97 DP audit records among the training samples"
