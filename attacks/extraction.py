@@ -3,7 +3,11 @@
 Targets are cut from the tokenization of the *whole* record (as it was trained), at the
 first token that reaches past the record's split character, so prefix and suffix tokens are
 exactly the ones the model saw in training. Generation is batched with left padding and a
-KV cache; every prompt decodes exactly as many tokens as its suffix is long.
+KV cache; every prompt decodes at most as many tokens as its suffix is long. Decoding is
+plain: a continuation ends at the model's EOS, and one that ends before the suffix does is
+scored against the whole suffix (shorter is never exact). `Decoding.suppress_eos` forbids
+EOS until the suffix length instead (transformers' `min_new_tokens`): not the model's
+greedy output, and it can only count more canaries as extracted.
 
 Decoding strategies live in `DECODERS` (greedy, beam search, top-k/top-p sampling). Greedy
 gives the attacker one guess; beam search returns its n beams and sampling n samples, and a
@@ -107,6 +111,7 @@ class Decoding:
     top_p: float = 0.95
     temperature: float = 1.0
     seed: int = 0
+    suppress_eos: bool = False  # forbid EOS until the suffix length (min_new_tokens)
 
 
 def _greedy(d: Decoding) -> tuple[dict, int]:
@@ -149,8 +154,12 @@ def continuations(
     decoding: Decoding = GREEDY,
 ) -> list[list[list[int]]]:
     """Candidate continuations of each prompt (one for greedy, n for beam or sampling),
-    each `new_tokens` long, from one left-padded batched `generate`."""
+    each at most `new_tokens` long and ending before the model's first EOS (exactly
+    `new_tokens` long under `decoding.suppress_eos`), from one left-padded batched
+    `generate`."""
     kwargs, n = DECODERS[decoding.name](decoding)
+    if decoding.suppress_eos:
+        kwargs = {**kwargs, "min_new_tokens": new_tokens}
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -165,19 +174,35 @@ def continuations(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
             pad_token_id=pad_id,
             use_cache=True,
             **kwargs,
         )
-    flat = out[:, width:].tolist()  # [len(prompts) * n, new_tokens], a prompt's n together
+    stops = eos_ids(model)
+    # [len(prompts) * n, <= new_tokens], a prompt's n together; finished rows are padded
+    flat = [until_eos(row, stops) for row in out[:, width:].tolist()]
     return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def eos_ids(model: torch.nn.Module) -> frozenset[int]:
+    """The token ids that end generation (the model's generation config: one id or several)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def until_eos(tokens: Sequence[int], stops: frozenset[int]) -> list[int]:
+    """The tokens before the first end-of-sequence token (all of them when there is none)."""
+    end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+    return list(tokens[:end])
 
 
 def greedy_continuations(
     model: torch.nn.Module, prompts: Sequence[Sequence[int]], new_tokens: int, pad_id: int
 ) -> list[list[int]]:
-    """Greedy continuation of each prompt, `new_tokens` long, in one left-padded batch."""
+    """Greedy continuation of each prompt, at most `new_tokens` long (it ends before EOS), in
+    one left-padded batch."""
     return [c[0] for c in continuations(model, prompts, new_tokens, pad_id)]
 
 

@@ -246,6 +246,9 @@ class AttackConfig:
     top_k: int = field(default=40, metadata=_range(0))
     top_p: float = field(default=0.95, metadata=_range(0.0, 1.0, lo_open=True))
     temperature: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # Forbid EOS until the secret's length (generate's min_new_tokens). Off: plain decoding,
+    # a continuation that stops early is scored against the whole secret (not exact).
+    suppress_eos: bool = False
     # Also audit each client's returned state (the view of a server without SecAgg+).
     client_view: bool = False
     exposure: ExposureConfig = ExposureConfig()
@@ -360,6 +363,7 @@ class NEFTuneConfig:
 
 
 DP_FAULTS = ("none", "no-clipping", "noise-tenth")
+DP_AUDIT_INJECT = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -369,6 +373,11 @@ class DPAuditConfig:
     # Record level (Steinke et al. 2023; Mahloujifar et al. 2025): audit records, each put
     # into one client's data with probability 1/2 (one row, no replicas); 0 = off.
     records: int = field(default=200, metadata=_range(0))
+    # Which runs train on the audit records: "auto" = the runs that audit them (DP on,
+    # records > 0); "always" = every run with records > 0, DP or not, so that a no-DP
+    # baseline trains on the same rows as the DP runs it is compared with; "never" = none
+    # (no record-level audit). summary.json records the count (audit_records_in_training).
+    inject: str = field(default="auto", metadata=_choices(*DP_AUDIT_INJECT))
     # Audit-record score: "llr" = log-likelihood ratio of the record, final vs base model;
     # "loss" = log-likelihood under the final model only.
     score: str = field(default="llr", metadata=_choices("llr", "loss"))

@@ -56,7 +56,10 @@ def decoding_for(config: Config, name: str) -> Decoding:
     from attacks.extraction import Decoding
 
     a = config.attack
-    return Decoding(name, a.num_beams, a.num_samples, a.top_k, a.top_p, a.temperature, config.seed)
+    return Decoding(
+        name, a.num_beams, a.num_samples, a.top_k, a.top_p, a.temperature, config.seed,
+        suppress_eos=a.suppress_eos,
+    )
 
 
 def audit_extraction(config: Config, model: torch.nn.Module) -> AuditPart:

@@ -52,18 +52,17 @@ class MembershipSample:
 
 @lru_cache(maxsize=4)
 def membership_samples(config: Config) -> tuple[MembershipSample, ...]:
-    """Members: injected canaries and a seeded sample of training QA samples; non-members:
-    the never-injected twins and the held-out QA samples."""
+    """Members: injected canaries and a seeded sample of the training QA rows (never an
+    exposure canary or a DP audit record); non-members: the never-injected twins and the
+    held-out QA samples."""
     from fedmem.data.federated import build_federated_data
-    from fedmem.data.qa import format_qa
     from fedmem.models.loading import load_tokenizer
     from fedmem.training import encode_samples
 
     data = build_federated_data(config, load_tokenizer)
     tokenizer = load_tokenizer(config)
-    canary_texts = {c.text for c in (*data.canaries, *data.exposure_canaries)}
-    training = sorted({t for t in data.pooled_texts if t not in canary_texts})
-    heldout = [format_qa(p) for p in data.heldout]
+    training = sorted(set(data.qa_texts))  # never a canary or a DP audit record
+    heldout = list(data.heldout_texts)  # rendered as the members were trained
     n = min(config.attack.membership.qa_members or len(heldout), len(training))
     members = random.Random(derive_seed(config.seed, MIA_MEMBERS)).sample(training, n)
     entries = [("canary", c.canary_id, c.injected, c.replicas, c.text) for c in data.canaries]

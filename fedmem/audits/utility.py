@@ -42,25 +42,35 @@ def heldout_rows(config: Config) -> tuple[list[int], ...]:
 
 
 @lru_cache(maxsize=4)
+def qa_prompts(config: Config) -> tuple[tuple[str, int], ...]:
+    """Each held-out pair rendered as training rows are (chat template or plain format), cut
+    after its answer, with where the answer starts (fedmem.data.federated.answer_cut)."""
+    from fedmem.data.federated import answer_cut, build_federated_data, renderer
+    from fedmem.models.loading import load_tokenizer
+
+    render = renderer(config, load_tokenizer)
+    return tuple(
+        answer_cut(render, p) for p in build_federated_data(config, load_tokenizer).heldout
+    )
+
+
+@lru_cache(maxsize=4)
 def qa_targets(config: Config) -> tuple[ExtractionTarget, ...]:
     """Each held-out pair as (question prompt -> answer tokens), cut as trained."""
     from attacks.extraction import split_record
-    from fedmem.data.federated import build_federated_data
-    from fedmem.data.qa import format_qa, format_question
     from fedmem.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(config)
     limit = config.training.max_seq_len
     return tuple(
-        split_record(tokenizer, f"q{i}", format_qa(p), len(format_question(p)), limit, limit)
-        for i, p in enumerate(build_federated_data(config, load_tokenizer).heldout)
+        split_record(tokenizer, f"q{i}", text, start, limit, limit)
+        for i, (text, start) in enumerate(qa_prompts(config))
     )
 
 
 def audit_utility(config: Config, model: torch.nn.Module) -> AuditPart:
     from attacks.extraction import extract
     from fedmem.data.federated import build_federated_data
-    from fedmem.data.qa import format_question
     from fedmem.models.loading import load_tokenizer
     from fedmem.training import mean_token_loss
 
@@ -73,8 +83,8 @@ def audit_utility(config: Config, model: torch.nn.Module) -> AuditPart:
     for pair, result in zip(heldout, answers, strict=True):
         by_source[pair.source].append(result.exact)
     mcq = [
-        _option_pick(model, tokenizer, format_question(p), len(p.options)) == p.answer
-        for p in heldout
+        _option_pick(model, tokenizer, text[:start], len(p.options)) == p.answer
+        for p, (text, start) in zip(heldout, qa_prompts(config), strict=True)
         if p.options
     ]
     return AuditPart(

@@ -29,8 +29,21 @@ class AuditRecord:
 
 
 def audit_enabled(config: Config) -> bool:
-    """Record-level audits run in every DP run (DP-SGD or client-level DP)."""
-    return config.dp_audit.records > 0 and (config.dp_sgd.enabled or config.client_dp.enabled)
+    """Record-level audits run in every DP run (DP-SGD or client-level DP) that trains on
+    its audit records."""
+    return records_injected(config) and (config.dp_sgd.enabled or config.client_dp.enabled)
+
+
+def records_injected(config: Config) -> bool:
+    """Whether the run trains on audit records (`dp_audit.inject`): "auto" in DP runs only,
+    "always" in every run, "never" in none; never with `dp_audit.records = 0`."""
+    dp_on = config.dp_sgd.enabled or config.client_dp.enabled
+    match config.dp_audit.inject:
+        case "always":
+            return config.dp_audit.records > 0
+        case "never":
+            return False
+    return config.dp_audit.records > 0 and dp_on
 
 
 def make_audit_records(n: int, num_clients: int, seed: int) -> list[AuditRecord]:
@@ -51,8 +64,8 @@ def make_audit_records(n: int, num_clients: int, seed: int) -> list[AuditRecord]
 
 
 def audit_records(config: Config, seed: int) -> tuple[AuditRecord, ...]:
-    """The run's audit records (none when the audit is off)."""
-    if not audit_enabled(config):
+    """The run's audit records (none when the run does not train on them)."""
+    if not records_injected(config):
         return ()
     return tuple(make_audit_records(config.dp_audit.records, config.federation.num_clients, seed))
 

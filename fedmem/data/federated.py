@@ -64,12 +64,26 @@ class FederatedData:
     heldout_texts: tuple[str, ...]  # the held-out pairs rendered as training texts are
     canaries: tuple[Canary, ...]  # injected ones and their never-injected twins
     exposure_canaries: tuple[Canary, ...] = ()  # digit secrets, injected ones and twins
-    # DP audit records, included (one row each) or not; () when no DP audit runs.
+    # DP audit records, included (one row each) or not; () when the run trains on none
+    # (dp_audit.inject).
     audit_records: tuple[AuditRecord, ...] = ()
 
     @property
     def pooled_texts(self) -> tuple[str, ...]:
         return tuple(t for texts in self.client_texts for t in texts)
+
+    @property
+    def qa_texts(self) -> tuple[str, ...]:
+        """The pooled training rows that are QA samples: no canary, exposure canary or DP
+        audit record."""
+        injected = {c.text for c in (*self.canaries, *self.exposure_canaries)}
+        injected |= {r.text for r in self.audit_records}
+        return tuple(t for t in self.pooled_texts if t not in injected)
+
+    @property
+    def audit_records_in_training(self) -> int:
+        """How many DP audit records the clients train on (one row each)."""
+        return sum(r.included for r in self.audit_records)
 
     @property
     def pooled_prompt_chars(self) -> tuple[int, ...]:
@@ -157,6 +171,17 @@ def renderer(config: Config, load_tokenizer: TokenizerLoader) -> Renderer:
         return text, len(prompt)
 
     return render
+
+
+def answer_cut(render: Renderer, pair: QAPair) -> tuple[str, int]:
+    """The pair rendered as trained and cut after its answer (no end-of-turn tokens), and
+    where the answer starts (at the space after the cue): a model given `text[:start]`
+    should continue with `text[start:]`. Plain format: `(format_qa(pair),
+    len(format_question(pair)))`."""
+    text, _ = render(pair)
+    _, cue = prompt_parts(pair)
+    start = text.rindex(f"{cue} {pair.answer}") + len(cue)
+    return text[: start + 1 + len(pair.answer)], start
 
 
 def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tuple[str, int]] | None:

@@ -171,6 +171,7 @@ def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
         f"{config.federation.num_clients} clients x {rounds} rounds, "
         f"{sum(len(t) for t in data.client_texts)} training samples, "
         f"{injected} canaries injected (+{len(data.canaries) - injected} twins)"
+        + _audit_records_note(data.audit_records_in_training)
     )
     if resume:
         done = last_complete_round(config.run_dir)
@@ -185,6 +186,11 @@ def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
     summary = json.loads(summary_path.read_text())
     print_summary(summary, config.run_dir)
     return summary
+
+
+def _audit_records_note(count: int) -> str:
+    """The header's note on the DP audit records among the training samples, if any."""
+    return f", {count} DP audit records among the training samples" if count else ""
 
 
 def run_reaudit(args: argparse.Namespace) -> Path:

@@ -263,6 +263,11 @@ class RunRecorder:
             "trainable_parameters": trainable,
             "rounds": self.rows[-1]["round"],
             "wall_time_s": round(time.perf_counter() - self.started, 3),
+            # DP audit records among the training rows (dp_audit.inject): runs compare
+            # fairly only when they trained on the same rows.
+            "audit_records_in_training": build_federated_data(
+                self.config, load_tokenizer
+            ).audit_records_in_training,
             "before": {  # the first audited round (round 0 in a run)
                 k: self.rows[0][k]
                 for k in ("round", *audits.before_keys())

@@ -131,6 +131,15 @@ def dp_audit_table(audit: dict) -> Table:
     return table
 
 
+def audit_records_line(summary: dict) -> str:
+    """Says that the training rows include DP audit records, which a run compared with this
+    one must train on too (dp_audit.inject)."""
+    return (
+        f"training rows include {summary['audit_records_in_training']} DP audit records "
+        "(dp_audit.inject): compare with runs that train on them too"
+    )
+
+
 def print_summary(summary: dict, run_dir) -> None:
     final = summary["final"]
     console.print(summary_table(summary))
@@ -148,6 +157,8 @@ def print_summary(summary: dict, run_dir) -> None:
             f"server's view of client {client}'s update: {lead.line(metrics)} "
             f"(global model: {lead.line(final)})"
         )
+    if summary.get("audit_records_in_training"):
+        console.print(audit_records_line(summary))
     console.print(
         f"trainable {summary['trainable_parameters']:,} of {summary['parameters']:,} parameters; "
         f"{final['bytes_sent']:,} bytes sent by clients in the last round; "
@@ -195,6 +206,8 @@ def _run_facts(folder: Path) -> tuple[dict, dict]:
         "seed": config["seed"],
         "rounds": summary["rounds"],
         "trainable parameters": summary["trainable_parameters"],
+        # None: a run recorded before the count was
+        "audit records in training": summary.get("audit_records_in_training"),
         "wall time (s)": summary["wall_time_s"],
     }
     metrics = {k: v for k, v in flatten(summary["final"]).items() if _compared(k)}

@@ -159,3 +159,56 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone():
     again = extract(model, [target], tok.pad_token_id, decoding=decoding)[0]
     assert first.generated_ids == again.generated_ids and torch.equal(after, torch.rand(1))
     assert set(DECODERS) == {"greedy", "beam", "sampling"}
+
+
+# ----------------------------------------------------- EOS: plain greedy, or suppressed
+
+
+def _stops_early(steps: int = 150):
+    """A model that memorized the record's header and the first 4 secret tokens, then EOS;
+    and the target: the first 12 secret tokens of the whole record."""
+    tok = _tokenizer()
+    shape = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+    model = new_tiny_llama(shape, tok, seed=0)
+    target = split_record(tok, "c", RECORD, SPLIT, prefix_tokens=1000, suffix_tokens=12)
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    _memorize(model, [*target.prefix_ids, *target.suffix_ids[:4], tok.eos_token_id], steps)
+    return tok, model, target
+
+
+def test_greedy_extraction_stops_at_eos_and_a_short_continuation_is_not_exact():
+    tok, model, target = _stops_early()
+    result = extract(model, [target], tok.pad_token_id)[0]
+    assert result.generated_ids == target.suffix_ids[:4]  # then EOS: nothing after it
+    assert (result.exact, result.token_accuracy, result.longest_match) == (False, 4 / 12, 4)
+
+
+def test_suppressing_eos_decodes_the_whole_suffix_length_and_never_eos():
+    tok, model, target = _stops_early()
+    suppressed = Decoding(suppress_eos=True)
+    result = extract(model, [target], tok.pad_token_id, decoding=suppressed)[0]
+    assert len(result.generated_ids) == 12 and tok.eos_token_id not in result.generated_ids
+    assert result.generated_ids[:4] == target.suffix_ids[:4]
+    assert result.token_accuracy >= 4 / 12  # forced tokens can only add hits
+
+
+def test_batched_extraction_stops_each_prompt_at_its_own_eos():
+    """In a batch, a prompt that ends early is padded while others decode on: the padding is
+    not part of its continuation, exactly as when it is decoded alone."""
+    tok, model, target = _stops_early()
+    other = split_record(tok, "d", RECORD, 20, prefix_tokens=1000, suffix_tokens=12)
+    batched = extract(model, [target, other], tok.pad_token_id)
+    single = [extract(model, [t], tok.pad_token_id)[0] for t in (target, other)]
+    assert [r.generated_ids for r in batched] == [r.generated_ids for r in single]
+    assert batched[0].generated_ids == target.suffix_ids[:4]
+
+
+def test_the_audit_decodes_plainly_unless_attack_suppress_eos_is_set():
+    from fedmem.audits.extraction import decoding_for
+    from fedmem.config import ConfigError, build_config
+
+    assert not decoding_for(build_config({}), "greedy").suppress_eos
+    config = build_config({"attack": {"suppress_eos": True}})
+    assert all(decoding_for(config, name).suppress_eos for name in DECODERS)
+    with pytest.raises(ConfigError, match="attack.suppress_eos"):
+        build_config({"attack": {"suppress_eos": "yes"}})

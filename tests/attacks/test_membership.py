@@ -163,3 +163,41 @@ def test_the_store_reads_an_unresolvable_tpr_as_null_even_from_an_older_row():
     assert columns["mia_tpr_at_1pct_fpr"](old) == 0.25
     assert columns["mia_tpr_at_01pct_fpr"](old) is None
     assert columns["mia_nonmembers"](old) == 500
+
+
+# ------------------------------------------------------------- the audit's populations
+
+
+def _dp_config(tiny_raw: dict, **membership):
+    from fedmem.config import build_config
+
+    attack = {**tiny_raw["attack"], "membership": membership}
+    return build_config({**tiny_raw, "attack": attack, "dp_sgd": {"enabled": True}})
+
+
+def test_qa_members_of_a_dp_run_are_training_qa_rows_never_audit_records_or_canaries(tiny_raw):
+    from fedmem.audits.membership import membership_samples
+    from fedmem.data.federated import build_federated_data
+    from fedmem.models.loading import load_tokenizer
+
+    config = _dp_config(tiny_raw, qa_members=10_000)  # as many as there are: every QA row
+    data = build_federated_data(config, load_tokenizer)
+    assert any(r.included for r in data.audit_records)  # the DP run trains on some
+    injected = {c.text for c in (*data.canaries, *data.exposure_canaries)}
+    injected |= {r.text for r in data.audit_records}
+    members = [s.text for s in membership_samples(config) if s.kind == "qa" and s.member]
+    assert not [t for t in members if t.startswith("audit ") or t in injected]
+    qa_rows = {t for t in data.pooled_texts if t not in injected}
+    assert set(members) == qa_rows
+
+
+def test_qa_members_of_a_dp_run_are_those_of_the_same_run_without_dp(tiny_raw):
+    """The audit records go in after the QA split and partition: removing them from the member
+    pool leaves the pool, and the seeded sample drawn from it, as without DP."""
+    from fedmem.audits.membership import membership_samples
+    from fedmem.config import build_config
+
+    def qa_members(config) -> list[str]:
+        return [s.text for s in membership_samples(config) if s.kind == "qa" and s.member]
+
+    assert qa_members(_dp_config(tiny_raw)) == qa_members(build_config(tiny_raw))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
-from fedmem.config import build_config
+import pytest
+
+from fedmem.config import ConfigError, build_config, load_config
 from fedmem.data.audit_records import make_audit_records
 from fedmem.data.federated import build_federated_data
 from fedmem.models.loading import load_tokenizer
@@ -39,3 +43,101 @@ def test_runs_without_dp_carry_no_audit_records_and_unchanged_data(tiny_raw):
         [t for t in texts if not t.startswith("audit ")] for texts in dp.client_texts
     ]
     assert without_records == [list(t) for t in plain.client_texts]
+
+
+# ------------------------------------------------ which runs train on them: dp_audit.inject
+
+
+def _rows(raw: dict) -> tuple[tuple[str, ...], ...]:
+    return build_federated_data(build_config(raw), load_tokenizer).client_texts
+
+
+def test_by_default_only_dp_runs_train_on_audit_records(tiny_raw):
+    config = build_config(tiny_raw)
+    assert config.dp_audit.inject == "auto"
+    assert build_federated_data(config, load_tokenizer).audit_records_in_training == 0
+    dp = build_federated_data(build_config({**tiny_raw, "dp_sgd": {"enabled": True}}),
+                              load_tokenizer)
+    assert dp.audit_records_in_training == sum(r.included for r in dp.audit_records) > 0
+
+
+def test_inject_always_makes_a_run_without_dp_train_on_the_rows_of_its_dp_runs(tiny_raw):
+    always = {**tiny_raw["dp_audit"], "inject": "always"}
+    baseline = _rows({**tiny_raw, "dp_audit": always})
+    for dp in ({"dp_sgd": {"enabled": True}}, {"client_dp": {"enabled": True}}):
+        assert _rows({**tiny_raw, **dp}) == baseline
+        assert _rows({**tiny_raw, **dp, "dp_audit": always}) == baseline
+
+
+def test_inject_never_makes_a_dp_run_train_on_the_rows_of_the_run_without_dp(tiny_raw):
+    never = {**tiny_raw["dp_audit"], "inject": "never"}
+    dp = build_federated_data(
+        build_config({**tiny_raw, "dp_sgd": {"enabled": True}, "dp_audit": never}),
+        load_tokenizer,
+    )
+    assert dp.audit_records == ()  # nothing to audit at record level
+    assert dp.client_texts == _rows(tiny_raw)
+
+
+def test_no_records_means_no_injection_whatever_inject_says(tiny_raw):
+    none = {**tiny_raw["dp_audit"], "records": 0, "inject": "always"}
+    assert _rows({**tiny_raw, "dp_audit": none}) == _rows(tiny_raw)
+
+
+def test_inject_takes_auto_always_or_never(tiny_raw):
+    with pytest.raises(ConfigError, match="dp_audit.inject"):
+        build_config({**tiny_raw, "dp_audit": {"inject": "sometimes"}})
+
+
+def test_a_run_without_dp_that_trains_on_audit_records_audits_no_epsilon(tiny_raw):
+    from fedmem.audits.dp.run_audit import RunDPAudit
+
+    always = {**tiny_raw["dp_audit"], "inject": "always"}
+    assert not RunDPAudit(build_config({**tiny_raw, "dp_audit": always})).active
+
+
+def test_the_dp_baseline_preset_trains_on_the_rows_of_the_dp_presets():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    baseline = load_config(configs / "dp-baseline.toml")
+    quickstart = load_config(configs / "quickstart.toml")
+    assert baseline.dp_audit.inject == "always"
+    assert replace(baseline, name=quickstart.name, dp_audit=quickstart.dp_audit) == quickstart
+    rows = build_federated_data(baseline, load_tokenizer)
+    for preset in ("dp-sgd", "client-dp"):
+        dp = build_federated_data(load_config(configs / "mitigations" / f"{preset}.toml"),
+                                  load_tokenizer)
+        assert dp.client_texts == rows.client_texts, preset
+    assert rows.audit_records_in_training > 0
+    assert build_federated_data(quickstart, load_tokenizer).audit_records_in_training == 0
+
+
+def test_a_run_records_how_many_audit_records_it_trained_on(tiny_raw):
+    import json
+
+    from fedmem.drivers.centralized import run_centralized
+    from fedmem.runs.report import audit_records_line, comparison_table
+
+    tiny_raw |= {"mode": "centralized", "data": {"num_samples": 20}}
+    tiny_raw["federation"] = {**tiny_raw["federation"], "rounds": 1}
+    always = {**tiny_raw["dp_audit"], "inject": "always"}
+    plain = run_centralized(build_config(tiny_raw))
+    config = build_config({**tiny_raw, "name": "baseline", "dp_audit": always})
+    baseline = run_centralized(config)
+    included = sum(r.included for r in build_federated_data(config, load_tokenizer).audit_records)
+    assert (plain["audit_records_in_training"], baseline["audit_records_in_training"]) == (
+        0,
+        included,
+    )
+    assert json.loads((config.run_dir / "summary.json").read_text()) == baseline
+    assert "dp_audit" not in baseline  # no DP: no epsilon to audit
+    assert audit_records_line(baseline).startswith(f"training rows include {included} DP audit")
+    table = comparison_table(config.run_dir.parent / "tiny", config.run_dir)
+    row = table.columns[0]._cells.index("audit records in training")
+    assert (table.columns[1]._cells[row], table.columns[2]._cells[row]) == ("0", str(included))
+
+
+def test_the_run_header_names_the_audit_records_among_the_training_samples():
+    from fedmem.drivers.cli import _audit_records_note
+
+    assert _audit_records_note(0) == ""  # the quickstart's header is unchanged
+    assert _audit_records_note(97) == ", 97 DP audit records among the training samples"

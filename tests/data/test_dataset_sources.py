@@ -86,3 +86,64 @@ def test_chat_template_renders_the_question_as_user_and_answer_as_assistant(tiny
     assert text.startswith("<|im_start|>user\nOpen Question: ")
     assert text[:chars].endswith("<|im_start|>assistant\n")
     assert text[chars:].startswith("The answer is: Drug ")
+
+
+# --------------------------------------- audits score held-out rows as training rows are
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture
+def chat_config(tiny_raw, tmp_path):
+    """The per-source datasets (one of them multiple choice) on a tiny Llama saved with a
+    ChatML template, rendered with it (`model.chat_template = true`)."""
+    from fedmem.models.loading import load_base_model
+
+    base = build_config(tiny_raw)
+    tokenizer = load_tokenizer(base)
+    tokenizer.chat_template = CHATML
+    folder = tmp_path / "chat-model"
+    tokenizer.save_pretrained(folder)
+    load_base_model(base).save_pretrained(folder)
+    tokenizer.chat_template = None
+    raw = per_source_raw(tiny_raw, tmp_path / "data")
+    raw["model"] = {"name": str(folder), "chat_template": True}
+    return build_config(raw)
+
+
+def test_mia_non_members_are_rendered_with_the_chat_template_as_members_are(chat_config):
+    from fedmem.audits.membership import membership_samples
+
+    samples = [s for s in membership_samples(chat_config) if s.kind == "qa"]
+    data = build_federated_data(chat_config, load_tokenizer)
+    nonmembers = [s.text for s in samples if not s.member]
+    assert nonmembers == list(data.heldout_texts)
+    assert all(s.text.startswith("<|im_start|>user\n") for s in samples)
+
+
+def test_qa_utility_prompts_the_held_out_questions_as_training_rows_are(chat_config):
+    from fedmem.audits import utility
+
+    heldout = build_federated_data(chat_config, load_tokenizer).heldout
+    tokenizer = load_tokenizer(chat_config)
+    for pair, target in zip(heldout, utility.qa_targets(chat_config), strict=True):
+        assert tokenizer.decode(target.prefix_ids).endswith("<|im_end|>\n<|im_start|>"
+                                                            "assistant\nThe answer is:")
+        assert tokenizer.decode(target.suffix_ids) == f" {pair.answer}"  # no end of turn
+    assert any(p.options for p in heldout)  # multiple choice is prompted the same way:
+    for text, start in utility.qa_prompts(chat_config):
+        assert text.startswith("<|im_start|>user\n")
+        assert text[:start].endswith("<|im_start|>assistant\nThe answer is:")
+
+
+def test_without_a_chat_template_the_qa_prompts_are_the_plain_format(tiny_raw):
+    from fedmem.audits.utility import qa_prompts
+    from fedmem.data.qa import format_qa
+
+    config = build_config(tiny_raw)
+    heldout = build_federated_data(config, load_tokenizer).heldout
+    assert qa_prompts(config) == tuple((format_qa(p), len(format_question(p))) for p in heldout)

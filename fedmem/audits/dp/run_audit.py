@@ -43,6 +43,7 @@ from attacks.dp_audit import (
     verdict,
 )
 from fedmem.config import Config
+from fedmem.data.audit_records import audit_enabled
 from fedmem.data.federated import build_federated_data
 from fedmem.models.loading import get_trainable_state, load_tokenizer
 from fedmem.seeding import DP_CANARY_DIRECTIONS, derive_seed
@@ -96,7 +97,10 @@ class RunDPAudit:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.records = build_federated_data(config, load_tokenizer).audit_records
+        # A no-DP run trains on audit records under dp_audit.inject = "always" (to match
+        # its DP runs' rows) but has no epsilon to audit.
+        data = build_federated_data(config, load_tokenizer)
+        self.records = data.audit_records if audit_enabled(config) else ()
         self.included = np.array([r.included for r in self.records], dtype=bool)
         self.rows: list[list[int]] = []
         if self.records:
