@@ -7,6 +7,7 @@ folder (`roc/round-NNN.json`) for plotting and to the store's `mia_roc` table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Mapping
@@ -63,7 +64,7 @@ def membership_samples(config: Config) -> tuple[MembershipSample, ...]:
     tokenizer = load_tokenizer(config)
     canary_texts = {c.text for c in (*data.canaries, *data.exposure_canaries)}
     training = sorted({t for t in data.pooled_texts if t not in canary_texts})
-    heldout = [format_qa(p) for p in data.heldout]
+    heldout = [format_qa(p) for p in data.heldout] or list(data.heldout_texts)
     n = min(config.attack.membership.qa_members or len(heldout), len(training))
     members = random.Random(derive_seed(config.seed, MIA_MEMBERS)).sample(training, n)
     entries = [("canary", c.canary_id, c.injected, c.replicas, c.text) for c in data.canaries]
@@ -85,7 +86,16 @@ def reference_scores(config: Config) -> tuple[TokenScores, ...]:
 
     rows = [s.ids for s in membership_samples(config)]
     pad_id = load_tokenizer(config).pad_token_id
-    return tuple(token_logprobs(load_base_model(config), rows, pad_id, config.training.batch_size))
+    reference = load_base_model(_reference_config(config))
+    return tuple(token_logprobs(reference, rows, pad_id, config.training.batch_size))
+
+
+def _reference_config(config: Config) -> Config:
+    """`config` with model.name at `attack.membership.reference_model`, when that is set."""
+    name = config.attack.membership.reference_model
+    if not name:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, name=name))
 
 
 def audit_membership(config: Config, model: torch.nn.Module) -> AuditPart:
