@@ -107,6 +107,8 @@ def test_a_full_model_trained_outside_fedmem_is_audited(tmp_path, tokenizer, rec
     samples = read_jsonl(out / "membership.jsonl")
     assert {s["kind"] for s in samples} == {"canary", "qa"}
     assert "rmia" not in samples[0]["scores"] and "loss" in samples[0]["scores"]
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(canaries.read_text() + '{"text": "x y z", "injected": true, "copies": 0}\n')
