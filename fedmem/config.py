@@ -58,6 +58,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     # Render QA samples with the tokenizer's chat template (user: question, assistant: answer).
     chat_template: bool = False
+    # A peft adapter folder loaded on top of `name` (auditing a model trained elsewhere).
+    adapter: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,15 @@ class DatasetConfig:
 class DataConfig:
     # "generated": seeded medical QA from the disease table and ICD-10-CM;
     # "jsonl": the user's own file of {"question", "answer"} objects at `path`;
-    # "datasets": the published medical datasets listed in `datasets`.
-    source: str = field(default="generated", metadata=_choices("generated", "jsonl", "datasets"))
+    # "datasets": the published medical datasets listed in `datasets`;
+    # "texts": no QA, for auditing a model trained elsewhere (`fedmem audit --model`): the
+    # {"text": ...} lines at `path` are its known members, those at `heldout_path` its
+    # known non-members (either may be "").
+    source: str = field(
+        default="generated", metadata=_choices("generated", "jsonl", "datasets", "texts")
+    )
     path: str = ""
+    heldout_path: str = ""
     # With source = "datasets" and partition = "by-source", client i holds datasets[i].
     datasets: tuple[str, ...] = field(
         default=MEDICAL_DATASETS, metadata=_choices(*MEDICAL_DATASETS)
@@ -122,8 +130,11 @@ class CanaryConfig:
     # "single": all copies of one canary go to one client.
     placement: str = field(default="spread", metadata=_choices("spread", "proportional", "single"))
     # "generated": Faker records; "jsonl": the user's records at `path` ({"text": ...} per
-    # line), a random half injected and the other half held back as never-injected twins.
-    source: str = field(default="generated", metadata=_choices("generated", "jsonl"))
+    # line), a random half injected and the other half held back as never-injected twins;
+    # "labelled": records at `path` that say themselves whether they were injected and how
+    # often ({"text", "injected", "copies"[, "split"]}), for auditing a model trained
+    # elsewhere (with data.source = "texts").
+    source: str = field(default="generated", metadata=_choices("generated", "jsonl", "labelled"))
     path: str = ""
     # For user records: the first `prefix_length` tokens (of the model's tokenizer) or
     # characters are the prefix the attacker knows, the rest is the secret.
@@ -227,6 +238,9 @@ class MembershipConfig:
     rmia_offline_a: float = field(default=0.3, metadata=_range(0.0, 1.0))
     # RMIA's gamma: x beats a population text z when LR(x) / LR(z) > gamma.
     rmia_gamma: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # The reference model of `reference` and `rmia`; "" = the model before fine-tuning
+    # (model.name). A model audited from outside fedmem names its base here.
+    reference_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -638,8 +652,15 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("data.path: required when data.source = 'jsonl'")
     if config.data.source == "datasets":
         _check_datasets(config)
-    if config.canaries.source == "jsonl" and not config.canaries.path:
-        raise ConfigError("canaries.path: required when canaries.source = 'jsonl'")
+    if config.canaries.source in ("jsonl", "labelled") and not config.canaries.path:
+        raise ConfigError(
+            f"canaries.path: required when canaries.source = {config.canaries.source!r}"
+        )
+    if (config.canaries.source == "labelled") != (config.data.source == "texts"):
+        raise ConfigError(
+            "canaries.source = 'labelled' goes with data.source = 'texts' (auditing a model "
+            "trained elsewhere), and only with it"
+        )
     _check_replica_shares(config)
     if config.canaries.kind == "note":
         _check_notes(config)

@@ -7,6 +7,7 @@ folder (`roc/round-NNN.json`) for plotting and to the store's `mia_roc` table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Mapping
@@ -84,7 +85,16 @@ def reference_scores(config: Config) -> tuple[TokenScores, ...]:
 
     rows = [s.ids for s in membership_samples(config)]
     pad_id = load_tokenizer(config).pad_token_id
-    return tuple(token_logprobs(load_base_model(config), rows, pad_id, config.training.batch_size))
+    reference = load_base_model(_reference_config(config))
+    return tuple(token_logprobs(reference, rows, pad_id, config.training.batch_size))
+
+
+def _reference_config(config: Config) -> Config:
+    """`config` with model.name at `attack.membership.reference_model`, when that is set."""
+    name = config.attack.membership.reference_model
+    if not name:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, name=name))
 
 
 def audit_membership(config: Config, model: torch.nn.Module) -> AuditPart:

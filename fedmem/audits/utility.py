@@ -201,7 +201,8 @@ def _utility(key: str):
 AUDIT = Audit(
     name="utility",
     order=20,
-    enabled=lambda config: True,
+    # Held-out QA: none for a model audited from outside fedmem (data.source = "texts").
+    enabled=lambda config: config.data.source != "texts",
     run=audit_utility,
     before=("heldout_loss", "utility"),
     columns=(

@@ -392,3 +392,54 @@ def to_jsonl_rows(canaries: Sequence[Canary]) -> list[dict]:
         }
         for c in canaries
     ]
+
+
+def _labelled_fields(obj: dict, where: str) -> tuple[str, bool, int, int | None]:
+    """(text, injected, copies, split or None) of one labelled record, checked."""
+    from fedmem.files import DataError
+
+    text, injected, copies = obj.get("text"), obj.get("injected"), obj.get("copies")
+    split = obj.get("split")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: field 'text' must be a non-empty string")
+    if not isinstance(injected, bool):
+        raise DataError(f"{where}: field 'injected' must be true or false")
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
+        raise DataError(f"{where}: field 'copies' must be an integer >= 0")
+    if injected != (copies > 0):
+        raise DataError(
+            f"{where}: 'injected' is {str(injected).lower()} but 'copies' is {copies} "
+            "(injected records have copies >= 1, never-injected twins 0)"
+        )
+    if split is not None and (
+        isinstance(split, bool) or not isinstance(split, int) or not 0 < split < len(text)
+    ):
+        raise DataError(f"{where}: field 'split' must be a character offset inside 'text'")
+    return text, injected, copies, split
+
+
+def load_labelled_canaries(
+    path: str | Path, length: int, unit: str, tokenizer=None
+) -> list[Canary]:
+    """Canaries of a model trained elsewhere, one JSON object per line: ``text``,
+    ``injected``, ``copies`` (0 for a never-injected twin) and optionally ``split`` (the
+    secret's first character; else the first `length` `unit`s are the prefix, as for
+    ``load_records``). The i-th injected record is paired with the i-th twin. The copies
+    are counted on client 0 (the trainer's clients are not known)."""
+    from fedmem.files import DataError, jsonl_objects
+
+    rows = []
+    for lineno, obj in jsonl_objects(path, "labelled canaries"):
+        text, _, copies, split = _labelled_fields(obj, f"{path}:{lineno}")
+        if split is None:
+            [(text, split)] = split_records([(lineno, text)], length, unit, str(path), tokenizer)
+        rows.append((f"c{len(rows):04d}", text, split, copies))
+    if not any(copies for *_, copies in rows):
+        raise DataError(f"{path}: no injected record (copies >= 1)")
+    injected = [r[0] for r in rows if r[3]]
+    twins = [r[0] for r in rows if not r[3]]
+    pair = dict(zip(injected, twins, strict=False)) | dict(zip(twins, injected, strict=False))
+    return [
+        Canary(cid, text, split, copies, (0,) * copies, pair.get(cid, ""))
+        for cid, text, split, copies in rows
+    ]

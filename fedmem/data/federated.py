@@ -24,6 +24,7 @@ from fedmem.data.canaries import (
     Canary,
     generate_note_records,
     inject,
+    load_labelled_canaries,
     load_records,
     make_canaries,
     make_exposure_canaries,
@@ -232,6 +233,8 @@ def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> Fed
     records injected), the held-out set and the canaries. `load_tokenizer` (the models
     layer's) is called only when the config renders with a chat template, splits canary
     records by tokens or generates notes (measured in tokens)."""
+    if config.data.source == "texts":
+        return audited_texts(config, load_tokenizer)
     pairs = load_pairs(config)
     split = split_heldout_by_source if config.data.source == "datasets" else split_heldout
     train, heldout = split(pairs, config.data.heldout_fraction, _seed(config, _SPLIT_STREAM))
@@ -283,3 +286,25 @@ def check_every_client_trains(config: Config, data: FederatedData) -> None:
                 f"gets no training samples (data.partition = {config.data.partition!r}, "
                 f"{sum(len(t) for t in data.client_texts)} samples in all)"
             )
+
+
+def _texts(path: str) -> list[str]:
+    return [text for _, text in load_records(path)] if path else []
+
+
+def audited_texts(config: Config, load_tokenizer: TokenizerLoader) -> FederatedData:
+    """The data of a model trained elsewhere, as far as it is known (`data.source =
+    "texts"`): its labelled canaries (their copies counted as client 0's training texts),
+    its known members (`data.path`) as the rest of client 0's texts and its known
+    non-members (`data.heldout_path`) as the held-out texts; no QA pairs."""
+    c = config.canaries
+    tokenizer = load_tokenizer(config) if c.split_unit == "tokens" else None
+    canaries = load_labelled_canaries(c.path, c.prefix_length, c.split_unit, tokenizer)
+    texts = _texts(config.data.path) + [x.text for x in canaries for _ in range(x.replicas)]
+    return FederatedData(
+        client_texts=(tuple(texts),),
+        client_prompt_chars=((0,) * len(texts),),
+        heldout=(),
+        heldout_texts=tuple(_texts(config.data.heldout_path)),
+        canaries=tuple(canaries),
+    )

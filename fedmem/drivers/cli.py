@@ -53,9 +53,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     audit = sub.add_parser(
-        "audit", help="re-audit a finished run's saved rounds with other attack settings"
+        "audit",
+        help="re-audit a finished run's saved rounds with other attack settings, or audit "
+        "a model fedmem did not train (--model)",
     )
-    audit.add_argument("run_dir", help="a run folder, e.g. runs/quickstart")
+    audit.add_argument("run_dir", nargs="?", help="a run folder, e.g. runs/quickstart")
+    audit.add_argument(
+        "--model", help="audit this Hugging Face model folder or peft adapter folder instead"
+    )
+    audit.add_argument("--base", help="its base model folder (adapter base; MIA reference)")
+    audit.add_argument(
+        "--canaries", help='JSONL of {"text", "injected", "copies"[, "split"]} (with --model)'
+    )
+    audit.add_argument("--members", help='JSONL of {"text"}: known training texts')
+    audit.add_argument("--nonmembers", help='JSONL of {"text"}: texts known not trained on')
+    audit.add_argument("--out", help="output folder for --model (default audits/<model name>)")
     audit.add_argument(
         "--round",
         dest="rounds",
@@ -202,6 +214,32 @@ def run_reaudit(args: argparse.Namespace) -> Path:
         folder = reaudit(args.run_dir, args.overrides, args.rounds, args.name, on_round)
     print_summary(json.loads((folder / "summary.json").read_text()), folder)
     console.print(f"re-audit written to {folder} (the run's own audit files are unchanged)")
+    return folder
+
+
+def run_external_audit(args: argparse.Namespace) -> Path:
+    from fedmem.runs.external import ExternalModel, audit_external
+    from fedmem.runs.report import console, print_summary
+
+    if args.run_dir or args.rounds or args.name:
+        raise ConfigError("fedmem audit --model: give no RUN_DIR, --round or --name with it")
+    if not args.canaries:
+        raise ConfigError("fedmem audit --model: --canaries FILE.jsonl is required")
+    if bool(args.members) != bool(args.nonmembers):
+        raise ConfigError("fedmem audit --model: give --members and --nonmembers together")
+    model = ExternalModel(
+        Path(args.model),
+        Path(args.base) if args.base else None,
+        Path(args.canaries),
+        Path(args.members) if args.members else None,
+        Path(args.nonmembers) if args.nonmembers else None,
+    )
+    with console.status(f"auditing {args.model}"):
+        folder, notes = audit_external(model, args.out, args.overrides)
+    print_summary(json.loads((folder / "summary.json").read_text()), folder)
+    for note in notes:
+        console.print(f"note: {note}")
+    console.print(f"audit of {args.model} written to {folder}")
     return folder
 
 
@@ -401,7 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ingest":
             ingest(args.path, args.db)
             return 0
+        if args.command == "audit" and args.model:
+            run_external_audit(args)
+            return 0
         if args.command == "audit":
+            if not args.run_dir:
+                raise ConfigError("fedmem audit: give a RUN_DIR, or --model PATH")
             run_reaudit(args)
             return 0
         if resume:
