@@ -97,7 +97,7 @@ def test_a_run_without_dp_that_trains_on_audit_records_audits_no_epsilon(tiny_ra
 
 
 def test_the_dp_baseline_preset_trains_on_the_rows_of_the_dp_presets():
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     baseline = load_config(configs / "dp-baseline.toml")
     quickstart = load_config(configs / "quickstart.toml")
     assert baseline.dp_audit.inject == "always"
