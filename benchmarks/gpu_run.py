@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results_file import append_to_section
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## GPU run (benchmarks/gpu.sh)"
@@ -401,15 +403,7 @@ SECTION_INTRO = (
 
 
 def append_results(text: str, results: Path) -> None:
-    from fedmem.files import atomic_write_text
-
-    existing = results.read_text() if results.exists() else "# Benchmarks\n"
-    if HEADING not in existing:
-        existing = existing.rstrip("\n") + f"\n\n{HEADING}\n\n{SECTION_INTRO}\n"
-    head, _, tail = existing.partition(HEADING)
-    body, sep, rest = tail.partition("\n## ")
-    updated = head + HEADING + body.rstrip("\n") + "\n\n" + text + (sep + rest if sep else "")
-    atomic_write_text(results, updated)
+    append_to_section(results, HEADING, SECTION_INTRO, text)
 
 
 def measure(mode: Mode) -> list[Row]:

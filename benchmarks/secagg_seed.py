@@ -62,6 +62,7 @@ from attacks.secagg_seed import (
     search,
     unmask_with_seed,
 )
+from benchmarks.results_file import append_to_section
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -336,15 +337,7 @@ def machine() -> str:
 
 
 def append_results(text: str) -> None:
-    from fedmem.files import atomic_write_text
-
-    existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    if HEADING not in existing:
-        existing = existing.rstrip("\n") + f"\n\n{HEADING}\n\n{SECTION_INTRO}\n"
-    head, _, tail = existing.partition(HEADING)
-    body, sep, rest = tail.partition("\n## ")
-    updated = head + HEADING + body.rstrip("\n") + "\n\n" + text + (sep + rest if sep else "")
-    atomic_write_text(RESULTS, updated)
+    append_to_section(RESULTS, HEADING, SECTION_INTRO, text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,8 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.results_file import append_to_section
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## Speed ratios (make bench)"
@@ -597,16 +599,7 @@ def table(rows: list[Row], seconds: float, details: str = "", only: str = "") ->
 
 
 def append_results(text: str) -> None:
-    from fedmem.files import atomic_write_text
-
-    existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    if HEADING not in existing:
-        existing = existing.rstrip("\n") + f"\n\n{HEADING}\n\n{SECTION_INTRO}\n"
-    head, _, tail = existing.partition(HEADING)
-    # Insert the new run at the end of this section (before the next "## " heading).
-    body, sep, rest = tail.partition("\n## ")
-    updated = head + HEADING + body.rstrip("\n") + "\n\n" + text + (sep + rest if sep else "")
-    atomic_write_text(RESULTS, updated)
+    append_to_section(RESULTS, HEADING, SECTION_INTRO, text)
 
 
 # Rows that `--only NAME` runs alone.
