@@ -148,15 +148,22 @@ def _rmia(
     at different likelihood levels under both models and fine-tuning moves them by different
     amounts, so a canary's LR against QA non-members would measure its kind, not its
     membership. Per kind, each score is the fraction of like non-members the sample beats,
-    one [0, 1] scale, so the canaries-only, QA-only and all-samples AUCs all read it."""
+    one [0, 1] scale, so the canaries-only, QA-only and all-samples AUCs all read it.
+    When a kind has fewer than two non-members (a run designed with one canary and no
+    twins), there is no like population to compare with: every sample is then compared with
+    all non-members."""
     from attacks.membership import rmia_scores
 
     mia = config.attack.membership
+    kinds = [s.kind for s in samples]
+    alike = all(
+        sum(not s.member for s in samples if s.kind == kind) >= 2 for kind in set(kinds)
+    )
     return rmia_scores(
         [float(x.scores.logprob.mean()) for x in inputs],
         [float(x.reference.logprob.mean()) for x in inputs],
         [not s.member for s in samples],
-        [s.kind for s in samples],
+        kinds if alike else None,
         offline_a=mia.rmia_offline_a,
         gamma=mia.rmia_gamma,
     ).tolist()

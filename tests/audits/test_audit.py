@@ -196,3 +196,31 @@ def test_under_secure_aggregation_no_single_client_state_is_audited(tiny_raw):
     seen: list = []
     _run_strategy(config, seen)
     assert seen == []
+
+
+def test_rmia_compares_with_all_non_members_when_a_kind_has_none_of_its_own():
+    """A run designed with canaries but no twins still gets an RMIA score per sample."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from fedmem.audits.membership import _rmia
+
+    def sample(kind, member):
+        return SimpleNamespace(kind=kind, member=member)
+
+    def scored(target, reference):
+        return SimpleNamespace(
+            scores=SimpleNamespace(logprob=np.array([target])),
+            reference=SimpleNamespace(logprob=np.array([reference])),
+        )
+
+    samples = [sample("canary", True), sample("qa", True), sample("qa", False),
+               sample("qa", False), sample("qa", False)]
+    inputs = [scored(-1.0, -3.0), scored(-1.5, -3.0), scored(-3.0, -3.0),
+              scored(-3.2, -3.0), scored(-2.9, -3.0)]
+    mia = SimpleNamespace(rmia_offline_a=1.0, rmia_gamma=1.0)
+    config = SimpleNamespace(attack=SimpleNamespace(membership=mia))
+    values = _rmia(config, tuple(samples), inputs)
+    assert values[0] == 1.0 and values[1] == 1.0  # both members beat every non-member
+    assert all(0.0 <= v <= 1.0 for v in values[2:])
