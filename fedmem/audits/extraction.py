@@ -302,17 +302,18 @@ def _approx_header(unit: str):
 # ------------------------------------------------------------------------ the report
 
 
-def by_replicas(view: ReportView) -> Any:
-    """combination, replicas, mean, std, low, high of final-round exact extraction (%): the
-    mean over seeds with its 95 % t-interval; for one seed, or seeds that agree exactly,
-    Clopper-Pearson over the group's canaries of all its seeds."""
+def by_replicas(view: ReportView, rate: str = "exact_rate") -> Any:
+    """combination, replicas, mean, std, low, high of a final-round rate (%; exact
+    extraction unless `rate` names another, e.g. approx_char_rate): the mean over seeds with
+    its 95 % t-interval; for one seed, or seeds that agree exactly, Clopper-Pearson over the
+    group's canaries of all its seeds."""
     import pandas as pd
 
-    pattern = re.compile(r"^extraction\.by_replicas\.(\d+)\.exact_rate$")
+    pattern = re.compile(rf"^extraction\.by_replicas\.(\d+)\.{rate}$")
     records = []
     for column in view.final.columns:
         if m := pattern.match(column):
-            n_column = column.removesuffix("exact_rate") + "n"
+            n_column = column.removesuffix(rate) + "n"
             for combination, group in view.final.groupby("combination", sort=False):
                 records.append({"combination": combination, "replicas": int(m.group(1)),
                                 **_cell_stats(group[column], group.get(n_column))})
@@ -340,16 +341,25 @@ def _cell_stats(rates: Any, counts: Any) -> dict[str, float]:
     return {"mean": ci.estimate * PCT, "std": std * PCT, "low": low * PCT, "high": high * PCT}
 
 
-def replica_rows(view: ReportView) -> list[list[str]]:
-    """Per combination and replica count: mean [95 % interval] of exact extraction (%)."""
-    replicas = by_replicas(view)
+def replica_rows(view: ReportView, rate: str = "exact_rate") -> list[list[str]]:
+    """Per combination and replica count: mean [95 % interval] of exact extraction (%), or
+    of another by-replicas rate."""
+    replicas = by_replicas(view, rate)
     counts = sorted(replicas["replicas"].unique())
     rows = [["combination", *[("0 (twins)" if r == 0 else f"{r}x") for r in counts]]]
+    if not counts:
+        return rows  # runs from before the rate existed: header only, left out
     for combination in view.style.index:
         sub = replicas[replicas.combination == combination].set_index("replicas")
         rows.append([combination, *[_interval_text(sub.loc[r]) if r in sub.index else "n/a"
                                     for r in counts]])
     return rows
+
+
+def approx_replica_rows(view: ReportView) -> list[list[str]]:
+    """Per combination and replica count: approximate memorization (character BLEU above
+    the threshold), mean [95 % interval] (%); header only for runs from before it."""
+    return replica_rows(view, "approx_char_rate")
 
 
 def _interval_text(cell: Any) -> str:
@@ -577,6 +587,8 @@ AUDIT = Audit(
     ),
     sections=(Section("Exact extraction by replica count (%, mean [95 % interval])",
                       replica_rows),
+              Section("Approximate memorization (character BLEU above attack.bleu_threshold) "
+                      "by replica count (%, mean [95 % interval])", approx_replica_rows),
               Section("Full vs LoRA fine-tuning: paired tests over the same canaries",
                       finetuning_tests)),
 )

@@ -109,15 +109,21 @@ def test_report_table_numbers_equal_the_store(sweep_report, finished_sweep):
             assert (low, high) == pytest.approx(expected, abs=tol), column
 
 
-def test_replica_table_equals_the_final_round_metrics(sweep_report, finished_sweep):
-    rows = _markdown_table(sweep_report.markdown.read_text(),
-                           "## Exact extraction by replica count (%, mean [95 % interval])")
+@pytest.mark.parametrize(("heading", "rate"), [
+    ("## Exact extraction by replica count (%, mean [95 % interval])", "exact_rate"),
+    ("## Approximate memorization (character BLEU above attack.bleu_threshold) by replica "
+     "count (%, mean [95 % interval])", "approx_char_rate"),
+])
+def test_replica_table_equals_the_final_round_metrics(sweep_report, finished_sweep, heading,
+                                                      rate):
+    rows = _markdown_table(sweep_report.markdown.read_text(), heading)
     final = query(
         finished_sweep.sweep.folder,
         "SELECT r.combination, AVG(m.value) * 100 AS pct FROM round_metrics m "
         "JOIN runs r USING (run_id) WHERE m.round = r.rounds "
-        "AND m.key = 'extraction.by_replicas.4.exact_rate' GROUP BY r.combination",
+        f"AND m.key = 'extraction.by_replicas.4.{rate}' GROUP BY r.combination",
     ).set_index("combination")["pct"]
+    assert sorted(r["combination"] for r in rows) == sorted(final.index)
     for row in rows:
         assert _mean_ci(row["4x"])[0] == pytest.approx(final[row["combination"]], abs=0.05)
 
