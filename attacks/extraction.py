@@ -14,7 +14,10 @@ gives the attacker one guess; beam search returns its n beams and sampling n sam
 canary counts as extracted when any of them reproduces the secret (partial scores take the
 best candidate). Partial memorization is measured in tokens: the fraction of secret
 positions reproduced, the correct run from the start, and the normalized Levenshtein
-similarity of the generated token sequence to the secret (rapidfuzz).
+similarity of the generated token sequence to the secret (rapidfuzz). Approximate
+memorization (attacks/approximate.py) is sacrebleu sentence BLEU of the guess against the
+secret, over token ids always and over characters when a `decode` (token ids -> text) is
+given; several guesses take the best BLEU, like the partial scores.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from dataclasses import dataclass
 import torch
 from rapidfuzz.distance import Levenshtein
 from transformers import PreTrainedTokenizerBase
+
+from attacks.approximate import APPROXIMATE_THRESHOLD, sentence_bleu_chars, sentence_bleu_tokens
+
+Decode = Callable[[Sequence[int]], str]  # token ids -> text (a tokenizer's decode)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class ExtractionResult:
     longest_match: int  # length of the correct run from the first suffix token
     # 1 - (token-level Levenshtein distance) / max(len), 1.0 for an exact reproduction
     edit_similarity: float = 0.0
+    token_bleu: float = 0.0  # sentence BLEU over token ids, in [0, 1]
+    char_bleu: float | None = None  # sentence BLEU over characters; None without a decode
 
 
 def split_record(
@@ -65,7 +74,10 @@ def split_record(
     return ExtractionTarget(canary_id, tuple(prefix), tuple(suffix))
 
 
-def score(target: ExtractionTarget, generated: Sequence[int]) -> ExtractionResult:
+def score(
+    target: ExtractionTarget, generated: Sequence[int], decode: Decode | None = None
+) -> ExtractionResult:
+    """Exact and partial scores of one guess; character BLEU too when `decode` is given."""
     truth = target.suffix_ids
     gen = tuple(generated[: len(truth)])
     hits = [i < len(gen) and gen[i] == t for i, t in enumerate(truth)]
@@ -77,7 +89,18 @@ def score(target: ExtractionTarget, generated: Sequence[int]) -> ExtractionResul
         token_accuracy=sum(hits) / len(truth),
         longest_match=longest,
         edit_similarity=edit_similarity(truth, gen),
+        token_bleu=sentence_bleu_tokens(gen, truth),
+        char_bleu=None if decode is None else char_bleu(decode(gen), decode(truth)),
     )
+
+
+def char_bleu(generated: str, truth: str) -> float:
+    """Character BLEU of a guess's text against the secret's text. A secret whose text is
+    only whitespace has no characters to score (BLEU would be undefined): it counts as
+    reproduced when the guess is blank too."""
+    if not truth.strip():
+        return float(not generated.strip())
+    return sentence_bleu_chars(generated, truth)
 
 
 def edit_similarity(truth: Sequence[int], generated: Sequence[int]) -> float:
@@ -85,10 +108,15 @@ def edit_similarity(truth: Sequence[int], generated: Sequence[int]) -> float:
     return float(Levenshtein.normalized_similarity(list(truth), list(generated)))
 
 
-def best_of(target: ExtractionTarget, candidates: Sequence[Sequence[int]]) -> ExtractionResult:
+def best_of(
+    target: ExtractionTarget,
+    candidates: Sequence[Sequence[int]],
+    decode: Decode | None = None,
+) -> ExtractionResult:
     """An attacker with several guesses: exact if any candidate is, and each partial score
-    the best over candidates; `generated_ids` is the best candidate (exact, then accuracy)."""
-    scored = [score(target, c) for c in candidates]
+    (BLEU included) the best over candidates; `generated_ids` is the best candidate (exact,
+    then accuracy)."""
+    scored = [score(target, c, decode) for c in candidates]
     best = max(scored, key=lambda r: (r.exact, r.token_accuracy, r.edit_similarity))
     return ExtractionResult(
         canary_id=target.canary_id,
@@ -97,7 +125,14 @@ def best_of(target: ExtractionTarget, candidates: Sequence[Sequence[int]]) -> Ex
         token_accuracy=max(r.token_accuracy for r in scored),
         longest_match=max(r.longest_match for r in scored),
         edit_similarity=max(r.edit_similarity for r in scored),
+        token_bleu=max(r.token_bleu for r in scored),
+        char_bleu=_best_char_bleu(scored),
     )
+
+
+def _best_char_bleu(results: Sequence[ExtractionResult]) -> float | None:
+    values = [r.char_bleu for r in results]
+    return None if any(v is None for v in values) else max(values)
 
 
 @dataclass(frozen=True)
@@ -212,10 +247,12 @@ def extract(
     pad_id: int,
     batch_size: int = 64,
     decoding: Decoding = GREEDY,
+    decode: Decode | None = None,
 ) -> list[ExtractionResult]:
-    """Extraction of every target. Batches group targets of equal suffix length; under
-    greedy decoding, whose first n tokens never depend on how many follow, all targets
-    share batches decoded to the longest suffix and each is scored on its own length."""
+    """Extraction of every target (character BLEU too when `decode` is given). Batches
+    group targets of equal suffix length; under greedy decoding, whose first n tokens never
+    depend on how many follow, all targets share batches decoded to the longest suffix and
+    each is scored on its own length."""
     by_length: dict[int, list[ExtractionTarget]] = defaultdict(list)
     longest = max((len(t.suffix_ids) for t in targets), default=0)
     for t in targets:
@@ -227,44 +264,69 @@ def extract(
             prompts = [t.prefix_ids for t in chunk]
             outs = continuations(model, prompts, length, pad_id, decoding)
             for t, candidates in zip(chunk, outs, strict=True):
-                results[t.canary_id] = best_of(t, candidates)
+                results[t.canary_id] = best_of(t, candidates, decode)
     return [results[t.canary_id] for t in targets]
 
 
 @dataclass(frozen=True)
 class ExtractionSummary:
+    """Means over a group of canaries. `approx_*_rate`: the share whose BLEU is strictly
+    above the threshold it was summarized with; the character-level ones are None when the
+    results carry no character BLEU."""
+
     n: int
     exact_rate: float
     token_accuracy: float
     longest_match: float
     edit_similarity: float = 0.0
+    token_bleu: float = 0.0
+    approx_token_rate: float = 0.0
+    char_bleu: float | None = None
+    approx_char_rate: float | None = None
 
     def as_dict(self) -> dict[str, float]:
-        return {
+        out = {
             "n": self.n,
             "exact_rate": self.exact_rate,
             "token_accuracy": self.token_accuracy,
             "longest_match": self.longest_match,
             "edit_similarity": self.edit_similarity,
+            "token_bleu": self.token_bleu,
+            "approx_token_rate": self.approx_token_rate,
         }
+        if self.char_bleu is not None:
+            out |= {"char_bleu": self.char_bleu, "approx_char_rate": self.approx_char_rate}
+        return out
 
 
-def summarize(results: Sequence[ExtractionResult]) -> ExtractionSummary:
+def summarize(
+    results: Sequence[ExtractionResult], bleu_threshold: float = APPROXIMATE_THRESHOLD
+) -> ExtractionSummary:
+    """Means over `results`; a canary is approximately memorized when its BLEU is strictly
+    above `bleu_threshold` (0.75 in the study)."""
     n = len(results)
     if n == 0:
         return ExtractionSummary(0, 0.0, 0.0, 0.0, 0.0)
+    chars = [r.char_bleu for r in results]
+    with_chars = all(c is not None for c in chars)
     return ExtractionSummary(
         n=n,
         exact_rate=sum(r.exact for r in results) / n,
         token_accuracy=sum(r.token_accuracy for r in results) / n,
         longest_match=sum(r.longest_match for r in results) / n,
         edit_similarity=sum(r.edit_similarity for r in results) / n,
+        token_bleu=sum(r.token_bleu for r in results) / n,
+        approx_token_rate=sum(r.token_bleu > bleu_threshold for r in results) / n,
+        char_bleu=sum(chars) / n if with_chars else None,
+        approx_char_rate=sum(c > bleu_threshold for c in chars) / n if with_chars else None,
     )
 
 
 def worst_case(per_setting: Sequence[Sequence[ExtractionResult]]) -> list[ExtractionResult]:
     """Per canary, the attacker's best over several settings (e.g. prefix lengths): the
-    worst case for the defender. Each inner sequence holds the same canaries in order."""
+    worst case for the defender. Each inner sequence holds the same canaries in order. Each
+    score is its best over the settings, BLEU included, so a canary is approximately
+    memorized in the worst case when any setting's guess clears the threshold."""
     return [
         ExtractionResult(
             canary_id=rs[0].canary_id,
@@ -273,16 +335,20 @@ def worst_case(per_setting: Sequence[Sequence[ExtractionResult]]) -> list[Extrac
             token_accuracy=max(r.token_accuracy for r in rs),
             longest_match=max(r.longest_match for r in rs),
             edit_similarity=max(r.edit_similarity for r in rs),
+            token_bleu=max(r.token_bleu for r in rs),
+            char_bleu=_best_char_bleu(rs),
         )
         for rs in zip(*per_setting, strict=True)
     ]
 
 
 def summarize_by(
-    results: Sequence[ExtractionResult], key: Callable[[str], Hashable]
+    results: Sequence[ExtractionResult],
+    key: Callable[[str], Hashable],
+    bleu_threshold: float = APPROXIMATE_THRESHOLD,
 ) -> dict[Hashable, ExtractionSummary]:
     """Summaries per group, where `key` maps a canary id to its group (e.g. replica count)."""
     groups: dict[Hashable, list[ExtractionResult]] = defaultdict(list)
     for r in results:
         groups[key(r.canary_id)].append(r)
-    return {k: summarize(v) for k, v in sorted(groups.items())}
+    return {k: summarize(v, bleu_threshold) for k, v in sorted(groups.items())}

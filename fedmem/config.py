@@ -263,6 +263,9 @@ class AttackConfig:
     # Forbid EOS until the secret's length (generate's min_new_tokens). Off: plain decoding,
     # a continuation that stops early is scored against the whole secret (not exact).
     suppress_eos: bool = False
+    # Approximate memorization: a guess whose sentence BLEU against the secret is strictly
+    # above this counts (0.75 in the study; character and token level, docs/audit.md).
+    bleu_threshold: float = field(default=0.75, metadata=_range(0.0, 1.0))
     # Also audit each client's returned state (the view of a server without SecAgg+).
     client_view: bool = False
     exposure: ExposureConfig = ExposureConfig()

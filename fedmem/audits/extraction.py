@@ -5,6 +5,13 @@ counts are the rows of the terminal's final table. Every decoding x prefix lengt
 first decoding at `attack.prefix_tokens` is the headline (top-level rates, by replica count
 and by owning client). With a prefix sweep, each decoding also reports the mean over lengths
 and the worst case (per canary, the best the attacker gets from any length).
+
+Beside exact extraction, every group carries approximate memorization as in the study: the
+share of canaries whose guess has sentence BLEU against the secret strictly above
+`attack.bleu_threshold` (0.75), at the character level (`approx_char_rate`, the study's
+measure) and the token level (`approx_token_rate`), each with its 95 % Clopper-Pearson
+interval, and the mean BLEU (`char_bleu`, `token_bleu`). The worst case over prefix lengths
+takes each canary's best BLEU over the lengths: approximately memorized if any length is.
 """
 
 from __future__ import annotations
@@ -63,12 +70,17 @@ def decoding_for(config: Config, name: str) -> Decoding:
 
 
 def audit_extraction(config: Config, model: torch.nn.Module) -> AuditPart:
-    from attacks.extraction import extract, worst_case
+    from attacks.extraction import extract
     from fedmem.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(config)
     canaries = canaries_by_id(config)
     lengths = config.attack.prefix_lengths()
+    threshold = config.attack.bleu_threshold
+
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids))
+
     rows: list[dict] = []
     variants: dict[str, dict] = {}
     headline: list[ExtractionResult] = []
@@ -84,30 +96,51 @@ def audit_extraction(config: Config, model: torch.nn.Module) -> AuditPart:
                     tokenizer.pad_token_id,
                     config.attack.batch_size,
                     decoding_for(config, name),
+                    decode,
                 )
             results = done[targets]
             per_length.append(results)
             rows += [_item(name, length, r, canaries, tokenizer) for r in results]
         if not headline:
             headline = per_length[0]
-        by_length = {
-            str(n): extraction_metrics(rs, canaries, by_client=False)
-            for n, rs in zip(lengths, per_length, strict=True)
-        }
-        variant: dict = {"prefix": by_length}
-        if len(lengths) > 1:
-            variant["over_prefixes"] = {
-                "mean": _mean_tree(list(by_length.values())),
-                "worst": extraction_metrics(worst_case(per_length), canaries, by_client=False),
-            }
-        variants[name] = variant
+        variants[name] = prefix_metrics(
+            dict(zip(lengths, per_length, strict=True)), canaries, threshold
+        )
     metrics = {
-        **extraction_metrics(headline, canaries),
+        **extraction_metrics(headline, canaries, bleu_threshold=threshold),
         "decoding": config.attack.decoding[0],
         "prefix_tokens": lengths[0],
+        "bleu_threshold": threshold,
         "variants": variants,
     }
     return AuditPart({"extraction": metrics}, rows)
+
+
+def prefix_metrics(
+    per_length: Mapping[int, Sequence[ExtractionResult]],
+    canaries: dict,
+    bleu_threshold: float | None = None,
+) -> dict:
+    """One decoding's metrics at each prefix length (`prefix`), and with several lengths
+    `over_prefixes`: the `mean` over lengths of every number (no intervals: a mean of
+    intervals is no interval of the mean) and the `worst` case, the metrics of each
+    canary's best over the lengths (exact if any length is, each partial score and BLEU
+    its maximum), with intervals. The worst case's rates are never below the mean's."""
+    from attacks.extraction import worst_case
+
+    by_length = {
+        str(n): extraction_metrics(rs, canaries, by_client=False, bleu_threshold=bleu_threshold)
+        for n, rs in per_length.items()
+    }
+    out: dict = {"prefix": by_length}
+    if len(per_length) > 1:
+        worst = worst_case(list(per_length.values()))
+        out["over_prefixes"] = {
+            "mean": _mean_tree(list(by_length.values())),
+            "worst": extraction_metrics(worst, canaries, by_client=False,
+                                        bleu_threshold=bleu_threshold),
+        }
+    return out
 
 
 def _item(decoding: str, length: int, r: ExtractionResult, canaries: dict, tokenizer) -> dict:
@@ -120,15 +153,29 @@ def _item(decoding: str, length: int, r: ExtractionResult, canaries: dict, token
         "token_accuracy": r.token_accuracy,
         "edit_similarity": r.edit_similarity,
         "longest_match": r.longest_match,
+        "char_bleu": r.char_bleu,
+        "token_bleu": r.token_bleu,
         "generated": tokenizer.decode(list(r.generated_ids)),
     }
 
 
 def extraction_metrics(
-    results: Sequence[ExtractionResult], canaries: dict, by_client: bool = True
+    results: Sequence[ExtractionResult],
+    canaries: dict,
+    by_client: bool = True,
+    bleu_threshold: float | None = None,
 ) -> dict:
-    """Rates over injected canaries, by replica count (0 = never-injected twins), by client."""
+    """Rates over injected canaries, by replica count (0 = never-injected twins), by client;
+    approximate memorization counts BLEU strictly above `bleu_threshold` (None: the study's
+    0.75)."""
+    from attacks.approximate import APPROXIMATE_THRESHOLD
     from attacks.extraction import summarize, summarize_by
+
+    if bleu_threshold is None:
+        bleu_threshold = APPROXIMATE_THRESHOLD
+
+    def summary(group: Sequence[ExtractionResult]) -> dict:
+        return _with_ci(summarize(group, bleu_threshold))
 
     injected = [r for r in results if canaries[r.canary_id].replicas > 0]
 
@@ -136,23 +183,32 @@ def extraction_metrics(
         clients = canaries[cid].clients
         return str(max(set(clients), key=clients.count)) if clients else "none"
 
+    replica_groups = summarize_by(results, lambda cid: canaries[cid].replicas, bleu_threshold)
     out = {
-        "injected": _with_ci(summarize(injected)),
-        "by_replicas": {
-            str(k): _with_ci(s)
-            for k, s in summarize_by(results, lambda cid: canaries[cid].replicas).items()
-        },
+        "injected": summary(injected),
+        "by_replicas": {str(k): _with_ci(s) for k, s in replica_groups.items()},
     }
     if by_client:
-        out["by_client"] = {k: _with_ci(s) for k, s in summarize_by(injected, owner).items()}
+        out["by_client"] = {
+            k: _with_ci(s) for k, s in summarize_by(injected, owner, bleu_threshold).items()
+        }
     return out
 
 
+RATES = ("exact_rate", "approx_char_rate", "approx_token_rate")
+
+
 def _with_ci(summary: ExtractionSummary) -> dict:
-    """The summary's numbers, plus `exact_rate_ci`: the 95 % Clopper-Pearson interval of
-    the exact rate (successes = canaries extracted exactly, n = canaries in the group)."""
-    extracted = round(summary.exact_rate * summary.n)
-    return {**summary.as_dict(), "exact_rate_ci": rate_ci(extracted, summary.n)}
+    """The summary's numbers, plus `<rate>_ci` for each of its rates (exact, approximate by
+    characters and by tokens): the 95 % Clopper-Pearson interval (successes = canaries
+    counted, n = canaries in the group)."""
+    numbers = summary.as_dict()
+    intervals = {
+        f"{rate}_ci": rate_ci(round(numbers[rate] * summary.n), summary.n)
+        for rate in RATES
+        if rate in numbers
+    }
+    return {**numbers, **intervals}
 
 
 def _mean_tree(trees: list[dict]) -> dict:
@@ -225,20 +281,39 @@ def _rate_with_ci(row: Mapping, replicas: str) -> str | None:
     return formatted(dig(row, "extraction", "by_replicas", replicas), "exact_rate", "%")
 
 
+def _approx_with_ci(row: Mapping, replicas: str) -> str | None:
+    """The group's approximate-memorization rate (character BLEU above the threshold) with
+    its Clopper-Pearson interval."""
+    return formatted(dig(row, "extraction", "by_replicas", replicas), "approx_char_rate", "%")
+
+
+def _approx_header(unit: str):
+    """'approx (BLEU>0.75)' and `unit`, from the runs' `bleu_threshold` column (numbers in
+    the terminal, text joined by '/' in the report)."""
+
+    def header(values: Mapping[str, Any]) -> str:
+        threshold = values.get("bleu_threshold")
+        shown = f"{threshold:g}" if isinstance(threshold, int | float) else str(threshold or "t")
+        return f"approx (BLEU>{shown}){unit}"
+
+    return header
+
+
 # ------------------------------------------------------------------------ the report
 
 
-def by_replicas(view: ReportView) -> Any:
-    """combination, replicas, mean, std, low, high of final-round exact extraction (%): the
-    mean over seeds with its 95 % t-interval; for one seed, or seeds that agree exactly,
-    Clopper-Pearson over the group's canaries of all its seeds."""
+def by_replicas(view: ReportView, rate: str = "exact_rate") -> Any:
+    """combination, replicas, mean, std, low, high of a final-round rate (%; exact
+    extraction unless `rate` names another, e.g. approx_char_rate): the mean over seeds with
+    its 95 % t-interval; for one seed, or seeds that agree exactly, Clopper-Pearson over the
+    group's canaries of all its seeds."""
     import pandas as pd
 
-    pattern = re.compile(r"^extraction\.by_replicas\.(\d+)\.exact_rate$")
+    pattern = re.compile(rf"^extraction\.by_replicas\.(\d+)\.{rate}$")
     records = []
     for column in view.final.columns:
         if m := pattern.match(column):
-            n_column = column.removesuffix("exact_rate") + "n"
+            n_column = column.removesuffix(rate) + "n"
             for combination, group in view.final.groupby("combination", sort=False):
                 records.append({"combination": combination, "replicas": int(m.group(1)),
                                 **_cell_stats(group[column], group.get(n_column))})
@@ -266,16 +341,25 @@ def _cell_stats(rates: Any, counts: Any) -> dict[str, float]:
     return {"mean": ci.estimate * PCT, "std": std * PCT, "low": low * PCT, "high": high * PCT}
 
 
-def replica_rows(view: ReportView) -> list[list[str]]:
-    """Per combination and replica count: mean [95 % interval] of exact extraction (%)."""
-    replicas = by_replicas(view)
+def replica_rows(view: ReportView, rate: str = "exact_rate") -> list[list[str]]:
+    """Per combination and replica count: mean [95 % interval] of exact extraction (%), or
+    of another by-replicas rate."""
+    replicas = by_replicas(view, rate)
     counts = sorted(replicas["replicas"].unique())
     rows = [["combination", *[("0 (twins)" if r == 0 else f"{r}x") for r in counts]]]
+    if not counts:
+        return rows  # runs from before the rate existed: header only, left out
     for combination in view.style.index:
         sub = replicas[replicas.combination == combination].set_index("replicas")
         rows.append([combination, *[_interval_text(sub.loc[r]) if r in sub.index else "n/a"
                                     for r in counts]])
     return rows
+
+
+def approx_replica_rows(view: ReportView) -> list[list[str]]:
+    """Per combination and replica count: approximate memorization (character BLEU above
+    the threshold), mean [95 % interval] (%); header only for runs from before it."""
+    return replica_rows(view, "approx_char_rate")
 
 
 def _interval_text(cell: Any) -> str:
@@ -423,8 +507,8 @@ def _injected(key: str):
     return lambda row: dig(row, "extraction", "injected", key)
 
 
-def _injected_ci(side: int):
-    return lambda row: ci_bound(dig(row, "extraction", "injected"), "exact_rate", side)
+def _injected_ci(side: int, key: str = "exact_rate"):
+    return lambda row: ci_bound(dig(row, "extraction", "injected"), key, side)
 
 
 AUDIT = Audit(
@@ -455,6 +539,25 @@ AUDIT = Audit(
                report=ReportColumn(
                    "longest run (tokens)", 1.0, 1,
                    note="*longest run*: secret tokens reproduced before the first error")),
+        Column("bleu_threshold", lambda row: dig(row, "extraction", "bleu_threshold"),
+               doc="attack.bleu_threshold: the BLEU an approx_* guess must exceed"),
+        Column("approx_char_rate", _injected("approx_char_rate"),
+               doc="injected canaries with character BLEU > bleu_threshold, final round",
+               report=ReportColumn(
+                   _approx_header(" (%)"), PCT, 1,
+                   note="*approx*: injected canaries whose guess has character-level "
+                   "sentence BLEU (sacrebleu) against the secret above the threshold, the "
+                   "study's approximate memorization")),
+        Column("approx_char_rate_low", _injected_ci(0, "approx_char_rate"),
+               doc="95 % Clopper-Pearson interval of approx_char_rate: low"),
+        Column("approx_char_rate_high", _injected_ci(1, "approx_char_rate"),
+               doc="95 % Clopper-Pearson interval of approx_char_rate: high"),
+        Column("approx_token_rate", _injected("approx_token_rate"),
+               doc="injected canaries with token-level BLEU > bleu_threshold, final round"),
+        Column("approx_token_rate_low", _injected_ci(0, "approx_token_rate"),
+               doc="95 % Clopper-Pearson interval of approx_token_rate: low"),
+        Column("approx_token_rate_high", _injected_ci(1, "approx_token_rate"),
+               doc="95 % Clopper-Pearson interval of approx_token_rate: high"),
     ),
     round_line="exact {exact_rate:.1%} [{exact_rate_low:.1%}, {exact_rate_high:.1%}]  "
                "token acc {token_accuracy:.1%}",
@@ -462,6 +565,7 @@ AUDIT = Audit(
         ReplicaColumn("canaries", _by_replicas("n")),
         ReplicaColumn("exact (before), % [95% CI]", _rate_with_ci, before=True),
         ReplicaColumn("exact, % [95% CI]", _rate_with_ci),
+        ReplicaColumn(_approx_header(", % [95% CI]"), _approx_with_ci),
         ReplicaColumn("token acc", _by_replicas("token_accuracy"), "{:.1%}"),
         ReplicaColumn("edit sim", _by_replicas("edit_similarity"), "{:.1%}"),
         ReplicaColumn("longest run", _by_replicas("longest_match"), "{:.1f}"),
@@ -483,6 +587,8 @@ AUDIT = Audit(
     ),
     sections=(Section("Exact extraction by replica count (%, mean [95 % interval])",
                       replica_rows),
+              Section("Approximate memorization (character BLEU above attack.bleu_threshold) "
+                      "by replica count (%, mean [95 % interval])", approx_replica_rows),
               Section("Full vs LoRA fine-tuning: paired tests over the same canaries",
                       finetuning_tests)),
 )

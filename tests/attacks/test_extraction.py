@@ -47,6 +47,42 @@ def test_summary_averages_over_canaries():
     assert s.edit_similarity == 0.5
 
 
+WORDS = {11: "record", 12: "number", 13: "4821", 14: "4827", 15: "blue", 16: "sky"}
+SECRET = ExtractionTarget("c", (1,), (11, 12, 13))  # "record number 4821"
+
+
+def _words(ids) -> str:
+    return " ".join(WORDS[i] for i in ids)
+
+
+def test_summary_counts_bleu_above_the_threshold_by_characters_and_by_tokens():
+    # copy: both BLEUs 1; last digit wrong: characters (12/16)^(1/4) = 0.93, tokens
+    # (1/6)^(1/3) = 0.55 (tests/attacks/test_approximate.py); unrelated words; nothing.
+    guesses = [(11, 12, 13), (11, 12, 14), (15, 16, 15), ()]
+    results = [score(SECRET, g, _words) for g in guesses]
+    assert [r.char_bleu > 0.75 for r in results] == [True, True, False, False]
+    assert [r.token_bleu > 0.75 for r in results] == [True, False, False, False]
+    s = summarize(results)
+    assert (s.exact_rate, s.approx_char_rate, s.approx_token_rate) == (0.25, 0.5, 0.25)
+    assert s.char_bleu == pytest.approx((1 + (12 / 16) ** 0.25 + results[2].char_bleu) / 4)
+    assert s.token_bleu == pytest.approx((1 + (1 / 6) ** (1 / 3)) / 4)
+    assert summarize(results, bleu_threshold=0.95).approx_char_rate == 0.25
+
+
+def test_without_a_decode_there_is_no_character_bleu_and_no_character_rate():
+    s = summarize([score(SECRET, (11, 12, 13))])
+    assert (s.approx_token_rate, s.char_bleu, s.approx_char_rate) == (1.0, None, None)
+    assert "approx_char_rate" not in s.as_dict() and s.as_dict()["approx_token_rate"] == 1.0
+
+
+def test_several_guesses_and_several_prefix_lengths_take_the_best_bleu():
+    near, far = score(SECRET, (11, 12, 14), _words), score(SECRET, (15, 16, 15), _words)
+    best = best_of(SECRET, [(15, 16, 15), (11, 12, 14)], _words)
+    assert (best.char_bleu, best.token_bleu) == (near.char_bleu, near.token_bleu)
+    worst = worst_case([[far], [near]])[0]
+    assert (worst.char_bleu, worst.token_bleu) == (near.char_bleu, near.token_bleu)
+
+
 def _tokenizer():
     return train_tokenizer([RECORD, "Patient notes and diagnoses. " * 20], vocab_size=300)
 
@@ -130,6 +166,7 @@ def test_worst_case_over_prefix_lengths_takes_each_canarys_best_length():
     worst = worst_case([short, long])
     assert [r.exact for r in worst] == [True, False]
     assert [r.token_accuracy for r in worst] == [1.0, 0.5]
+    assert all(r.char_bleu is None for r in worst)  # scored without a decode
 
 
 def test_beam_search_and_sampling_find_at_least_what_greedy_finds_on_a_memorized_record():

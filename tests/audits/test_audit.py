@@ -84,6 +84,12 @@ def test_prefix_sweep_reports_each_length_with_the_mean_and_the_worst_case(tiny_
     assert over["mean"]["injected"]["token_accuracy"] == pytest.approx(sum(lengths) / 3)
     assert over["worst"]["injected"]["token_accuracy"] >= max(lengths)
     assert {r["prefix_tokens"] for r in audit.rows["extraction"]} == {16, 4, 200}
+    for key in ("approx_char_rate", "approx_token_rate"):  # BLEU above attack.bleu_threshold
+        rates = [greedy["prefix"][n]["injected"][key] for n in ("16", "4", "200")]
+        assert over["worst"]["injected"][key] >= max(rates) >= over["mean"]["injected"][key]
+    assert audit.metrics["extraction"]["bleu_threshold"] == 0.75
+    assert all(0 <= r["char_bleu"] <= 1 and 0 <= r["token_bleu"] <= 1
+               for r in audit.rows["extraction"])
 
 
 @pytest.mark.parametrize(
@@ -93,6 +99,7 @@ def test_prefix_sweep_reports_each_length_with_the_mean_and_the_worst_case(tiny_
         ("decoding", [], r"^attack\.decoding: give at least one"),
         ("prefix_sweep", [10, 0], r"^attack\.prefix_sweep\[1\] = 0: must be >= 1"),
         ("num_beams", 1, r"^attack\.num_beams = 1: must be >= 2"),
+        ("bleu_threshold", 1.5, r"^attack\.bleu_threshold = 1\.5: must be <= 1\.0"),
     ],
 )
 def test_bad_attack_settings_are_rejected_naming_the_key(key, value, message):

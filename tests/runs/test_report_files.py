@@ -89,7 +89,8 @@ def test_report_table_numbers_equal_the_store(sweep_report, finished_sweep):
     rows = _markdown_table(sweep_report.markdown.read_text(),
                            "## Memorization and utility by combination")
     runs = query(finished_sweep.sweep.folder, "runs")
-    numbers = ["seed", "exact_rate", "token_accuracy", "longest_match", "heldout_perplexity"]
+    numbers = ["seed", "exact_rate", "token_accuracy", "longest_match", "heldout_perplexity",
+               "approx_char_rate"]
     stats = runs.groupby("combination")[numbers].agg(["mean", "count", list])
     assert sorted(r["combination"] for r in rows) == sorted(stats.index)
     for row in rows:
@@ -100,6 +101,7 @@ def test_report_table_numbers_equal_the_store(sweep_report, finished_sweep):
             ("partial: token acc (%)", "token_accuracy", 100, 0.05),
             ("longest run (tokens)", "longest_match", 1, 0.05),
             ("held-out ppl", "heldout_perplexity", 1, 0.005),
+            ("approx (BLEU>0.75) (%)", "approx_char_rate", 100, 0.05),
         ):
             mean, low, high = _mean_ci(row[column])
             assert mean == pytest.approx(s[(key, "mean")] * scale, abs=tol), column
@@ -107,15 +109,21 @@ def test_report_table_numbers_equal_the_store(sweep_report, finished_sweep):
             assert (low, high) == pytest.approx(expected, abs=tol), column
 
 
-def test_replica_table_equals_the_final_round_metrics(sweep_report, finished_sweep):
-    rows = _markdown_table(sweep_report.markdown.read_text(),
-                           "## Exact extraction by replica count (%, mean [95 % interval])")
+@pytest.mark.parametrize(("heading", "rate"), [
+    ("## Exact extraction by replica count (%, mean [95 % interval])", "exact_rate"),
+    ("## Approximate memorization (character BLEU above attack.bleu_threshold) by replica "
+     "count (%, mean [95 % interval])", "approx_char_rate"),
+])
+def test_replica_table_equals_the_final_round_metrics(sweep_report, finished_sweep, heading,
+                                                      rate):
+    rows = _markdown_table(sweep_report.markdown.read_text(), heading)
     final = query(
         finished_sweep.sweep.folder,
         "SELECT r.combination, AVG(m.value) * 100 AS pct FROM round_metrics m "
         "JOIN runs r USING (run_id) WHERE m.round = r.rounds "
-        "AND m.key = 'extraction.by_replicas.4.exact_rate' GROUP BY r.combination",
+        f"AND m.key = 'extraction.by_replicas.4.{rate}' GROUP BY r.combination",
     ).set_index("combination")["pct"]
+    assert sorted(r["combination"] for r in rows) == sorted(final.index)
     for row in rows:
         assert _mean_ci(row["4x"])[0] == pytest.approx(final[row["combination"]], abs=0.05)
 
@@ -232,6 +240,19 @@ def test_the_report_shows_a_tpr_its_non_members_cannot_resolve_as_what_it_needs(
     column = rows[0].index("MIA TPR @ 1% FPR (%)")
     assert {r[0]: r[column] for r in rows[1:]} == {
         "a": "n/a (needs ≥ 100 non-members)", "b": "12.5"}
+
+
+def test_the_report_table_shows_approximate_memorization_with_its_threshold():
+    run = {"finetuning": "full", "wall_time_s": 1.0, "bleu_threshold": 0.75}
+    rows = _table_rows(_data([
+        {**run, "run_id": "a-0", "combination": "a", "seed": 0, "approx_char_rate": 0.5},
+        {**run, "run_id": "a-1", "combination": "a", "seed": 1, "approx_char_rate": 0.25},
+        {**run, "run_id": "b-0", "combination": "b", "seed": 0, "approx_char_rate": 0.0},
+    ]))
+    column = rows[0].index("approx (BLEU>0.75) (%)")
+    cells = {r[0]: r[column] for r in rows[1:]}
+    assert _mean_ci(cells["a"])[0] == pytest.approx(37.5)
+    assert cells["b"].startswith("0.0")
 
 
 def test_full_and_lora_cells_are_compared_canary_by_canary(sweep_report, finished_sweep):

@@ -82,6 +82,8 @@ def test_canary_results_hold_every_extraction_line(finished_sweep):
                  (cell.name,))
     assert len(rows) == len(lines)
     assert set(rows["injected"]) == {0, 1}
+    extra = [json.loads(e) for e in rows["extra_json"]]  # per-canary BLEU of each guess
+    assert all(0 <= e["char_bleu"] <= 1 and 0 <= e["token_bleu"] <= 1 for e in extra)
 
 
 def test_reingesting_a_run_replaces_its_rows(one_run, tmp_path):
