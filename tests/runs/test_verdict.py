@@ -1,9 +1,17 @@
 """The report's verdict: what leaked, from which vantage point, under which mitigation, at
 what utility cost; a finding not made is given with the interval that bounds it."""
 
+import json
+
 import pandas as pd
 
-from fedmem.runs.verdict import extraction_line, membership_line, utility_line
+from fedmem.runs.verdict import (
+    client_view_lines,
+    dp_lines,
+    extraction_line,
+    membership_line,
+    utility_line,
+)
 
 
 def _final(rates: dict[int, tuple[float, int]], seeds: int = 1) -> pd.DataFrame:
@@ -65,3 +73,20 @@ def test_utility_cost_reads_perplexity_before_and_after_fine_tuning():
     line = utility_line(runs, rounds)
     assert line.startswith("utility: held-out perplexity 185.0 [")
     assert "before fine-tuning -> 91.0 [" in line
+
+
+def test_the_servers_view_of_each_client_is_given_where_it_was_audited():
+    final = pd.DataFrame([{"client_view.clients.1.extraction.injected.exact_rate": 0.5,
+                           "client_view.clients.1.extraction.injected.n": 8}])
+    assert client_view_lines(final) == [
+        "server's view of client 1's update: exact extraction 4/8, 50.0 % [15.7, 84.3] of its "
+        "injected canaries"]
+
+
+def test_a_dp_audit_verdict_names_the_claim_the_bound_and_the_ceiling(tmp_path):
+    record = {"epsilon_claimed": 8.0, "epsilon_one_run": 0.4, "epsilon_one_run_fdp": None,
+              "epsilon_ceiling_one_run": 2.5, "verdict": "inconclusive"}
+    (tmp_path / "summary.json").write_text(json.dumps({"dp_audit": {"record": record}}))
+    assert dp_lines([str(tmp_path)]) == [
+        f"DP audit (record level, {tmp_path.name}): claimed epsilon 8.000, empirical lower "
+        "bound 0.400, ceiling 2.500: inconclusive"]
