@@ -42,29 +42,30 @@ class InProcessGrid:
             for i in range(num_nodes)
         }
         self.replies: list[Message] = []  # every message any client sent to the server
-        self.pending: dict[str, Message] = {}  # pushed, not yet answered, by message id
+        self.answered: dict[str, Message] = {}  # replies not yet pulled, by message id
         self.pull_interval = 0.0
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
     def push_messages(self, messages) -> list[str]:
-        """Queue each message under a fresh id, as Flower's grids do."""
+        """Each message under a fresh id, as Flower's grids do, its client run at once (so a
+        slow machine never runs into the workflow's reply timeout, which starts after the
+        push)."""
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-            self.pending[message.metadata.message_id] = message
+            self.answered[message.metadata.message_id] = self._answer(message)
             ids.append(message.metadata.message_id)
         return ids
 
     def pull_messages(self, message_ids) -> list[Message]:
-        """The reply to the earliest queued message among `message_ids`, its client run
-        now: replies arrive one per pull, in the order the messages were sent."""
+        """The reply to the earliest pushed message among `message_ids`: replies arrive one
+        per pull, in the order the messages were sent."""
         wanted = set(message_ids)
-        for message_id, message in self.pending.items():
+        for message_id in self.answered:
             if message_id in wanted:
-                del self.pending[message_id]
-                return [self._answer(message)]
+                return [self.answered.pop(message_id)]
         return []
 
     def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
