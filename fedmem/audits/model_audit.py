@@ -51,11 +51,11 @@ def audit_model(config: Config, model: torch.nn.Module, vantage: str = GLOBAL) -
     curves: dict = {}
     audits = registry.enabled(config)
     for done, audit in enumerate(audits):
-        progress.step(f"audits ({vantage} model): {audit.name}", done, len(audits))
+        progress.step(f"audits ({vantage} model)", done, len(audits), audit.name)
         part: AuditPart = audit.run(config, model)
         metrics.update(part.metrics)
         if part.rows:
             rows[audit.name] = [{"vantage": vantage, **r} for r in part.rows]
         curves.update(part.roc)
-    progress.step(f"audits ({vantage} model): done", len(audits), len(audits))
+    progress.step(f"audits ({vantage} model)", len(audits), len(audits))
     return RoundAudit(metrics, rows, curves)

@@ -61,10 +61,14 @@ def steps_bar(bar: Progress) -> Iterator[None]:
     """One more bar in `bar`: the step the work reports now (fedmem.progress), e.g. the
     clients done of a round's sampled clients, then each audit."""
     task = bar.add_task("", total=1, visible=False)
+    current: list = ["", 0]  # the step's name and units done
 
-    def on_step(name: str, done: int, total: int) -> None:
-        bar.update(task, description=f"  {name}", completed=done, total=max(total, 1),
-                   visible=True)
+    def on_step(name: str, done: int, total: int, detail: str) -> None:
+        if name != current[0] or done < current[1]:  # a new step: its own clock and estimate
+            bar.reset(task, total=max(total, 1), visible=True)
+        current[:] = [name, done]
+        text = f"  {name}: {detail}" if detail else f"  {name}"
+        bar.update(task, completed=done, total=max(total, 1), description=text)
 
     with progress.listening(on_step):
         yield

@@ -16,10 +16,10 @@ def test_steps_reach_the_innermost_listener_only_while_it_listens():
     with progress.listening(lambda *s: outer.append(s)):
         progress.step("a", 0, 2)
         with progress.listening(lambda *s: inner.append(s)):
-            progress.step("b", 1, 2)
+            progress.step("b", 1, 2, "now")
         progress.step("a", 2, 2)
     progress.step("nobody", 1, 1)
-    assert outer == [("a", 0, 2), ("a", 2, 2)] and inner == [("b", 1, 2)]
+    assert outer == [("a", 0, 2, ""), ("a", 2, 2, "")] and inner == [("b", 1, 2, "now")]
 
 
 class _Grid:
@@ -46,7 +46,7 @@ def test_the_server_reports_each_client_reply_as_it_arrives():
     with progress.listening(lambda *s: steps.append(s)):
         replies = watching._gather([object()] * 3, None, "round 4: clients (fit)")
     assert len(replies) == 3
-    assert steps == [("round 4: clients (fit)", n, 3) for n in range(4)]
+    assert steps == [("round 4: clients (fit)", n, 3, "") for n in range(4)]
 
 
 def test_a_timeout_ends_the_wait_with_the_replies_in_so_far():
@@ -65,7 +65,7 @@ def test_off_a_terminal_each_round_prints_one_line_and_nothing_else(monkeypatch)
     with report.round_progress(2) as on_round:
         for n in (0, 1, 2):
             progress.step(f"round {n}: clients (fit)", 1, 2)
-            progress.step("audits (global model): extraction", 0, 5)
+            progress.step("audits (global model)", 0, 5, "extraction")
             on_round(_row(n))
     lines = out.getvalue().splitlines()
     assert [line.split("  ")[0] for line in lines] == ["round 0/2", "round 1/2", "round 2/2"]
@@ -81,6 +81,9 @@ def test_on_a_terminal_the_bar_shows_the_step_and_the_time_left(monkeypatch):
         bar.update(rounds, completed=1)
         progress.step("round 2: clients (fit)", 1, 3)
         bar.refresh()
+        progress.step("audits (global model)", 2, 5, "membership")
+        bar.refresh()
     drawn = out.getvalue()
     assert "round 2: clients (fit)" in drawn and "1/3" in drawn
+    assert "audits (global model): membership" in drawn and "2/5" in drawn
     assert "rounds" in drawn and "left" in drawn
