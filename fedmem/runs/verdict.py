@@ -47,6 +47,8 @@ class Verdict:
 
     def heading(self) -> str:
         seeds = "1 seed" if self.seeds == 1 else f"{self.seeds} seeds, pooled"
+        if self.combination == self.mitigations:  # a run outside a sweep
+            return f"mitigations {self.mitigations} ({seeds})"
         return f"{self.combination}: mitigations {self.mitigations} ({seeds})"
 
 
