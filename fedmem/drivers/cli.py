@@ -198,7 +198,8 @@ def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
         train_and_audit(config, on_round, verbose, resume=resume)
     summary_path = config.run_dir / "summary.json"
     if not summary_path.exists():
-        raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
+        raise RuntimeError(f"the run ended without writing {summary_path}; see the errors "
+                           f"above and {config.run_dir / 'run.log'}")
     summary = json.loads(summary_path.read_text())
     print_summary(summary, config.run_dir)
     return summary

@@ -5,9 +5,10 @@ A DP-SGD run would otherwise interleave opacus' warnings ("Secure RNG turned off
 backward hook is firing"), Ray's forwarded actor lines and Flower's ("Manually terminating
 ClientAppActor") with the round lines. While a run records, Python warnings (opacus',
 torch's, transformers') and Flower's log records are written to `run.log` instead of the
-terminal, in the driver (`to_run_log`) and in each simulation actor (`attach`, from the
-ClientApp; Ray no longer forwards actor output: fedmem.drivers.simulation). What a user needs
-from them is said once in fedmem's words (`notices`).
+terminal (Flower's errors still show there too), in the driver (`to_run_log`) and in each
+simulation actor (`attach`, from the ClientApp; Ray no longer forwards actor output:
+fedmem.drivers.simulation). What a user needs from them is said once in fedmem's words
+(`notices`).
 """
 
 from __future__ import annotations
@@ -35,15 +36,27 @@ def _handler(run_dir: Path, mode: str = "a") -> logging.Handler:
     return handler
 
 
-def _route(handler: logging.Handler) -> dict[str, tuple[list[logging.Handler], bool]]:
-    """Send LOGGERS to `handler` alone; returns what to restore."""
-    saved = {}
+def _route(handler: logging.Handler) -> list:
+    """Send LOGGERS to `handler`; Flower's own handlers keep its errors only (what went wrong
+    stays on the terminal). Returns what to restore."""
+    saved = []
     for name in LOGGERS:
         logger = logging.getLogger(name)
-        saved[name] = (list(logger.handlers), logger.propagate)
-        logger.handlers = [handler]
+        kept = [h for h in logger.handlers if name == "flwr"]
+        saved.append((logger, list(logger.handlers), logger.propagate,
+                      [(h, h.level) for h in kept]))
+        for h in kept:
+            h.setLevel(max(h.level, logging.ERROR))
+        logger.handlers = [*kept, handler]
         logger.propagate = False
     return saved
+
+
+def _restore(saved: list) -> None:
+    for logger, handlers, propagate, levels in saved:
+        logger.handlers, logger.propagate = handlers, propagate
+        for h, level in levels:
+            h.setLevel(level)
 
 
 @contextmanager
@@ -56,9 +69,7 @@ def to_run_log(run_dir: Path, resume: bool = False) -> Iterator[Path]:
     try:
         yield Path(run_dir) / LOG_FILE
     finally:
-        for name, (handlers, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers, logger.propagate = handlers, propagate
+        _restore(saved)
         logging.captureWarnings(False)
         handler.close()
 
