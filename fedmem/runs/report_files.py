@@ -293,7 +293,8 @@ def _html_verdict(found: list[Verdict]) -> str:
 
 CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+    "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+    "td,th{border:1px solid #bbb;padding:3px 8px;"
     "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
     "section.verdict{border:2px solid #444;border-radius:6px;padding:0.5em 1.2em;"
     "background:#f7f7f2}section.verdict h3{margin:0.8em 0 0.2em;font-size:1.05em}"

@@ -8,10 +8,9 @@ with the one line that installs it."""
 
 import pytest
 
-from fedmem.runs.report_files import write_report
 from tests.support import browser
 
-pytestmark = pytest.mark.slow  # a browser process; the report test reuses the sweep fixture
+pytestmark = pytest.mark.slow  # a browser process; the sweep and its report are shared fixtures
 
 
 def _open(html_file, screenshot) -> browser.Page:
@@ -20,8 +19,8 @@ def _open(html_file, screenshot) -> browser.Page:
     return browser.open_page(html_file, screenshot)
 
 
-def test_the_sweep_report_renders_whole_in_a_browser(finished_sweep, tmp_path):
-    report = write_report(finished_sweep.sweep.folder)
+def test_the_sweep_report_renders_whole_in_a_browser(sweep_report, tmp_path):
+    report = sweep_report
     source = report.html.read_text()
     page = _open(report.html, tmp_path / "report.png")
     facts = page.facts

@@ -20,11 +20,6 @@ AUDITED = (*ALWAYS, "mia_roc", "exposure")  # runs that audit membership and exp
 
 
 @pytest.fixture(scope="module")
-def sweep_report(finished_sweep):
-    return write_report(finished_sweep.sweep.folder)
-
-
-@pytest.fixture(scope="module")
 def unaudited_run(tmp_path_factory):
     """A tiny finished run that audited neither membership inference nor exposure."""
     from fedmem.config import build_config
