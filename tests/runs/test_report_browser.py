@@ -1,6 +1,7 @@
 """report.html as a reader's browser shows it: headless Chromium loads a finished sweep's
 report, and the page must load without a console error or a broken image, open on the
-verdict, and hold every table and figure the report wrote. The screenshot is kept in the
+verdict, and hold every table and figure the report wrote, none running past the page's
+column. The screenshot is kept in the
 test's tmp folder for a person to look at.
 
 Needs Debian's `chromium-headless-shell` (`.ci/run` installs it); without it these tests fail

@@ -37,8 +37,10 @@ PAGE_FACTS = """JSON.stringify({
   verdict: !!document.querySelector('section.verdict'),
   firstSection: (document.querySelector('body > section, body > h2') || {}).className || '',
   height: document.documentElement.scrollHeight,
-  overflowing: [...document.images].filter(i => i.getBoundingClientRect().right > innerWidth + 1)
-                                   .map(i => i.alt),
+  overflowing: [...document.querySelectorAll('img, table')]
+      .filter(e => e.getBoundingClientRect().right
+                   > document.body.getBoundingClientRect().right + 1)
+      .map(e => e.alt || e.tagName),
 })"""
 
 
