@@ -5,7 +5,8 @@ interval. It never says "safe": a finding not made is given with the interval th
 - Exact extraction (global model, final round, headline decoding and prefix length), per
   replica group, pooled over the combination's seeds (k of n canaries, Clopper-Pearson). A
   group *leaked* when its rate is above the never-injected twins' (one-sided Fisher exact
-  test, p < 0.05): the twins measure what the model reproduces without ever seeing a secret.
+  test per group, Holm-adjusted over the groups, p < 0.05): the twins measure what the model
+  reproduces without ever seeing a secret.
 - Membership inference: the headline score's AUC, the run's bootstrap interval for one seed,
   the t-interval over seeds otherwise; distinguishable when the interval lies above 0.5.
 - Other vantage points the runs audited (the server's view of each client's update), the
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from attacks.statistics import Interval, aggregate_seeds
+from attacks.statistics import Interval, aggregate_seeds, holm
 from fedmem.audits.declaration import ReportView
 from fedmem.audits.intervals import rate_ci
 
@@ -100,11 +101,13 @@ def extraction_line(final: pd.DataFrame, vantage: str = "global model") -> str:
         listed = "; ".join(f"{r}x: {c.text()}" for r, c in sorted(groups.items()))
         return (f"exact extraction ({vantage}): {listed} (no never-injected twins to compare "
                 "with: no leak is called)")
-    leaked = {r: (c, p) for r, c in groups.items()
-              if c.k > 0 and (p := _above(c, twins)) < ALPHA}
+    order = sorted(groups)
+    tests = holm([_above(groups[r], twins) for r in order], ALPHA)  # over the groups
+    leaked = {r: (groups[r], p) for r, p, reject in zip(order, tests.adjusted, tests.reject,
+                                                         strict=True) if reject}
     base = f"twins {twins.text()}"
     if leaked:
-        listed = "; ".join(f"{r}x ({c.text()}, p = {p:.3g})"
+        listed = "; ".join(f"{r}x ({c.text()}, Holm-adjusted p = {p:.3g})"
                            for r, (c, p) in sorted(leaked.items()))
         return (f"LEAKED, exact extraction ({vantage}) above the twins' level in replica "
                 f"groups {listed}; {base}")
@@ -112,7 +115,8 @@ def extraction_line(final: pd.DataFrame, vantage: str = "global model") -> str:
         return (f"no exact extraction detected ({vantage}): injected {injected.text()}; "
                 f"{base}")
     return (f"exact extraction ({vantage}) not above the twins' level in any replica group "
-            f"(one-sided Fisher exact, p >= {ALPHA}): injected {injected.text()}; {base}")
+            f"(one-sided Fisher exact, Holm over the groups, p >= {ALPHA}): injected "
+            f"{injected.text()}; {base}")
 
 
 def client_view_lines(final: pd.DataFrame) -> list[str]:
@@ -218,7 +222,8 @@ def verdicts(data: ReportView) -> list[Verdict]:
 
 RULE = (
     "Final round. A replica group leaked when its exact-extraction rate is above the "
-    "never-injected twins' (one-sided Fisher exact test, p < 0.05; counts pooled over seeds, "
+    "never-injected twins' (one-sided Fisher exact test, Holm-adjusted over the replica "
+    "groups, p < 0.05; counts pooled over seeds, "
     "95 % Clopper-Pearson intervals); MIA: interval above 0.5. A finding not made is shown "
     "with the interval that bounds it, not as safety."
 )

@@ -26,7 +26,7 @@ def _final(rates: dict[int, tuple[float, int]], seeds: int = 1) -> pd.DataFrame:
 def test_a_group_above_the_twins_is_named_with_its_counts_interval_and_p():
     line = extraction_line(_final({0: (0.0, 16), 1: (0.0, 8), 8: (0.75, 8)}, seeds=2))
     assert line.startswith("LEAKED")
-    assert "8x (12/16, 75.0 % [47.6, 92.7], p = " in line
+    assert "8x (12/16, 75.0 % [47.6, 92.7], Holm-adjusted p = " in line
     assert "1x" not in line  # 0 of 16 is not above the twins
     assert "twins 0/32, 0.0 % [0.0, 10.9]" in line
 
