@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -24,6 +25,7 @@ from fedmem.models.loading import (
     set_trainable_state,
     state_nbytes,
 )
+from fedmem.runs import run_log
 from fedmem.training import encode_training_rows
 
 
@@ -126,12 +128,22 @@ class FedmemClient(NumPyClient):
         return resumed.get(str(self.client))
 
 
+def _in_ray_actor() -> bool:
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 def make_client_app(config: Config | None = None) -> ClientApp:
     """The ClientApp; with `config` given it overrides the run config Flower passes in."""
     preset = to_run_config(config) if config is not None else {}
 
     def client_fn(context: Context):
         cfg = from_run_config({**context.run_config, **preset})
+        if _in_ray_actor():  # a simulation's client: its library output goes to run.log
+            run_log.attach(cfg.run_dir)
         torch.set_num_threads(max(1, int(cfg.federation.client_cpus)))
         client = int(context.node_config["partition-id"])
         return FedmemClient(cfg, client, context.state).to_client()

@@ -7,12 +7,14 @@ resumed run is round r everywhere: in fit configs, message group ids, seeds and 
 
 Before each fit stage the server's global RNGs are reseeded from (seed, round)
 (`fedmem.seeding`). During it, `WatchingGrid` notes every client failure (an error reply or
-no reply), the SecAgg+ threshold, and the DP-SGD accountant history each client reports.
+no reply), the SecAgg+ threshold, and the DP-SGD accountant history each client reports, and
+reports each reply as it arrives (`fedmem.progress`: clients done of clients sampled).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -23,6 +25,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
+from fedmem import progress
 from fedmem.faults import parse_failure
 from fedmem.mitigations.dp_history import HISTORY_METRIC
 from fedmem.seeding import seed_global_rngs
@@ -45,8 +48,9 @@ def _short(error: str, limit: int = 300) -> str:
 class WatchingGrid:
     """Forwards to a Grid and notes what the replies say about the clients."""
 
-    def __init__(self, grid: Grid, node_clients: dict[int, int]) -> None:
+    def __init__(self, grid: Grid, node_clients: dict[int, int], server_round: int = 0) -> None:
         self._grid = grid
+        self.server_round = server_round
         self.node_clients = node_clients  # node id -> client index, learnt from replies
         self.failed: dict[int, dict[str, Any]] = {}  # node id -> its first failure
         self.sampled: set[int] = set()
@@ -66,12 +70,32 @@ class WatchingGrid:
             if configs is not None and Key.THRESHOLD in configs:
                 self.threshold = int(cast(int, configs[Key.THRESHOLD]))
         self.sampled.update(stages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        stage = "/".join(sorted(set(stages.values())))
+        replies = self._gather(messages, timeout, f"round {self.server_round}: clients ({stage})")
         for reply in replies:
             self._note(reply, stages.get(reply.metadata.src_node_id, PLAIN_FIT))
         answered = {r.metadata.src_node_id for r in replies}
         for node in stages.keys() - answered:
             self._fail(node, None, stages[node], "no reply within the timeout")
+        return replies
+
+    def _gather(self, messages: list[Message], timeout: float | None, task: str) -> list[Message]:
+        """The grid's own send_and_receive (push all, then pull until every reply is in or
+        the timeout passes), reporting each reply as it arrives."""
+        waiting = set(self._grid.push_messages(messages))
+        total = len(waiting)
+        progress.step(task, 0, total)
+        end = time.time() + (timeout if timeout is not None else 0.0)
+        replies: list[Message] = []
+        while timeout is None or time.time() < end:
+            pulled = list(self._grid.pull_messages(waiting))
+            replies += pulled
+            waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            if pulled:
+                progress.step(task, total - len(waiting), total)
+            if not waiting:
+                break
+            time.sleep(getattr(self._grid, "pull_interval", 3.0))  # Flower's grids: 0.1 / 3 s
         return replies
 
     def _note(self, reply: Message, stage: str) -> None:
@@ -130,7 +154,7 @@ class RoundFitStage:
         cfg[WorkflowKey.CURRENT_ROUND] = server_round
         seed_global_rngs(self.seed, server_round)
         before = context.state.array_records[MAIN_PARAMS_RECORD]
-        watching = WatchingGrid(grid, self.node_clients)
+        watching = WatchingGrid(grid, self.node_clients, server_round)
         self.inner(cast(Grid, watching), context)
         aggregated = context.state.array_records[MAIN_PARAMS_RECORD] is not before
         self.accountants.update(watching.histories)

@@ -106,3 +106,11 @@ def finished_sweep(tmp_path_factory):
         returned=returned,
         runs_after_sweep=query(sweep.folder, "runs"),
     )
+
+
+@pytest.fixture(scope="session")
+def sweep_report(finished_sweep):
+    """The finished sweep's report (report.md, report.html, figures), written once."""
+    from fedmem.runs.report_files import write_report
+
+    return write_report(finished_sweep.sweep.folder)

@@ -258,6 +258,10 @@ def _nonmembers(row: Mapping) -> Any:
     return dig(row, "membership", "nonmembers")
 
 
+def _members(row: Mapping) -> Any:
+    return dig(row, "membership", "members")
+
+
 def _tpr_text(value: float | None, fpr: float) -> str:
     """'12.5%', or 'n/a (needs ≥ 100 non-members)' where the TPR was not resolvable."""
     from attacks.statistics import min_nonmembers_for_fpr
@@ -349,24 +353,67 @@ def final_curves(view: ReportView) -> Any:
 
 def draw_roc(curves: Any, view: ReportView) -> Any:
     """ROC curves of the membership-inference scores at the final audited round, one panel per
-    score, one line per combination (its lowest seed). `curves`: combination, curve, fpr, tpr."""
+    score, one line per combination (its lowest seed), on log-log axes as the field reads them:
+    what matters is the TPR at low FPR. `curves`: run_id, combination, curve, fpr, tpr.
+
+    Each axis starts at the smallest rate its samples resolve (1/n non-members, 1/n members);
+    a point at FPR 0 is drawn at 1/n (the curve only rises, so its TPR holds there too) and
+    TPR 0 is left out. The legend gives each line's n."""
+    import math
+
     import matplotlib.pyplot as plt
+    import numpy as np
 
     names = sorted(curves["curve"].unique())[:6]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    sizes = _roc_sizes(view)
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.4 * rows), squeeze=False)
+    lowest = [1.0, 1.0]  # FPR, TPR
+    for ax, name in zip(axes.flat, names, strict=False):
         for combination, group in curves[curves.curve == name].groupby("combination", sort=False):
             group = group.sort_values("point")
-            ax.plot(group["fpr"], group["tpr"], view.linestyle(combination),
-                    color=view.colour(combination), label=combination)
-        ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle("Membership inference ROC, final round")
-    fig.tight_layout()
+            members, nonmembers = sizes.get(group["run_id"].iloc[0], (None, None))
+            floor = 1.0 / nonmembers if nonmembers else 1e-3
+            fpr = np.maximum(group["fpr"].to_numpy(dtype=float), floor)
+            tpr = group["tpr"].to_numpy(dtype=float)
+            tpr = np.where(tpr > 0, tpr, np.nan)
+            lowest = [min(lowest[0], floor), min(lowest[1], 1.0 / members if members else 1e-3)]
+            ax.plot(fpr, tpr, view.linestyle(combination), color=view.colour(combination),
+                    label=f"{combination} (n = {members}/{nonmembers})")
+        ax.set_title(name, fontsize=10)
+    for ax in axes.flat[:len(names)]:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lowest[0], 1.0)
+        ax.set_ylim(lowest[1], 1.05)
+        ax.plot([lowest[0], 1], [lowest[0], 1], ":", color="grey", lw=1, label="chance")
+        ax.set_xlabel("false positive rate (log)")
+        ax.set_ylabel("true positive rate (log)")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8,
+               title="combination (n = members/non-members, each combination's lowest seed)",
+               title_fontsize=8, frameon=False)
+    fig.suptitle("Membership inference ROC, final round (log-log)")
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * math.ceil(len(labels) / 3), 1, 1))
     return fig
+
+
+def _roc_sizes(view: ReportView) -> dict[str, tuple[int | None, int | None]]:
+    """run_id -> (members, non-members) its final ROC rests on; None where unknown."""
+    runs = view.runs.set_index("run_id")
+    if "mia_nonmembers" not in runs:
+        return {}
+    out = {}
+    for run_id, row in runs.iterrows():
+        nonmembers = row["mia_nonmembers"]
+        members = row.get("mia_members")
+        out[run_id] = (None if members is None or members != members else int(members),
+                       None if nonmembers != nonmembers else int(nonmembers))
+    return out
 
 
 AUDIT = Audit(
@@ -396,6 +443,8 @@ AUDIT = Audit(
                doc="its TPR at 0.1% FPR; NULL with fewer than 1000 non-members"),
         Column("mia_nonmembers", _nonmembers, sql="INTEGER",
                doc="non-members the MIA TPRs rest on (a TPR at FPR f needs >= ceil(1/f))"),
+        Column("mia_members", _members, sql="INTEGER",
+               doc="members the MIA rests on (the ROC's smallest TPR step is 1/this)"),
     ),
     round_line="MIA AUC {mia_auc:.2f} ({mia_score})",
     by_replicas=(ReplicaColumn(_auc_header, _auc_by_replicas, "{:.2f}"),),
@@ -406,7 +455,9 @@ AUDIT = Audit(
     figures=(
         Figure("mia_roc",
                "Membership-inference ROC curves of the global model at the final round, all "
-               "samples (one panel per score; each combination's lowest seed).",
+               "samples, on log-log axes from 1/n (the smallest rate n samples resolve; low "
+               "FPR is what matters), dotted: chance (one panel per score; each "
+               "combination's lowest seed; n in the legend).",
                final_curves, draw_roc,
                absent="MIA ROC curves (no global curves in the runs' roc/round-NNN.json)"),
     ),

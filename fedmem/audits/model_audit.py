@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fedmem import progress
 from fedmem.audits import registry
 from fedmem.audits.declaration import GLOBAL, AuditPart, client_vantage
 
@@ -48,10 +49,13 @@ def audit_model(config: Config, model: torch.nn.Module, vantage: str = GLOBAL) -
     metrics: dict = {"vantage": vantage}
     rows: dict[str, list[dict]] = {}
     curves: dict = {}
-    for audit in registry.enabled(config):
+    audits = registry.enabled(config)
+    for done, audit in enumerate(audits):
+        progress.step(f"audits ({vantage} model)", done, len(audits), audit.name)
         part: AuditPart = audit.run(config, model)
         metrics.update(part.metrics)
         if part.rows:
             rows[audit.name] = [{"vantage": vantage, **r} for r in part.rows]
         curves.update(part.roc)
+    progress.step(f"audits ({vantage} model)", len(audits), len(audits))
     return RoundAudit(metrics, rows, curves)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedmem.config import (
@@ -156,10 +155,12 @@ def prepare_verbosely(config: Config) -> None:
     import time
 
     from fedmem.cache import cache_root
-    from fedmem.runs.report import console
+    from fedmem.runs.report import bars, console, steps_bar
 
     started = time.perf_counter()
-    with console.status(f"building {config.model.name}'s tokenizer and base model, once"):
+    console.print(f"{config.name}: building {config.model.name}'s tokenizer and base model "
+                  "(once; then cached) and checking the data")
+    with bars() as bar, steps_bar(bar):
         prepare(config)
     console.print(
         f"{config.name}: {config.model.name} and its data ready in "
@@ -172,6 +173,7 @@ def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
     from fedmem.models.loading import load_tokenizer
     from fedmem.runs.folder import last_complete_round
     from fedmem.runs.report import console, print_summary, round_progress
+    from fedmem.runs.run_log import notices
 
     rounds = config.federation.rounds
     with console.status("preparing data and the base model (built once, then cached)"):
@@ -185,6 +187,8 @@ def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
         f"{injected} canaries injected (+{len(data.canaries) - injected} twins)"
         + _audit_records_note(data.audit_records_in_training)
     )
+    for notice in notices(config):
+        console.print(notice)
     if resume:
         done = last_complete_round(config.run_dir)
         where = "from the start" if done is None else f"after round {done}"
@@ -194,7 +198,8 @@ def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
         train_and_audit(config, on_round, verbose, resume=resume)
     summary_path = config.run_dir / "summary.json"
     if not summary_path.exists():
-        raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
+        raise RuntimeError(f"the run ended without writing {summary_path}; see the errors "
+                           f"above and {config.run_dir / 'run.log'}")
     summary = json.loads(summary_path.read_text())
     print_summary(summary, config.run_dir)
     return summary
@@ -288,17 +293,23 @@ def train_and_audit(
     config: Config, on_round=None, verbose: bool = False, resume: bool = False
 ) -> None:
     """One run, federated or centralized, writing its folder (and its store rows);
-    `resume` continues its folder after the last complete round."""
-    if config.mode == "centralized":
-        from fedmem.drivers.centralized import run_centralized
+    `resume` continues its folder after the last complete round. The libraries' warnings
+    and log lines go to the run folder's run.log (`verbose`: to the terminal, as they come)."""
+    from contextlib import nullcontext
 
-        run_centralized(config, on_round=on_round, resume=resume)
-    else:
-        from fedmem.drivers.simulation import run_federated
+    from fedmem.runs.run_log import to_run_log
 
-        if not verbose:  # after the import: importing flwr resets its logger's level
-            logging.getLogger("flwr").setLevel(logging.ERROR)
-        run_federated(config, on_round=on_round, resume=resume)
+    with nullcontext() if verbose else to_run_log(config.run_dir, resume):
+        if config.mode == "centralized":
+            from fedmem.drivers.centralized import run_centralized
+
+            run_centralized(config, on_round=on_round, resume=resume)
+        else:
+            from fedmem.drivers.simulation import run_federated
+
+            if not verbose:  # after the import: importing flwr resets its logger's level
+                logging.getLogger("flwr").setLevel(logging.ERROR)
+            run_federated(config, on_round=on_round, resume=resume, verbose=verbose)
 
 
 def sweep(path: str, overrides: list[str], dry_run: bool = False, verbose: bool = False) -> None:
@@ -376,21 +387,19 @@ def flower_table(config: Config) -> str:
 
 @contextmanager
 def sweep_progress(sweep) -> Iterator[SweepEvents]:
-    """Progress bars over a sweep's cells and the current cell's rounds; yields SweepEvents
-    that also print one line per finished or skipped cell."""
-    columns = (TextColumn("{task.description:>7}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[cell]}"))
-    total = len(sweep.cells)
-    from fedmem.runs.report import console
+    """Bars over a sweep's cells, the current cell's rounds and the round's step, each with
+    the time left; yields SweepEvents that also print one line per finished or skipped cell
+    (off a terminal, those lines alone)."""
+    from fedmem.runs.report import bars, steps_bar
 
-    with Progress(*columns, console=console, transient=True) as progress:
-        cells = progress.add_task("cells", total=total, cell="")
-        rounds = progress.add_task("rounds", total=1, cell="")
+    total = len(sweep.cells)
+    with bars() as progress, steps_bar(progress):
+        cells = progress.add_task("cells", total=total)
+        rounds = progress.add_task("rounds", total=1)
 
         def cell_started(index: int, cell) -> None:
             progress.update(rounds, total=cell.config.federation.rounds, completed=0,
-                            cell=cell.name)
-            progress.update(cells, cell=f"now: {cell.name}")
+                            description=f"rounds of {cell.name}")
 
         def round_done(row: dict) -> None:
             progress.update(rounds, completed=row["round"])

@@ -17,9 +17,11 @@ from fedmem.config import Config, ConfigError
 from server.app import make_server_app
 
 
-def backend_config(config: Config) -> dict:
+def backend_config(config: Config, verbose: bool = False) -> dict:
+    """Ray's settings. Actors' output is not forwarded to this terminal (`verbose`: it is);
+    their warnings and Flower's lines are in the run folder's run.log (fedmem.runs.run_log)."""
     fed = config.federation
-    init_args: dict = {"logging_level": logging.ERROR, "log_to_driver": True}
+    init_args: dict = {"logging_level": logging.ERROR, "log_to_driver": verbose}
     if fed.ray_address:
         # Connecting to a running cluster: its resources are the cluster's own (Ray refuses
         # num_cpus/num_gpus here), and actors are spread over all its nodes.
@@ -46,7 +48,9 @@ def check_resources(config: Config) -> None:
             )
 
 
-def run_federated(config: Config, on_round=None, resume: bool = False) -> None:
+def run_federated(
+    config: Config, on_round=None, resume: bool = False, verbose: bool = False
+) -> None:
     check_resources(config)
     # Keep Ray's current behaviour for CPU-only actors, without its FutureWarning.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -56,5 +60,5 @@ def run_federated(config: Config, on_round=None, resume: bool = False) -> None:
         server_app=make_server_app(config, on_round=on_round, resume=resume),
         client_app=make_client_app(config),
         num_supernodes=config.federation.num_clients,
-        backend_config=backend_config(config),
+        backend_config=backend_config(config, verbose),
     )

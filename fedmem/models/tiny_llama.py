@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from fedmem import progress
 from fedmem.cache import cache_root
 from fedmem.config import TINY_LLAMA_POSITIONS, ModelConfig, config_hash
 
@@ -140,6 +141,7 @@ def warm_start(lm, tokenizer, corpus: list[str], steps: int, lr: float) -> None:
     lm.train()
     order = torch.randperm(len(blocks))
     for step in range(steps):
+        progress.step("tiny Llama base: warm-start steps", step, steps)
         idx = order[(step * PRETRAIN_BATCH + torch.arange(PRETRAIN_BATCH)) % len(blocks)]
         batch = blocks[idx]  # [PRETRAIN_BATCH, PRETRAIN_BLOCK] token ids
         loss = lm(input_ids=batch, labels=batch).loss
@@ -148,4 +150,5 @@ def warm_start(lm, tokenizer, corpus: list[str], steps: int, lr: float) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+    progress.step("tiny Llama base: warm-start steps", steps, steps)
     lm.eval()

@@ -9,9 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from fedmem import progress
 from fedmem.audits import registry
 from fedmem.audits.declaration import ReplicaColumn, header_text
 from fedmem.config import config_differences
@@ -40,16 +48,42 @@ def round_line(row: dict, rounds: int) -> str:
     return "  ".join(parts)
 
 
+def bars() -> Progress:
+    """Progress bars with the time elapsed and an estimate of the time left; drawn only on a
+    terminal (sent to a file or a pipe, a bar would be a stream of redrawn lines)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+
+
+@contextmanager
+def steps_bar(bar: Progress) -> Iterator[None]:
+    """One more bar in `bar`: the step the work reports now (fedmem.progress), e.g. the
+    clients done of a round's sampled clients, then each audit."""
+    task = bar.add_task("", total=1, visible=False)
+    current: list = ["", 0]  # the step's name and units done
+
+    def on_step(name: str, done: int, total: int, detail: str) -> None:
+        if name != current[0] or done < current[1]:  # a new step: its own clock and estimate
+            bar.reset(task, total=max(total, 1), visible=True)
+        current[:] = [name, done]
+        text = f"  {name}: {detail}" if detail else f"  {name}"
+        bar.update(task, completed=done, total=max(total, 1), description=text)
+
+    with progress.listening(on_step):
+        yield
+
+
 @contextmanager
 def round_progress(rounds: int) -> Iterator[Callable[[dict], None]]:
-    """A progress bar over rounds; yields the callback that reports each audited round."""
-    columns = (TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("rounds", total=rounds)
+    """A bar over rounds and one over the round's current step; yields the callback that
+    reports each audited round, which prints its line (the only output off a terminal)."""
+    with bars() as bar, steps_bar(bar):
+        task = bar.add_task("rounds", total=rounds)
 
         def on_round(row: dict) -> None:
-            progress.console.print(round_line(row, rounds))
-            progress.update(task, completed=row["round"])
+            bar.console.print(round_line(row, rounds))
+            bar.update(task, completed=row["round"])
 
         yield on_round
 

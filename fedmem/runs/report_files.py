@@ -27,6 +27,7 @@ from fedmem.audits import registry
 from fedmem.audits.declaration import Column, Header, header_text
 from fedmem.files import atomic_write_text
 from fedmem.runs import figures, store
+from fedmem.runs.verdict import RULE, Verdict, verdicts
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Report:
     figures: dict[str, Path] = field(default_factory=dict)
     table: list[list[str]] = field(default_factory=list)  # header row first
     absent: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------- data
@@ -277,10 +279,27 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_verdict(found: list[Verdict]) -> str:
+    """The verdict block: one card per combination, a leak in bold red."""
+    cards = []
+    for verdict in found:
+        items = "".join(
+            f'<li class="{"leak" if line.startswith("LEAKED") else ""}">{html.escape(line)}</li>'
+            for line in verdict.lines)
+        cards.append(f"<h3>{html.escape(verdict.heading())}</h3><ul>{items}</ul>")
+    return (f'<section class="verdict"><h2>Verdict</h2><p class="rule">{html.escape(RULE)}</p>'
+            f'{"".join(cards)}</section>')
+
+
 CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+    "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+    "td,th{border:1px solid #bbb;padding:3px 8px;"
     "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+    "section.verdict{border:2px solid #444;border-radius:6px;padding:0.5em 1.2em;"
+    "background:#f7f7f2}section.verdict h3{margin:0.8em 0 0.2em;font-size:1.05em}"
+    "section.verdict ul{margin:0.2em 0}li.leak{color:#a00;font-weight:bold}"
+    ".rule,.facts{font-size:0.9em;color:#555}figure{margin:1.5em 0}"
 )
 
 def write_report(path: str | Path) -> Report:
@@ -300,7 +319,11 @@ def write_report(path: str | Path) -> Report:
         f"mean over seeds [95 % t-interval over seeds; none with one seed]. Store: `{db}`."
     )
     notes = _notes(data)
-    md = [f"# {title}", "", facts, "", "## Memorization and utility by combination", "",
+    found = verdicts(data)
+    md = [f"# {title}", "", facts, "", "## Verdict", "", RULE, ""]
+    for verdict in found:
+        md += [f"**{verdict.heading()}**", "", *[f"- {line}" for line in verdict.lines], ""]
+    md += ["## Memorization and utility by combination", "",
           _markdown_table(rows), "", notes, ""]
     for heading, table in sections:
         md += [f"## {heading}", "", _markdown_table(table), ""]
@@ -311,7 +334,8 @@ def write_report(path: str | Path) -> Report:
     markdown = folder / "report.md"
     atomic_write_text(markdown, "\n".join(md))
 
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(facts)}</p>",
+    body = [f"<h1>{html.escape(title)}</h1>", _html_verdict(found),
+            f"<p class=\"facts\">{html.escape(facts)}</p>",
             "<h2>Memorization and utility by combination</h2>", _html_table(rows),
             f"<p>{html.escape(notes)}</p>"]
     for heading, table in sections:
@@ -327,7 +351,7 @@ def write_report(path: str | Path) -> Report:
             f"</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
     report_html = folder / "report.html"
     atomic_write_text(report_html, page)
-    return Report(folder, markdown, report_html, pngs, rows, absent)
+    return Report(folder, markdown, report_html, pngs, rows, absent, found)
 
 
 def _save_png(fig, path: Path) -> None:

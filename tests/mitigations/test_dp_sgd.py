@@ -228,11 +228,24 @@ def _rdp_epsilon(client: dict, delta: float) -> float:
 
 
 
-def test_centralized_baseline_accounts_all_epochs_in_one_accountant(tiny_raw, tmp_path):
+OPACUS_NOISE = ("Secure RNG turned off", "Full backward hook is firing")
+
+
+def _library_output_went_to_the_run_log(console: str, run_dir) -> None:
+    """opacus' and Flower's lines are in run.log, not on the console; fedmem says once what
+    they mean."""
+    for noise in (*OPACUS_NOISE, "Manually terminating", "ClientAppActor pid="):
+        assert noise not in console
+    assert console.count("DP-SGD: opacus' secure RNG is off") == 1
+    assert "Secure RNG turned off" in (run_dir / "run.log").read_text()
+
+
+def test_centralized_baseline_accounts_all_epochs_in_one_accountant(tiny_raw, tmp_path, capfd):
     raw = {**tiny_raw, "mode": "centralized", "dp_sgd": {"enabled": True}}
     raw["data"] = {"num_samples": 40}
     write_toml(tmp_path / "c.toml", raw)
     assert main(["run", str(tmp_path / "c.toml")]) == 0
+    _library_output_went_to_the_run_log("".join(capfd.readouterr()), build_config(raw).run_dir)
     rows = read_jsonl(build_config(raw).run_dir / "metrics.jsonl")
     assert rows[0]["dp_epsilon_max"] == 0.0
     first, second = (r["clients"]["0"] for r in rows[1:])
@@ -242,7 +255,9 @@ def test_centralized_baseline_accounts_all_epochs_in_one_accountant(tiny_raw, tm
 
 
 @pytest.mark.slow
-def test_federated_clients_keep_one_accountant_across_rounds(tiny_raw, tmp_path, monkeypatch):
+def test_federated_clients_keep_one_accountant_across_rounds(
+    tiny_raw, tmp_path, monkeypatch, capfd
+):
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     raw = {
         **tiny_raw,
@@ -251,6 +266,7 @@ def test_federated_clients_keep_one_accountant_across_rounds(tiny_raw, tmp_path,
     }
     write_toml(tmp_path / "c.toml", raw)
     assert main(["run", str(tmp_path / "c.toml")]) == 0
+    _library_output_went_to_the_run_log("".join(capfd.readouterr()), build_config(raw).run_dir)
     rows = read_jsonl(build_config(raw).run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
     for client in ("0", "1"):

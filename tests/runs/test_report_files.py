@@ -20,11 +20,6 @@ AUDITED = (*ALWAYS, "mia_roc", "exposure")  # runs that audit membership and exp
 
 
 @pytest.fixture(scope="module")
-def sweep_report(finished_sweep):
-    return write_report(finished_sweep.sweep.folder)
-
-
-@pytest.fixture(scope="module")
 def unaudited_run(tmp_path_factory):
     """A tiny finished run that audited neither membership inference nor exposure."""
     from fedmem.config import build_config
@@ -198,6 +193,48 @@ def test_roc_and_exposure_figures_draw_the_global_final_round(sweep_report, fini
     assert set(exposure["combination"]) == set(data.style.index)
     for name in ("mia_roc", "exposure"):
         assert sweep_report.figures[name].stat().st_size > 5000
+
+
+def test_the_report_opens_on_its_verdict_per_combination(sweep_report, finished_sweep):
+    """Before the big table: per combination, its mitigations (the registry's labels), then
+    extraction against the twins, MIA AUC and the perplexity cost, each with an interval."""
+    text = sweep_report.markdown.read_text()
+    assert text.index("## Verdict") < text.index("## Memorization and utility by combination")
+    verdict = text.split("## Verdict", 1)[1].split("## Memorization", 1)[0]
+    runs = query(finished_sweep.sweep.folder, "runs")
+    labels = runs.groupby("combination")["mitigations"].first()
+    assert [v.combination for v in sweep_report.verdicts] == [
+        r[0] for r in sweep_report.table[1:]]
+    for combination, label in labels.items():
+        assert f"**{combination}: mitigations {label} (2 seeds, pooled)**" in verdict
+    for found in sweep_report.verdicts:
+        extraction, mia, utility = found.lines
+        assert "(global model)" in extraction and "twins " in extraction
+        assert re.search(r"\d+/\d+, [\d.]+ % \[[\d.]+, [\d.]+\]", extraction)
+        assert mia.startswith("membership inference (reference, global model): AUC ")
+        assert utility.startswith("utility: held-out perplexity ") and " -> " in utility
+    assert "safe" not in verdict.lower().replace("not as safety", "")
+
+
+def test_roc_curves_are_log_log_from_one_over_the_samples(finished_sweep):
+    """As the field reads them: log axes starting at 1/n (the smallest rate n samples
+    resolve), the chance diagonal, and each line's n in the legend."""
+    from fedmem.audits.membership import draw_roc, final_curves
+    from fedmem.runs.report_files import load_report_data
+
+    db = finished_sweep.sweep.folder / "fedmem.sqlite"
+    data = load_report_data(db, [c.name for c in finished_sweep.sweep.cells])
+    nonmembers, members = (int(data.runs[c].iloc[0]) for c in ("mia_nonmembers", "mia_members"))
+    fig = draw_roc(final_curves(data), data)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == final_curves(data)["curve"].nunique()
+    for ax in panels:
+        assert ax.get_xscale() == ax.get_yscale() == "log"
+        assert ax.get_xlim()[0] == pytest.approx(1 / nonmembers)
+        assert ax.get_ylim()[0] == pytest.approx(1 / members)
+        assert any(line.get_label() == "chance" for line in ax.get_lines())
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert f"{data.runs.combination.iloc[0]} (n = {members}/{nonmembers})" in legend
 
 
 def test_cli_report_of_a_single_run_writes_into_its_folder(finished_sweep, capsys):

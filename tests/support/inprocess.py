@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
+from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -41,22 +42,45 @@ class InProcessGrid:
             for i in range(num_nodes)
         }
         self.replies: list[Message] = []  # every message any client sent to the server
+        self.answered: dict[str, Message] = {}  # replies not yet pulled, by message id
+        self.pull_interval = 0.0
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages) -> list[str]:
+        """Each message under a fresh id, as Flower's grids do, its client run at once (so a
+        slow machine never runs into the workflow's reply timeout, which starts after the
+        push)."""
+        ids = []
         for message in messages:
-            message = _wire(message)
-            try:
-                reply = self.client_app(message, self.contexts[message.metadata.dst_node_id])
-            except Exception as err:  # a failing node answers with an error
-                reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
-            replies.append(_wire(reply))
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            self.answered[message.metadata.message_id] = self._answer(message)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        """The reply to the earliest pushed message among `message_ids`: replies arrive one
+        per pull, in the order the messages were sent."""
+        wanted = set(message_ids)
+        for message_id in self.answered:
+            if message_id in wanted:
+                return [self.answered.pop(message_id)]
+        return []
+
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        ids = self.push_messages(messages)
+        return [reply for _ in ids for reply in self.pull_messages(ids)]
+
+    def _answer(self, message: Message) -> Message:
+        message = _wire(message)
+        try:
+            reply = self.client_app(message, self.contexts[message.metadata.dst_node_id])
+        except Exception as err:  # a failing node answers with an error
+            reply = Message(Error(code=0, reason=repr(err)), reply_to=message)
         # a copy: the workflow consumes the arrays of the replies it is given
-        self.replies += [_wire(r) for r in replies]
-        return replies
+        self.replies.append(_wire(reply))
+        return _wire(reply)
 
 
 @contextmanager
