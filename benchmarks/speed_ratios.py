@@ -18,7 +18,10 @@ and imports. Sizes are the quickstart's model and data unless a row says otherwi
   rows with the same seeds, averages in numpy and audits with the same recorder.
 - DP-SGD steps: client 0's rows, batch 8, 12 steps after 2 warm-up steps, against the plain
   step: both as fedmem trains (each batch's rows in length groups,
-  `fedmem.training.length_groups`), and both in one padded pass per batch.
+  `fedmem.training.length_groups`), and both in one padded pass per batch. Those rows use
+  opacus' hooks (the default `dp_sgd.grad_sample_mode`); the LoRA step is also measured with
+  ghost clipping and with book-keeping, each against its own plain step (`--only dp-modes`
+  runs all three modes alone).
 - SecAgg+: 10 clients with LoRA, 2 local steps, 3 rounds; the fit stage's server-measured
   wall time, mean of rounds 2-3 (round 1 pays the actors' start-up).
 - Extraction: the warm-started base model and all the quickstart's canaries and twins.
@@ -502,6 +505,8 @@ def measure(out: str) -> tuple[list[Row], str]:
             )
         )
 
+    rows.extend(measure_dp_modes(out))
+
     secagg_size = [
         *SIMULATION,
         "model.finetuning=lora",
@@ -565,6 +570,38 @@ def measure(out: str) -> tuple[list[Row], str]:
     return rows, details
 
 
+DP_MODE_GOALS = {"hooks": "-", "ghost": "-", "bookkeeping": "<= 1.10"}
+
+
+def measure_dp_modes(
+    out: str | None = None, modes: tuple[str, ...] = ("ghost", "bookkeeping")
+) -> list[Row]:
+    """LoRA DP-SGD step / LoRA step for each of `modes` (`dp_sgd.grad_sample_mode`), each
+    side by side with its own plain step (as trained: length groups, one thread). The whole
+    bench measures hooks mode in its own rows above."""
+    with contextlib.ExitStack() as stack:
+        if out is None:
+            out = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedmem-bench-"))
+        lora = ["model.finetuning=lora"]
+        base = load(lora, out)
+        rows: list[Row] = []
+        for mode in modes:
+            dp = load([*lora, "dp_sgd.enabled=true", f"dp_sgd.grad_sample_mode={mode}"], out)
+            plain_step, dp_step = step_time(base, "plain"), step_time(dp, "dp")
+            rows.append(
+                (
+                    f"LoRA DP-SGD step, {mode} clipping / LoRA step (batch 8, one thread, "
+                    "as trained)",
+                    dp_step.wall_s / plain_step.wall_s,
+                    dp_step.cpu_s / plain_step.cpu_s,
+                    DP_MODE_GOALS[mode],
+                    f"CPU {dp_step.cpu_s * 1e3:.0f} ms vs {plain_step.cpu_s * 1e3:.0f} ms "
+                    "per step",
+                )
+            )
+        return rows
+
+
 def machine_facts() -> str:
     import flwr
     import torch
@@ -603,7 +640,10 @@ def append_results(text: str) -> None:
 
 
 # Rows that `--only NAME` runs alone.
-ONLY = {"likelihood": measure_likelihood}
+ONLY = {
+    "likelihood": measure_likelihood,
+    "dp-modes": lambda: (measure_dp_modes(modes=tuple(DP_MODE_GOALS)), ""),
+}
 
 SECTION_INTRO = (
     "Appended by `make bench` (benchmarks/speed_ratios.py; sizes in its docstring). Each "
