@@ -285,9 +285,10 @@ class BookkeepingDPSteps(DPSteps):
     """DP-SGD by book-keeping (Bu et al., 2023), for models whose trainable parameters all
     sit in `nn.Linear` layers (LoRA's A and B matrices): one forward and one backward per
     part of a batch, no opacus module hooks. A forward hook keeps each trainable layer's
-    input and a tensor hook on its output keeps the output's gradient; from the two, each
-    record's gradient of each layer (small for LoRA: rank x width), hence each record's
-    norm, its clip factor and the clipped sum. The sum replaces `.grad`; opacus' optimizer
+    input and output; the backward pass computes only the outputs' gradients (never the
+    weights' own, unclipped ones). From a layer's input and output gradient come each
+    record's gradient of that layer (small for LoRA: rank x width), hence each record's
+    norm, its clip factor and the clipped sum. The sum becomes `.grad`; opacus' optimizer
     adds the noise, divides by the expected batch size and steps the accountant as in
     hooks mode."""
 
@@ -302,7 +303,8 @@ class BookkeepingDPSteps(DPSteps):
         for layer in layers:
             self.by_shape[tuple(layer.weight.shape)].append(layer)
         self.biased = [layer for layer in layers if has_trainable_bias(layer)]
-        # layer -> [its input, the gradient of its output] of the last forward
+        # layer -> [its input, its output] of the last forward; after the backward pass
+        # [its input, the gradient of its output]
         self.seen: dict[torch.nn.Module, list[torch.Tensor | None]] = {}
         self.handles = [layer.register_forward_hook(self._keep) for layer in layers]
 
@@ -311,9 +313,7 @@ class BookkeepingDPSteps(DPSteps):
             return
         if layer in self.seen:
             raise RuntimeError(f"{layer} ran twice before a backward pass (tied weights?)")
-        slot: list[torch.Tensor | None] = [inputs[0].detach(), None]
-        self.seen[layer] = slot
-        output.register_hook(lambda grad: slot.__setitem__(1, grad))
+        self.seen[layer] = [inputs[0].detach(), output]
 
     def backward(self, parts: Sequence[Batch]) -> float:
         # weight shape -> [layers, out, in], the clipped sums of that shape's layers
@@ -326,7 +326,12 @@ class BookkeepingDPSteps(DPSteps):
         for part in parts:
             logits = self.module(input_ids=part.input_ids, attention_mask=part.attention_mask)
             losses = record_losses(logits.logits, part.labels)  # [records]
-            losses.sum().backward()  # each record's output gradients are its own loss's
+            # Each layer's output gradient, each record's its own loss's. Only these: the
+            # weights' own gradients (the unclipped sum) are never computed.
+            outputs = [slot[1] for slot in self.seen.values()]
+            grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+            for slot, grad in zip(self.seen.values(), grads, strict=True):
+                slot[1] = grad
             total += float(losses.detach().sum())
             rows += len(losses)
             self._add_clipped(clipped, biases, len(losses))
