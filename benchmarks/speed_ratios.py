@@ -22,6 +22,11 @@ and imports. Sizes are the quickstart's model and data unless a row says otherwi
   opacus' hooks (the default `dp_sgd.grad_sample_mode`); the LoRA step is also measured with
   ghost clipping and with book-keeping, each against its own plain step (`--only dp-modes`
   runs all three modes alone).
+- Greedy extraction against one forward (`--only extraction`, not in the whole bench): the
+  quickstart's base model trained 50 full-batch steps on 12 canaries' records (so that some
+  are exact), all 64 canaries and twins at prefix 64 / suffix 48, one thread; the audit
+  (batched `generate`) and the five-prefix sweep (10, 20, 32, 48, 64) against one forward
+  over prefix + suffix (fastest of 3 runs by CPU time; the sweep one run).
 - SecAgg+: 10 clients with LoRA, 2 local steps, 3 rounds; the fit stage's server-measured
   wall time, mean of rounds 2-3 (round 1 pays the actors' start-up).
 - Extraction: the warm-started base model and all the quickstart's canaries and twins.
@@ -271,6 +276,102 @@ def extraction_times(config, per_prompt_limit: int = 16) -> tuple[Timing, Timing
         Timing(b.wall_s / n, b.cpu_s / n),
         Timing(o.wall_s / per_prompt_limit, o.cpu_s / per_prompt_limit),
     )
+
+
+# --------------------------------------------------------------------------- greedy extraction
+
+SWEEP = (10, 20, 32, 48, 64)  # the five-prefix sweep; the quickstart's headline is 64
+MEMORIZED = 12  # canaries the bench model is trained on, so that some are extracted exactly
+
+
+def _left_padded(rows, pad_id: int):
+    """Input ids, attention mask and position ids of a left-padded batch (positions as
+    `generate` derives them from the mask)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def measure_extraction() -> tuple[list[Row], str]:
+    """The greedy extraction audit (`attacks.extraction.extract`, batched `generate`) and the
+    five-prefix sweep against one forward pass over the same canaries (prefix + suffix, every
+    position's logits: what deciding greedy by teacher forcing would cost); the quickstart's
+    base model trained 50 full-batch steps on MEMORIZED canaries' records, one thread, the
+    fastest of 3 runs (CPU time)."""
+    import torch
+
+    from attacks.extraction import extract, summarize
+    from fedmem.audits.extraction import extraction_targets
+    from fedmem.models.loading import build_model, load_tokenizer
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="fedmem-bench-") as out:
+        config = load([], out)
+    model = build_model(config, seed=config.seed)
+    pad, batch = load_tokenizer(config).pad_token_id, config.attack.batch_size
+    targets = extraction_targets(config)
+    ids, mask, positions = _left_padded(
+        [t.prefix_ids + t.suffix_ids for t in targets[:MEMORIZED]], pad
+    )
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(50):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    sweep = [extraction_targets(config, n) for n in SWEEP]
+
+    @torch.no_grad()
+    def forward() -> None:
+        for i in range(0, len(targets), batch):
+            chunk = targets[i : i + batch]
+            ids, mask, positions = _left_padded([t.prefix_ids + t.suffix_ids for t in chunk], pad)
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+
+    def best(fn, repeats: int = 3):
+        fastest, result = None, None
+        for _ in range(repeats):
+            with timed() as t:
+                result = fn()
+            if fastest is None or t["t"].cpu_s < fastest.cpu_s:
+                fastest = t["t"]
+        return fastest, result
+
+    extract(model, targets[:4], pad, batch)  # warm-up
+    fwd, _ = best(forward)
+    audit, found = best(lambda: extract(model, targets, pad, batch))
+    swept_t, swept = best(lambda: [extract(model, t, pad, batch) for t in sweep], 1)
+    s = summarize(found)
+    size = f"{len(targets)} canaries, prefix {config.attack.prefix_tokens} / suffix "
+    size += str(config.attack.suffix_tokens)
+    rows: list[Row] = [
+        (
+            f"greedy extraction audit / one forward ({size})",
+            audit.wall_s / fwd.wall_s,
+            audit.cpu_s / fwd.cpu_s,
+            "<= 1.5",
+            f"CPU {audit.cpu_s:.2f} s vs {fwd.cpu_s:.2f} s; {s.exact_rate:.0%} exact, "
+            f"{MEMORIZED} canaries trained on",
+        ),
+        (
+            f"five-prefix sweep {SWEEP} / one forward at prefix {config.attack.prefix_tokens}",
+            swept_t.wall_s / fwd.wall_s,
+            swept_t.cpu_s / fwd.cpu_s,
+            "<= 5",
+            f"CPU {swept_t.cpu_s:.2f} s; exact per prefix "
+            + ", ".join(f"{summarize(r).exact_rate:.0%}" for r in swept),
+        ),
+    ]
+    return rows, ""
 
 
 # --------------------------------------------------------------------------- likelihood pass
@@ -643,6 +744,7 @@ def append_results(text: str) -> None:
 ONLY = {
     "likelihood": measure_likelihood,
     "dp-modes": lambda: (measure_dp_modes(modes=tuple(DP_MODE_GOALS)), ""),
+    "extraction": measure_extraction,
 }
 
 SECTION_INTRO = (
