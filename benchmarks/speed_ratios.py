@@ -18,7 +18,15 @@ and imports. Sizes are the quickstart's model and data unless a row says otherwi
   rows with the same seeds, averages in numpy and audits with the same recorder.
 - DP-SGD steps: client 0's rows, batch 8, 12 steps after 2 warm-up steps, against the plain
   step: both as fedmem trains (each batch's rows in length groups,
-  `fedmem.training.length_groups`), and both in one padded pass per batch.
+  `fedmem.training.length_groups`), and both in one padded pass per batch. Those rows use
+  opacus' hooks (the default `dp_sgd.grad_sample_mode`); the LoRA step is also measured with
+  ghost clipping and with book-keeping, each against its own plain step (`--only dp-modes`
+  runs all three modes alone).
+- Greedy extraction against one forward (`--only extraction`, not in the whole bench): the
+  quickstart's base model trained 50 full-batch steps on 12 canaries' records (so that some
+  are exact), all 64 canaries and twins at prefix 64 / suffix 48, one thread; the audit
+  (batched `generate`) and the five-prefix sweep (10, 20, 32, 48, 64) against one forward
+  over prefix + suffix (fastest of 3 runs by CPU time; the sweep one run).
 - SecAgg+: 10 clients with LoRA, 2 local steps, 3 rounds; the fit stage's server-measured
   wall time, mean of rounds 2-3 (round 1 pays the actors' start-up).
 - Extraction: the warm-started base model and all the quickstart's canaries and twins.
@@ -270,6 +278,102 @@ def extraction_times(config, per_prompt_limit: int = 16) -> tuple[Timing, Timing
     )
 
 
+# --------------------------------------------------------------------------- greedy extraction
+
+SWEEP = (10, 20, 32, 48, 64)  # the five-prefix sweep; the quickstart's headline is 64
+MEMORIZED = 12  # canaries the bench model is trained on, so that some are extracted exactly
+
+
+def _left_padded(rows, pad_id: int):
+    """Input ids, attention mask and position ids of a left-padded batch (positions as
+    `generate` derives them from the mask)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def measure_extraction() -> tuple[list[Row], str]:
+    """The greedy extraction audit (`attacks.extraction.extract`, batched `generate`) and the
+    five-prefix sweep against one forward pass over the same canaries (prefix + suffix, every
+    position's logits: what deciding greedy by teacher forcing would cost); the quickstart's
+    base model trained 50 full-batch steps on MEMORIZED canaries' records, one thread, the
+    fastest of 3 runs (CPU time)."""
+    import torch
+
+    from attacks.extraction import extract, summarize
+    from fedmem.audits.extraction import extraction_targets
+    from fedmem.models.loading import build_model, load_tokenizer
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="fedmem-bench-") as out:
+        config = load([], out)
+    model = build_model(config, seed=config.seed)
+    pad, batch = load_tokenizer(config).pad_token_id, config.attack.batch_size
+    targets = extraction_targets(config)
+    ids, mask, positions = _left_padded(
+        [t.prefix_ids + t.suffix_ids for t in targets[:MEMORIZED]], pad
+    )
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(50):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    sweep = [extraction_targets(config, n) for n in SWEEP]
+
+    @torch.no_grad()
+    def forward() -> None:
+        for i in range(0, len(targets), batch):
+            chunk = targets[i : i + batch]
+            ids, mask, positions = _left_padded([t.prefix_ids + t.suffix_ids for t in chunk], pad)
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+
+    def best(fn, repeats: int = 3):
+        fastest, result = None, None
+        for _ in range(repeats):
+            with timed() as t:
+                result = fn()
+            if fastest is None or t["t"].cpu_s < fastest.cpu_s:
+                fastest = t["t"]
+        return fastest, result
+
+    extract(model, targets[:4], pad, batch)  # warm-up
+    fwd, _ = best(forward)
+    audit, found = best(lambda: extract(model, targets, pad, batch))
+    swept_t, swept = best(lambda: [extract(model, t, pad, batch) for t in sweep], 1)
+    s = summarize(found)
+    size = f"{len(targets)} canaries, prefix {config.attack.prefix_tokens} / suffix "
+    size += str(config.attack.suffix_tokens)
+    rows: list[Row] = [
+        (
+            f"greedy extraction audit / one forward ({size})",
+            audit.wall_s / fwd.wall_s,
+            audit.cpu_s / fwd.cpu_s,
+            "<= 1.5",
+            f"CPU {audit.cpu_s:.2f} s vs {fwd.cpu_s:.2f} s; {s.exact_rate:.0%} exact, "
+            f"{MEMORIZED} canaries trained on",
+        ),
+        (
+            f"five-prefix sweep {SWEEP} / one forward at prefix {config.attack.prefix_tokens}",
+            swept_t.wall_s / fwd.wall_s,
+            swept_t.cpu_s / fwd.cpu_s,
+            "<= 5",
+            f"CPU {swept_t.cpu_s:.2f} s; exact per prefix "
+            + ", ".join(f"{summarize(r).exact_rate:.0%}" for r in swept),
+        ),
+    ]
+    return rows, ""
+
+
 # --------------------------------------------------------------------------- likelihood pass
 
 # The narrow random Llama of the likelihood rows: Llama-3's vocabulary, a tiny body, so that
@@ -502,6 +606,8 @@ def measure(out: str) -> tuple[list[Row], str]:
             )
         )
 
+    rows.extend(measure_dp_modes(out))
+
     secagg_size = [
         *SIMULATION,
         "model.finetuning=lora",
@@ -565,6 +671,38 @@ def measure(out: str) -> tuple[list[Row], str]:
     return rows, details
 
 
+DP_MODE_GOALS = {"hooks": "-", "ghost": "-", "bookkeeping": "<= 1.10"}
+
+
+def measure_dp_modes(
+    out: str | None = None, modes: tuple[str, ...] = ("ghost", "bookkeeping")
+) -> list[Row]:
+    """LoRA DP-SGD step / LoRA step for each of `modes` (`dp_sgd.grad_sample_mode`), each
+    side by side with its own plain step (as trained: length groups, one thread). The whole
+    bench measures hooks mode in its own rows above."""
+    with contextlib.ExitStack() as stack:
+        if out is None:
+            out = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedmem-bench-"))
+        lora = ["model.finetuning=lora"]
+        base = load(lora, out)
+        rows: list[Row] = []
+        for mode in modes:
+            dp = load([*lora, "dp_sgd.enabled=true", f"dp_sgd.grad_sample_mode={mode}"], out)
+            plain_step, dp_step = step_time(base, "plain"), step_time(dp, "dp")
+            rows.append(
+                (
+                    f"LoRA DP-SGD step, {mode} clipping / LoRA step (batch 8, one thread, "
+                    "as trained)",
+                    dp_step.wall_s / plain_step.wall_s,
+                    dp_step.cpu_s / plain_step.cpu_s,
+                    DP_MODE_GOALS[mode],
+                    f"CPU {dp_step.cpu_s * 1e3:.0f} ms vs {plain_step.cpu_s * 1e3:.0f} ms "
+                    "per step",
+                )
+            )
+        return rows
+
+
 def machine_facts() -> str:
     import flwr
     import torch
@@ -603,7 +741,11 @@ def append_results(text: str) -> None:
 
 
 # Rows that `--only NAME` runs alone.
-ONLY = {"likelihood": measure_likelihood}
+ONLY = {
+    "likelihood": measure_likelihood,
+    "dp-modes": lambda: (measure_dp_modes(modes=tuple(DP_MODE_GOALS)), ""),
+    "extraction": measure_extraction,
+}
 
 SECTION_INTRO = (
     "Appended by `make bench` (benchmarks/speed_ratios.py; sizes in its docstring). Each "

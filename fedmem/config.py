@@ -319,6 +319,13 @@ class DPSGDConfig:
     # Poisson sampling of each batch; without it the reported epsilon is no valid guarantee.
     poisson: bool = True
     accountant: str = field(default="rdp", metadata=_choices("rdp", "prv"))
+    # How per-record clipping is computed; the clipped sum, the noise and the accounting are
+    # the same. "hooks": opacus' per-sample gradients. "ghost": opacus' ghost clipping (norms
+    # only, then a second backward pass; no tied parameters). "bookkeeping": one backward
+    # pass, clipped from each layer's input and output gradient (LoRA only: nn.Linear layers).
+    grad_sample_mode: str = field(
+        default="hooks", metadata=_choices("hooks", "ghost", "bookkeeping")
+    )
 
 
 @dataclass(frozen=True)
@@ -653,6 +660,11 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("attack.membership.scores: give at least one score (or enabled = false)")
     if config.data.source == "jsonl" and not config.data.path:
         raise ConfigError("data.path: required when data.source = 'jsonl'")
+    if config.dp_sgd.grad_sample_mode == "bookkeeping" and config.model.finetuning != "lora":
+        raise ConfigError(
+            "dp_sgd.grad_sample_mode = 'bookkeeping': clips nn.Linear layers only, so it needs "
+            f"model.finetuning = 'lora' (not {config.model.finetuning!r})"
+        )
     if config.data.source == "datasets":
         _check_datasets(config)
     if config.canaries.source in ("jsonl", "labelled") and not config.canaries.path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,9 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmem.config import DPSGDConfig, TrainingConfig
@@ -79,7 +82,8 @@ class PrivateTraining:
         n_rows: int,
         cfg: TrainingConfig,
     ) -> StepVariant:
-        return DPSteps(model, optimizer, n_rows, cfg, self)
+        steps = STEPS[self.cfg.grad_sample_mode]
+        return steps(model, optimizer, n_rows, cfg, self)
 
     def epsilon(self) -> float:
         if not self.accountant.history:
@@ -104,7 +108,9 @@ class PrivateTraining:
         }
 
 
-def break_mechanism(optimizer: DPOptimizer, private: PrivateTraining) -> None:
+def break_mechanism(
+    module: torch.nn.Module, optimizer: DPOptimizer, private: PrivateTraining
+) -> None:
     """For auditing the auditor only (`dp_audit.fault`): break DP-SGD while the accountant
     keeps accounting the configured sigma, as a buggy implementation would.
     "no-clipping": per-record gradients are not clipped, the noise std stays sigma * C;
@@ -113,6 +119,8 @@ def break_mechanism(optimizer: DPOptimizer, private: PrivateTraining) -> None:
     if private.fault == "no-clipping":
         optimizer.max_grad_norm = UNCLIPPED
         optimizer.noise_multiplier = sigma * clip / UNCLIPPED  # opacus' std: multiplier x norm
+        if isinstance(module, GradSampleModuleFastGradientClipping):
+            module.max_grad_norm = UNCLIPPED  # ghost clipping clips in the module
     elif private.fault == "noise-tenth":
         optimizer.noise_multiplier = sigma / 10
     else:
@@ -123,8 +131,63 @@ def break_mechanism(optimizer: DPOptimizer, private: PrivateTraining) -> None:
     )
 
 
+def make_private(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    private: PrivateTraining,
+) -> tuple[torch.nn.Module, DPOptimizer, DataLoader]:
+    """opacus' PrivacyEngine for hooks and ghost modes: the wrapped module, the DP optimizer
+    (its step hook extends the run's accountant) and the Poisson loader."""
+    engine = PrivacyEngine(accountant=private.cfg.accountant)
+    engine.accountant = private.accountant  # its step hook then extends the run's history
+    made = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=private.noise_multiplier,
+        max_grad_norm=private.cfg.max_grad_norm,
+        poisson_sampling=private.cfg.poisson,
+        loss_reduction="mean",
+        grad_sample_mode=private.cfg.grad_sample_mode,
+    )
+    # Ghost mode also returns a loss wrapper; `GhostDPSteps.backward` does its two passes
+    # itself, so that a batch's length groups add up (the wrapper zeroes gradients).
+    module, dp_optimizer, dp_loader = made[0], made[1], made[-1]
+    # A batch is computed in length groups, one backward pass each; opacus stacks their
+    # per-sample gradients into the batch's one step. (It forbids this under Poisson
+    # sampling only to catch accumulation *across* steps, which this loop never does.)
+    module.allow_grad_accumulation()
+    return module, dp_optimizer, dp_loader
+
+
+def make_private_bookkeeping(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    private: PrivateTraining,
+) -> tuple[torch.nn.Module, DPOptimizer, DataLoader]:
+    """What `PrivacyEngine.make_private` builds, less the module wrapper: opacus' optimizer
+    for gradients that arrive already clipped and summed (the one its ghost mode uses: it adds
+    the same noise and divides by the same expected batch size), its Poisson loader and the
+    accountant's step hook. The model stays as it is; `BookkeepingDPSteps` clips."""
+    dp_loader = DPDataLoader.from_data_loader(loader) if private.cfg.poisson else loader
+    rate = 1 / len(dp_loader)
+    dp_optimizer = DPOptimizerFastGradientClipping(
+        optimizer,
+        noise_multiplier=private.noise_multiplier,
+        max_grad_norm=private.cfg.max_grad_norm,
+        expected_batch_size=int(len(loader.dataset) * rate),
+        loss_reduction="mean",
+    )
+    dp_optimizer.attach_step_hook(private.accountant.get_optimizer_hook_fn(sample_rate=rate))
+    return model, dp_optimizer, dp_loader
+
+
 class DPSteps(StepVariant):
     """Poisson batches, per-record losses, per-record clipping and noise in the optimizer."""
+
+    make_private = staticmethod(make_private)
 
     def __init__(
         self,
@@ -134,28 +197,13 @@ class DPSteps(StepVariant):
         cfg: TrainingConfig,
         private: PrivateTraining,
     ) -> None:
-        engine = PrivacyEngine(accountant=private.cfg.accountant)
-        engine.accountant = private.accountant  # its step hook then extends the run's history
         # The loader only tells opacus the row count and batch size (and gives its sampler).
         loader = DataLoader(TensorDataset(torch.arange(n_rows)), batch_size=cfg.batch_size)
-        module, dp_optimizer, dp_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=private.noise_multiplier,
-            max_grad_norm=private.cfg.max_grad_norm,
-            poisson_sampling=private.cfg.poisson,
-            loss_reduction="mean",
-            grad_sample_mode="hooks",
-        )
+        module, dp_optimizer, dp_loader = self.make_private(model, optimizer, loader, private)
         if not math.isclose(1 / len(dp_loader), private.sample_rate):
             raise RuntimeError("opacus' sample rate differs from the one sigma was derived for")
         if private.fault != "none":
-            break_mechanism(dp_optimizer, private)
-        # A batch is computed in length groups, one backward pass each; opacus stacks their
-        # per-sample gradients into the batch's one step. (It forbids this under Poisson
-        # sampling only to catch accumulation *across* steps, which this loop never does.)
-        module.allow_grad_accumulation()
+            break_mechanism(module, dp_optimizer, private)
         # Clipping happens per record inside the DP optimizer, never on the noisy sum.
         super().__init__(module, dp_optimizer, n_rows, cfg)
         self.grad_clip = 0.0
@@ -195,3 +243,169 @@ class DPSteps(StepVariant):
 
     def close(self) -> None:
         self.module.to_standard_module()
+
+
+class GhostDPSteps(DPSteps):
+    """DP-SGD with opacus' ghost clipping: per part of a batch, a first backward pass whose
+    hooks compute each record's gradient norm (never the gradient), then a second one of the
+    records' losses weighted by their clip factors, which adds the clipped gradients' sum to
+    `.grad`. The optimizer then adds the same noise and divides by the same expected batch
+    size as in hooks mode."""
+
+    def backward(self, parts: Sequence[Batch]) -> float:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        total, rows = 0.0, 0
+        for part in parts:
+            before = [p.grad for p in params]  # the clipped sums of the earlier parts
+            for p in params:
+                p.grad = None  # else the first pass would add into them in place
+            self.module.enable_hooks()  # the forward records activations for the norms
+            losses = record_losses(
+                self.module(input_ids=part.input_ids, attention_mask=part.attention_mask).logits,
+                part.labels,
+            )
+            losses.mean().backward(retain_graph=True)  # fills each parameter's _norm_sample
+            factors = self.module.get_clipping_coef()  # [records], min(1, C / norm)
+            for p, grad in zip(params, before, strict=True):
+                p.grad = grad
+            self.module.disable_hooks()
+            (factors.to(losses.device) * losses).sum().backward()
+            total += float(losses.detach().sum())
+            rows += len(part.input_ids)
+        self.module.enable_hooks()
+        return total / rows
+
+    def empty_batch(self) -> None:
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+
+
+class BookkeepingDPSteps(DPSteps):
+    """DP-SGD by book-keeping (Bu et al., 2023), for models whose trainable parameters all
+    sit in `nn.Linear` layers (LoRA's A and B matrices): one forward and one backward per
+    part of a batch, no opacus module hooks. A forward hook keeps each trainable layer's
+    input and output; the backward pass computes only the outputs' gradients (never the
+    weights' own, unclipped ones). From a layer's input and output gradient come each
+    record's gradient of that layer (small for LoRA: rank x width), hence each record's
+    norm, its clip factor and the clipped sum. The sum becomes `.grad`; opacus' optimizer
+    adds the noise, divides by the expected batch size and steps the accountant as in
+    hooks mode."""
+
+    make_private = staticmethod(make_private_bookkeeping)
+
+    def __init__(self, model, optimizer, n_rows, cfg, private) -> None:
+        super().__init__(model, optimizer, n_rows, cfg, private)
+        layers = trainable_linears(model)
+        # Layers of one weight shape are computed together (one batched matmul per shape,
+        # not one small one per layer: 56 LoRA matrices in the quickstart, 4 shapes).
+        self.by_shape: dict[tuple[int, ...], list[torch.nn.Linear]] = defaultdict(list)
+        for layer in layers:
+            self.by_shape[tuple(layer.weight.shape)].append(layer)
+        self.biased = [layer for layer in layers if has_trainable_bias(layer)]
+        # layer -> [its input, its output] of the last forward; after the backward pass
+        # [its input, the gradient of its output]
+        self.seen: dict[torch.nn.Module, list[torch.Tensor | None]] = {}
+        self.handles = [layer.register_forward_hook(self._keep) for layer in layers]
+
+    def _keep(self, layer: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if not torch.is_grad_enabled():
+            return
+        if layer in self.seen:
+            raise RuntimeError(f"{layer} ran twice before a backward pass (tied weights?)")
+        self.seen[layer] = [inputs[0].detach(), output]
+
+    def backward(self, parts: Sequence[Batch]) -> float:
+        # weight shape -> [layers, out, in], the clipped sums of that shape's layers
+        clipped = {
+            shape: torch.zeros((len(layers), *shape), dtype=layers[0].weight.dtype)
+            for shape, layers in self.by_shape.items()
+        }
+        biases = {layer: torch.zeros_like(layer.bias) for layer in self.biased}
+        total, rows = 0.0, 0
+        for part in parts:
+            logits = self.module(input_ids=part.input_ids, attention_mask=part.attention_mask)
+            losses = record_losses(logits.logits, part.labels)  # [records]
+            # Each layer's output gradient, each record's its own loss's. Only these: the
+            # weights' own gradients (the unclipped sum) are never computed.
+            outputs = [slot[1] for slot in self.seen.values()]
+            grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+            for slot, grad in zip(self.seen.values(), grads, strict=True):
+                slot[1] = grad
+            total += float(losses.detach().sum())
+            rows += len(losses)
+            self._add_clipped(clipped, biases, len(losses))
+        for shape, layers in self.by_shape.items():
+            for layer, grad in zip(layers, clipped[shape], strict=True):
+                layer.weight.grad = grad
+        for layer, grad in biases.items():
+            layer.bias.grad = grad
+        return total / rows
+
+    @torch.no_grad()
+    def _add_clipped(
+        self,
+        clipped: dict[tuple[int, ...], torch.Tensor],
+        biases: dict[torch.nn.Module, torch.Tensor],
+        n: int,
+    ) -> None:
+        """Adds this part's per-record clipped gradient sums into `clipped` and `biases`."""
+        seen, self.seen = self.seen, {}
+        if any(grad is None for _, grad in seen.values()):
+            raise RuntimeError("a trainable layer got no gradient in the backward pass")
+        per_record: dict[tuple[int, ...], torch.Tensor] = {}
+        squares = torch.zeros(n)  # each record's squared gradient norm over all parameters
+        for shape, layers in self.by_shape.items():
+            # [layers * records, positions, in] and [..., out] -> [layers, records, out, in]
+            inputs = torch.stack([seen[layer][0].reshape(n, -1, shape[1]) for layer in layers])
+            grads = torch.stack([seen[layer][1].reshape(n, -1, shape[0]) for layer in layers])
+            inputs = inputs.flatten(0, 1).to(grads.dtype)
+            g = torch.bmm(grads.flatten(0, 1).transpose(1, 2), inputs).view(len(layers), n, *shape)
+            per_record[shape] = g
+            squares += g.pow(2).sum((2, 3)).sum(0)
+        bias_grads = {}
+        for layer in self.biased:
+            bias_grads[layer] = seen[layer][1].reshape(n, -1, layer.bias.shape[0]).sum(1)
+            squares += bias_grads[layer].pow(2).sum(1)
+        clip = self.optimizer.max_grad_norm  # read here: `dp_audit.fault` may change it
+        factors = (clip / (squares.sqrt() + 1e-6)).clamp(max=1.0)  # opacus' clip factor
+        for shape, g in per_record.items():
+            clipped[shape] += torch.einsum("n,lnij->lij", factors, g)
+        for layer, g in bias_grads.items():
+            biases[layer] += factors @ g
+
+    def empty_batch(self) -> None:
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def has_trainable_bias(layer: torch.nn.Linear) -> bool:
+    return layer.bias is not None and layer.bias.requires_grad
+
+
+def trainable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The layers holding the model's trainable parameters; each must be an `nn.Linear`."""
+    layers = []
+    for name, module in model.named_modules():
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        if not isinstance(module, torch.nn.Linear):
+            raise ValueError(
+                f"dp_sgd.grad_sample_mode = 'bookkeeping' clips nn.Linear layers only; "
+                f"{name} is a {type(module).__name__} (use model.finetuning = 'lora')"
+            )
+        layers.append(module)
+    return layers
+
+
+# dp_sgd.grad_sample_mode -> the step variant that clips that way
+STEPS: dict[str, type[DPSteps]] = {
+    "hooks": DPSteps,
+    "ghost": GhostDPSteps,
+    "bookkeeping": BookkeepingDPSteps,
+}

@@ -36,22 +36,24 @@ def _one_step(config, rows, empty: bool = False):
         steps.empty_batch()
     else:
         pad = load_tokenizer(config).pad_token_id
-        steps.loss(collate(rows, pad)).backward()
+        steps.backward([collate(rows, pad)])
     steps.step()
     steps.close()
     return torch.cat([g.flatten() for g in seen]), private
 
 
-def test_no_clipping_fault_applies_the_unclipped_gradient(tiny_raw):
+@pytest.mark.parametrize(("finetuning", "mode"), [("full", "hooks"), ("lora", "bookkeeping")])
+def test_no_clipping_fault_applies_the_unclipped_gradient(tiny_raw, finetuning, mode):
     clip = 1e-3  # every record's gradient is far above it
-    rows = encode_samples(load_tokenizer(_config(tiny_raw, "none")), TEXTS, 64)
-    intact = _config(tiny_raw, "none", noise_multiplier=0.0, max_grad_norm=clip)
-    clipped, _ = _one_step(intact, rows)
-    broken, _ = _one_step(
-        _config(tiny_raw, "no-clipping", noise_multiplier=0.0, max_grad_norm=clip), rows
-    )
-    reference = build_model(_config(tiny_raw, "none")).train()
-    pad = load_tokenizer(_config(tiny_raw, "none")).pad_token_id
+    raw = copy.deepcopy(tiny_raw)
+    raw["model"]["finetuning"] = finetuning
+    raw["lora"] = {"dropout": 0.0}
+    dp = {"noise_multiplier": 0.0, "max_grad_norm": clip, "grad_sample_mode": mode}
+    rows = encode_samples(load_tokenizer(_config(raw, "none")), TEXTS, 64)
+    clipped, _ = _one_step(_config(raw, "none", **dp), rows)
+    broken, _ = _one_step(_config(raw, "no-clipping", **dp), rows)
+    reference = build_model(_config(raw, "none")).train()
+    pad = load_tokenizer(_config(raw, "none")).pad_token_id
     one = collate(rows, pad)
     loss = record_losses(reference(input_ids=one.input_ids).logits, one.labels).mean()
     loss.backward()  # the plain mean of per-record gradients: nothing clipped

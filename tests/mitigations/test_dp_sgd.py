@@ -95,6 +95,57 @@ def test_update_is_the_sum_of_clipped_per_record_gradients(tiny_raw, finetuning,
         torch.testing.assert_close(got, e, atol=1e-5 * float(e.abs().max()), rtol=1e-4)
 
 
+def _applied_gradient(config, rows, groups) -> list[torch.Tensor]:
+    """The gradient the DP optimizer hands its inner optimizer after one step on `groups`."""
+    pad = load_tokenizer(config).pad_token_id
+    model = build_model(config, seed=0).train()  # LoRA's A starts random: the same draw
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen: list[torch.Tensor] = []
+    inner = torch.optim.SGD(params, lr=0.0)
+    inner.register_step_pre_hook(lambda *_: seen.extend(p.grad.clone() for p in params))
+    steps = private_training(config, len(rows)).variant(model, inner, len(rows), config.training)
+    steps.backward([collate([rows[i] for i in group], pad) for group in groups])
+    steps.step()
+    steps.close()
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["ghost", "bookkeeping"])
+@pytest.mark.parametrize(
+    ("groups", "clip"),
+    [
+        ([[2, 1], [3, 0]], 1e-3),  # every record clipped, a batch in length groups
+        ([[0, 1, 2, 3]], 1e6),  # none clipped
+        ([[0, 3], [1], [2]], 1.0),  # two clipped (norms 1.14, 1.0003), two not
+    ],
+)
+def test_lora_clipping_modes_apply_the_same_gradient_as_hooks(tiny_raw, mode, groups, clip):
+    dp = {"noise_multiplier": 0.0, "max_grad_norm": clip, "poisson": True}
+    hooks = _config(tiny_raw, "lora", **dp)
+    other = _config(tiny_raw, "lora", grad_sample_mode=mode, **dp)
+    rows = _rows(hooks, n=4)
+    expected = _applied_gradient(hooks, rows, groups)
+    got = _applied_gradient(other, rows, groups)
+    assert len(got) == len(expected) > 0
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5 * float(e.abs().max()), rtol=1e-4)
+
+
+def test_bookkeeping_refuses_full_finetuning_naming_the_key(tiny_raw):
+    with pytest.raises(ConfigError, match=r"dp_sgd.grad_sample_mode = 'bookkeeping'.*'full'"):
+        _config(tiny_raw, "full", grad_sample_mode="bookkeeping")
+
+
+def test_bookkeeping_refuses_a_trainable_layer_that_is_not_linear(tiny_raw):
+    config = _config(tiny_raw, "lora", grad_sample_mode="bookkeeping")
+    model = build_model(config).train()
+    model.get_input_embeddings().weight.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    private = private_training(config, 4)
+    with pytest.raises(ValueError, match="nn.Linear layers only; .*embed_tokens is a Embedding"):
+        private.variant(model, torch.optim.SGD(params, lr=0.0), 4, config.training)
+
+
 def test_epsilon_accumulates_over_rounds_in_one_accountant(tiny_raw):
     config = _config(tiny_raw, noise_multiplier=1.0)
     pad = load_tokenizer(config).pad_token_id
