@@ -100,7 +100,9 @@ def test_any_override_is_accepted_or_rejected_in_one_line_naming_its_key(harness
     run, config_file, _ = harness
     args = [str(config_file())]
     for key, text in overrides:
-        args += ["--set", f"{key}={text}"]
+        # One token: argparse reads a separate value that starts with "-" (a key "-") as
+        # an option, as for any option; users write such a value as --set=KEY=VALUE.
+        args.append(f"--set={key}={text}")
     code, err = run(args)
     if code == 2:
         assert any(_names_the_key(err, key) for key, _ in overrides), err
