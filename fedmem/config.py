@@ -265,6 +265,12 @@ class AttackConfig:
     suppress_eos: bool = False
     # Also audit each client's returned state (the view of a server without SecAgg+).
     client_view: bool = False
+    # The federated attackers (fedmem.audits.federated_attack): curious participants (the
+    # client x client leakage matrix) and a server holding one client's update (the
+    # difference attack), beside the aggregate; after every `participants_every` rounds and
+    # always after the last.
+    participants: bool = False
+    participants_every: int = field(default=1, metadata=_range(1))
     exposure: ExposureConfig = ExposureConfig()
     membership: MembershipConfig = MembershipConfig()
 

@@ -49,6 +49,8 @@ def audit_model(config: Config, model: torch.nn.Module, vantage: str = GLOBAL) -
     rows: dict[str, list[dict]] = {}
     curves: dict = {}
     for audit in registry.enabled(config):
+        if audit.run is None:  # measured by the server on a round's models together
+            continue
         part: AuditPart = audit.run(config, model)
         metrics.update(part.metrics)
         if part.rows:
