@@ -123,3 +123,52 @@ def test_attackers_run_every_n_rounds_and_always_after_the_last(tiny_raw):
     assert [r for r in range(6) if due(config, r)] == [2, 4, 5]
     off = build_config(tiny_raw)
     assert not any(due(off, r) for r in range(3))
+
+
+def test_the_plain_strategy_keeps_each_clients_state_and_examples_for_the_attackers(tiny_raw):
+    import numpy as np
+
+    from fedmem.mitigations import registry
+    from server.strategy import AuditedFedAvg
+    from tests.support import numpy_clients as nc
+    from tests.support.inprocess import InProcessGrid, run_rounds
+
+    for secagg in (False, True):
+        raw = {**tiny_raw, "federation": {"num_clients": 3, "rounds": 1},
+               "secagg": {"enabled": secagg}}
+        config = build_config(raw)
+        audited = AuditedFedAvg(
+            secure_aggregation=secagg, keep_states=not secagg,
+            initial_parameters=nc.initial_parameters(), fraction_evaluate=0.0,
+            min_available_clients=3,
+        )
+        grid = InProcessGrid(nc.client_app(config), 3, {})
+        run_rounds(grid, audited, registry.fit_workflow(config))
+        if secagg:
+            assert audited.round_states == {}  # the server never holds one update
+            continue
+        states = audited.round_states[1]
+        assert sorted(states) == [0, 1, 2]
+        for client, (arrays, examples) in states.items():
+            own = [p + d for p, d in zip(nc.initial_state(), nc.local_step(client, 0.5),
+                                         strict=True)]
+            assert all(np.allclose(a, b) for a, b in zip(arrays, own, strict=True))
+            assert examples > 0
+
+
+@pytest.mark.slow
+def test_a_secagg_run_reports_both_tables_with_the_one_update_row_hidden(tiny_raw):
+    from fedmem.runs.report_files import write_report
+    from tests.support.inprocess import run_fedmem_in_process
+
+    raw = {**tiny_raw, "federation": {"num_clients": 2, "rounds": 1},
+           "secagg": {"enabled": True}}
+    config = _config(raw)
+    summary = run_fedmem_in_process(config)
+    attack = summary["final"]["federated_attack"]
+    assert attack["round"] == 1
+    assert attack["vantage"]["one_update"]["status"] == "hidden"
+    assert summary["final"]["federated_attack_s"] > 0
+    report = write_report(config.run_dir).markdown.read_text()
+    assert "## Federated attackers" in report and "## Leakage matrix, exact" in report
+    assert "| hidden by SecAgg+ |" in report
