@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedmem.audits.declaration import Audit, ReportView, Section, StoreTable
+from fedmem.audits.extraction import decoding_for
 from fedmem.audits.intervals import auc_ci, rate_ci
 from fedmem.audits.populations import canaries_by_id, canary_targets
 
@@ -116,7 +117,7 @@ class FederatedAttack:
         if not targets:
             return {}
         results = extract(self._on(state), targets, load_tokenizer(self.config).pad_token_id,
-                          self.config.attack.batch_size)
+                          self.config.attack.batch_size, decoding_for(self.config, "greedy"))
         return {
             r.canary_id: (r.exact, is_approximately_memorized(list(r.generated_ids),
                                                               list(t.suffix_ids)))
