@@ -268,6 +268,12 @@ class AttackConfig:
     bleu_threshold: float = field(default=0.75, metadata=_range(0.0, 1.0))
     # Also audit each client's returned state (the view of a server without SecAgg+).
     client_view: bool = False
+    # The federated attackers (fedmem.audits.federated_attack): curious participants (the
+    # client x client leakage matrix) and a server holding one client's update (the
+    # difference attack), beside the aggregate; after every `participants_every` rounds and
+    # always after the last.
+    participants: bool = False
+    participants_every: int = field(default=1, metadata=_range(1))
     exposure: ExposureConfig = ExposureConfig()
     membership: MembershipConfig = MembershipConfig()
 

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from fedmem.audits.dp.canary_clients import CanaryClients
 from fedmem.audits.dp.run_audit import client_canaries_enabled
+from fedmem.audits.federated_attack import FederatedAttack, due
 from fedmem.config import Config, ConfigError, from_run_config, to_run_config
 from fedmem.mitigations import registry
 from fedmem.mitigations.dp_history import RESUMED_HISTORIES
@@ -54,6 +55,7 @@ def run_server(
     audited = AuditedFedAvg(
         secure_aggregation=config.secagg.enabled,
         audit_client=client_view_auditor(config, recorder),
+        keep_states=config.attack.participants and not config.secagg.enabled,
         fraction_fit=config.federation.fraction_fit,
         min_fit_clients=config.federation.min_fit_clients,
         min_available_clients=config.federation.num_clients,
@@ -76,10 +78,25 @@ def run_server(
     stage = RoundFitStage(measured, config.seed, first_round=done + 1, declined=audited.declined)
     stage.accountants.update({int(c): h for c, h in resumed_histories.items()})
 
+    attackers = FederatedAttack(config)
+    previous = [get_trainable_state(model)]  # the global state the next round trains from
+
     def audit(server_round: int, arrays, _config):
         if server_round == 0 and point:  # Flower evaluates the initial model: audited before
             before = recorder.rows[-1]
             return before["heldout_loss"], {"exact_rate": _exact_rate(before)}
+        states = audited.round_states.pop(server_round, None)
+        attack = None
+        outcome = stage.outcomes.get(server_round, {})
+        if due(config, server_round) and outcome.get("aggregated", True):
+            attack = attackers.measure(
+                server_round,
+                previous[0],
+                list(arrays),
+                {c: s for c, (s, _) in states.items()} if states is not None else None,
+                {c: n for c, (_, n) in states.items()} if states is not None else None,
+            )
+        previous[0] = [a.copy() for a in arrays]
         set_trainable_state(model, arrays)
         row = recorder.record(
             server_round,
@@ -92,6 +109,7 @@ def run_server(
                 "strategy": wrapped.state(),
                 "accountants": {str(c): h for c, h in sorted(stage.accountants.items())},
             },
+            federated_attack=attack,
         )
         return row["heldout_loss"], {"exact_rate": _exact_rate(row)}
 

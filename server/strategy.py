@@ -30,6 +30,10 @@ class AuditedFedAvg(FedAvg):
     returned trainable state before averaging: the view of a server without secure
     aggregation. Under SecAgg+ no such state exists, and it is never called.
 
+    With `keep_states`, each aggregated round's returned states and example counts are kept
+    in `round_states` (client -> (arrays, examples)) for the federated attackers
+    (fedmem.audits.federated_attack); never under SecAgg+, where the server holds none.
+
     A round is declined (the global model stays) when fewer than `min_fit_clients` clients
     return a result, or when any client failed and `accept_failures` is off; `declined`
     keeps why, per round.
@@ -40,11 +44,14 @@ class AuditedFedAvg(FedAvg):
         *,
         secure_aggregation: bool = False,
         audit_client: Callable[[int, int, list[np.ndarray]], object] | None = None,
+        keep_states: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.secure_aggregation = secure_aggregation
         self.audit_client = audit_client
+        self.keep_states = keep_states
+        self.round_states: dict[int, dict[int, tuple[list[np.ndarray], int]]] = {}
         self.round_clients: dict[int, dict[int, dict[str, Scalar]]] = {}
         self.round_failures: dict[int, int] = {}
         self.declined: dict[int, str] = {}
@@ -78,6 +85,12 @@ class AuditedFedAvg(FedAvg):
             for _, res in results:
                 client = int(res.metrics["client"])
                 self.audit_client(server_round, client, parameters_to_ndarrays(res.parameters))
+        if self.keep_states:
+            self.round_states[server_round] = {
+                int(res.metrics["client"]): (parameters_to_ndarrays(res.parameters),
+                                             int(res.num_examples))
+                for _, res in results
+            }
         return super().aggregate_fit(server_round, results, failures)
 
 

@@ -180,7 +180,9 @@ class Audit:
     name: str  # its metrics' key in the round's row and its rows' key in a RoundAudit
     order: int  # where it runs, its metrics sit in the row and its columns in every table
     enabled: Callable[[Config], bool]
-    run: Callable[[Config, torch.nn.Module], AuditPart]
+    # None: not an audit of one model; the server measures it on a round's models together
+    # and the recorder puts its metrics in the row (fedmem.audits.federated_attack)
+    run: Callable[[Config, torch.nn.Module], AuditPart] | None
     output: str | None = None  # its per-item rows' file in the run folder, e.g. "x.jsonl"
     before: tuple[str, ...] = ()  # metrics-row keys the run summary keeps from round 0;
     # () means (name,)

@@ -49,7 +49,8 @@ def audit_model(config: Config, model: torch.nn.Module, vantage: str = GLOBAL) -
     metrics: dict = {"vantage": vantage}
     rows: dict[str, list[dict]] = {}
     curves: dict = {}
-    audits = registry.enabled(config)
+    # An audit without `run` is measured by the server on a round's models together.
+    audits = [audit for audit in registry.enabled(config) if audit.run is not None]
     for done, audit in enumerate(audits):
         progress.step(f"audits ({vantage} model)", done, len(audits), audit.name)
         part: AuditPart = audit.run(config, model)

@@ -46,7 +46,7 @@ TRAINABLE_FILE = "trainable.safetensors"
 # Row fields that measure the machine, not the run: wall-clock times, and the fit stage's
 # wire bytes, which include Flower's random run and node ids. Everything else in a
 # metrics row is a function of the config (see README, Reliability).
-MEASURED_FIELDS = ("elapsed_s", "fit_stage")
+MEASURED_FIELDS = ("elapsed_s", "fit_stage", "federated_attack_s")
 
 
 def round_checkpoint_dir(run_dir: Path, server_round: int) -> Path:

@@ -178,6 +178,7 @@ class RunRecorder:
         strategy_facts: dict[str, dict] | None = None,
         outcome: dict | None = None,
         resume_state: dict | None = None,
+        federated_attack: dict | None = None,
     ) -> dict:
         """Audit `model` as the global model after `server_round`, then checkpoint it.
 
@@ -187,7 +188,9 @@ class RunRecorder:
         `strategy_facts`: what each mitigation's strategy wrapper used, keyed by mitigation
         (client_dp: the clipping norm and noise std); `outcome`: whether the round updated
         the global model, the clients that failed, why it was abandoned;
-        `resume_state`: what, besides the model, a resumed run needs (JSON). The audit sees
+        `resume_state`: what, besides the model, a resumed run needs (JSON);
+        `federated_attack`: the federated attackers' measure of the round, when it was due
+        (fedmem.audits.federated_attack, measured by the server). The audit sees
         the model as the mitigations' audited-model transforms make it (weight noise), with
         their facts in the row; `model` is left exactly as it was."""
         with mitigations.audited_model(self.config, model, server_round) as transform_facts:
@@ -206,6 +209,10 @@ class RunRecorder:
             **audit.metrics,
             "client_view": self._client_view(server_round),
         }
+        if federated_attack:  # its wall time is a measurement (folder.MEASURED_FIELDS)
+            attack = dict(federated_attack)
+            row["federated_attack_s"] = attack.pop("seconds", None)
+            row["federated_attack"] = attack
         if self.config.dp_sgd.enabled:
             row["dp_epsilon_max"] = self._epsilon_max(clients)
         if self.dp_audit is not None:  # on the trained model itself, never weight-noised

@@ -67,7 +67,8 @@ def test_names_output_files_columns_tables_and_figures_are_unique():
 
 def test_audits_run_and_show_in_their_declared_order_with_extraction_the_headline():
     assert [a.name for a in registry.audits()] == [
-        "extraction", "utility", "membership", "exposure", "canary_loss_gap"]
+        "extraction", "utility", "membership", "exposure", "canary_loss_gap",
+        "federated_attack"]
     assert registry.headline().name == "extraction"
 
 

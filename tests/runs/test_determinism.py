@@ -60,7 +60,7 @@ def test_secagg_quantization_and_client_dp_noise_are_seeded(tiny_raw):
 
 
 def test_measured_fields_are_only_wall_time_and_wire_bytes():
-    assert MEASURED_FIELDS == ("elapsed_s", "fit_stage")
+    assert MEASURED_FIELDS == ("elapsed_s", "fit_stage", "federated_attack_s")
     row = {"round": 1, "elapsed_s": 3.2, "fit_stage": {"seconds": 1.0}, "heldout_loss": 2.0}
     assert without_measurements(row) == {"round": 1, "heldout_loss": 2.0}
 
