@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -98,11 +99,19 @@ def one_run_ceilings(
 ) -> dict[str, float]:
     """The audit's power: what `one_run_bounds` gives, per method, when the scores separate
     perfectly (every included record above every excluded one, so every guess is right).
-    No run with these record counts, delta and significance can report a larger bound."""
+    No run with these record counts, delta and significance can report a larger bound.
+    Computed once per setting (every round of a run asks the same)."""
+    return dict(_one_run_ceilings(included, excluded, delta, significance))
+
+
+@lru_cache(maxsize=16)
+def _one_run_ceilings(
+    included: int, excluded: int, delta: float, significance: float
+) -> tuple[tuple[str, float], ...]:
     in_scores = np.arange(included, dtype=np.float64) + excluded + 1
     out_scores = np.arange(excluded, dtype=np.float64)
     bounds = one_run_bounds(in_scores, out_scores, delta, significance)
-    return {name: b.epsilon for name, b in bounds.items()}
+    return tuple((name, b.epsilon) for name, b in bounds.items())
 
 
 def all_correct_epsilon(guesses: int, confidence: float) -> float:

@@ -12,9 +12,9 @@ a run's final round is. Rows:
   give when nothing hides them (goal: at least 3 at 95 %).
 - `intact` / `noise-tenth`: sigma 1 intact, and with `dp_audit.fault = "noise-tenth"`.
 - `cost`: the fit with its 1,000 canaries and the audit's scoring against the same fit with
-  `gradient_canaries = 0` and no scoring, side by side, twice each, one torch thread
-  (goal: at most 1.2x). jax (the bounds' library) is imported before timing: every DP run
-  imports it for its audit records anyway.
+  `gradient_canaries = 0` and no scoring, side by side, `--pairs` times each (default 2),
+  alternating, one torch thread (goal: at most 1.2x). jax (the bounds' library) is imported
+  before timing: every DP run imports it for its audit records anyway.
 
 `--label` names a row set run from a modified copy (the scratch check of RESULTS.md).
 """
@@ -90,7 +90,7 @@ def audit_row(name: str, facts: dict, seconds: float) -> str:
     )
 
 
-def measure(only: str, label: str) -> str:
+def measure(only: str, label: str, pairs: int = 2) -> str:
     import jax_privacy.auditing  # noqa: F401  (imported before any timing; see above)
     import torch
 
@@ -115,7 +115,7 @@ def measure(only: str, label: str) -> str:
             print(lines[-1], flush=True)
     if only in ("", "cost"):
         with_, without = [], []
-        for _ in range(2):  # alternating, so drifting load hits both sides alike
+        for _ in range(pairs):  # alternating, so drifting load hits both sides alike
             with_.append(audited_fit(load(out, **{"dp_sgd.noise_multiplier": 1.0}))[1:])
             without.append(audited_fit(
                 load(out, **{"dp_sgd.noise_multiplier": 1.0, "dp_audit.gradient_canaries": 0}),
@@ -125,7 +125,7 @@ def measure(only: str, label: str) -> str:
         cpu = sum(c for _, c in with_) / sum(c for _, c in without)
         lines.append("")
         lines.append(
-            f"Cost{suffix}: fit + audit with 1,000 canaries vs fit without, sigma 1, 2 x 2 "
+            f"Cost{suffix}: fit + audit with 1,000 canaries vs fit without, sigma 1, {pairs} x 2 "
             f"alternating: wall {wall:.3f}x, CPU {cpu:.3f}x (goal <= 1.2x); wall s with "
             f"{[round(w, 1) for w, _ in with_]}, without {[round(w, 1) for w, _ in without]}."
         )
@@ -138,9 +138,10 @@ def main() -> None:
     parser.add_argument("--only", default="", choices=["", "no-noise", "intact", "noise-tenth",
                                                        "cost"])
     parser.add_argument("--label", default="", help="names rows run from a modified copy")
+    parser.add_argument("--pairs", type=int, default=2, help="cost: fits per side")
     args = parser.parse_args()
     started = time.time()
-    text = measure(args.only, args.label)
+    text = measure(args.only, args.label, args.pairs)
     load_avg = "/".join(f"{x:.1f}" for x in __import__("os").getloadavg()[:2])
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     heading = (
