@@ -2,9 +2,9 @@
 "DP audits: gradient canaries (make dp-canaries)" in benchmarks/RESULTS.md.
 
 Every row is one local fit of the quickstart's client 0 (configs/quickstart.toml: its model,
-its ~140 rows with the audit records, batch 8, Poisson rate 1/18), trained as its only
+its 158 rows with the audit records, batch 8, Poisson rate 1/20), trained as its only
 trainer (`mode = "centralized"`, so it owns all `dp_audit.gradient_canaries`) for one
-quickstart round (4 local epochs, 72 DP-SGD steps), audited by
+quickstart round (4 local epochs, 80 DP-SGD steps), audited by
 `fedmem.audits.dp.run_audit.GradientCanaryAudit` on the model before and after, exactly as
 a run's final round is. Rows:
 
