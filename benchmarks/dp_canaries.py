@@ -35,9 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## DP audits: gradient canaries (make dp-canaries)"
 INTRO = (
-    "Dirac gradient canaries (dp_audit.gradient_canaries) on the quickstart's client 0 for one "
-    "round (benchmarks/dp_canaries.py says how); bounds at 95 % for delta 1e-5, each beside "
-    "its ceiling (the bound if every guess were right)."
+    "Dirac gradient canaries (dp_audit.gradient_canaries) on the quickstart's client 0 for\n"
+    "one round (benchmarks/dp_canaries.py says how); bounds at 95 % for delta 1e-5, each\n"
+    "beside its ceiling (the bound if every guess were right). Under load, read the CPU\n"
+    "ratio of the cost row: wall times stretch unevenly between its two sides."
 )
 QUICKSTART = REPO / "configs" / "quickstart.toml"
 
@@ -96,11 +97,12 @@ def measure(only: str, label: str, pairs: int = 2) -> str:
 
     torch.set_num_threads(1)
     out = tempfile.mkdtemp(prefix="dp-canaries-")
-    lines = [
+    header = [
         "| row | claimed eps | one-run bound (right/guesses) / ceiling | f-DP bound "
         "(right/guesses) / ceiling | AUROC | verdict | wall |",
         "|---|---|---|---|---|---|---|",
     ]
+    lines: list[str] = []
     suffix = f" [{label}]" if label else ""
     runs = {
         "no-noise": {"dp_sgd.noise_multiplier": 0.0},
@@ -109,6 +111,7 @@ def measure(only: str, label: str, pairs: int = 2) -> str:
     }
     for name, overrides in runs.items():
         if only in ("", name):
+            lines.extend(header if not lines else [])
             facts, wall, _ = audited_fit(load(out, **overrides))
             lines.append(audit_row(f"{name}, sigma {overrides['dp_sgd.noise_multiplier']:g}"
                                    f"{suffix}", facts, wall))
@@ -123,7 +126,7 @@ def measure(only: str, label: str, pairs: int = 2) -> str:
             )[1:])
         wall = sum(w for w, _ in with_) / sum(w for w, _ in without)
         cpu = sum(c for _, c in with_) / sum(c for _, c in without)
-        lines.append("")
+        lines.extend([""] if lines else [])
         lines.append(
             f"Cost{suffix}: fit + audit with 1,000 canaries vs fit without, sigma 1, {pairs} x 2 "
             f"alternating: wall {wall:.3f}x, CPU {cpu:.3f}x (goal <= 1.2x); wall s with "
