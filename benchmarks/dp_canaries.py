@@ -91,7 +91,7 @@ def audit_row(name: str, facts: dict, seconds: float) -> str:
     )
 
 
-def measure(only: str, label: str, pairs: int = 2) -> str:
+def measure(only: str, label: str, pairs: int = 2, sigma: float = 1.0) -> str:
     import jax_privacy.auditing  # noqa: F401  (imported before any timing; see above)
     import torch
 
@@ -106,8 +106,8 @@ def measure(only: str, label: str, pairs: int = 2) -> str:
     suffix = f" [{label}]" if label else ""
     runs = {
         "no-noise": {"dp_sgd.noise_multiplier": 0.0},
-        "intact": {"dp_sgd.noise_multiplier": 1.0},
-        "noise-tenth": {"dp_sgd.noise_multiplier": 1.0, "dp_audit.fault": "noise-tenth"},
+        "intact": {"dp_sgd.noise_multiplier": sigma},
+        "noise-tenth": {"dp_sgd.noise_multiplier": sigma, "dp_audit.fault": "noise-tenth"},
     }
     for name, overrides in runs.items():
         if only in ("", name):
@@ -142,9 +142,10 @@ def main() -> None:
                                                        "cost"])
     parser.add_argument("--label", default="", help="names rows run from a modified copy")
     parser.add_argument("--pairs", type=int, default=2, help="cost: fits per side")
+    parser.add_argument("--sigma", type=float, default=1.0, help="intact / noise-tenth sigma")
     args = parser.parse_args()
     started = time.time()
-    text = measure(args.only, args.label, args.pairs)
+    text = measure(args.only, args.label, args.pairs, args.sigma)
     load_avg = "/".join(f"{x:.1f}" for x in __import__("os").getloadavg()[:2])
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     heading = (
