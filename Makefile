@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench secagg-attack clean
+.PHONY: run test lint bench secagg-attack dp-canaries clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 # secagg-attack)" in benchmarks/RESULTS.md; docs/threat-model-secagg.md reads it.
 secagg-attack: $(STAMP)
 	$(BIN)/python -m benchmarks.secagg_seed
+
+# The gradient-canary DP audit at quickstart size (client 0, one round; about 10 minutes
+# on 2 cores): no-noise power, intact vs a tenth of the noise, and its cost; appends under
+# "DP audits: gradient canaries (make dp-canaries)" in benchmarks/RESULTS.md.
+dp-canaries: $(STAMP)
+	$(BIN)/python -m benchmarks.dp_canaries
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

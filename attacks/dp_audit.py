@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -98,11 +99,19 @@ def one_run_ceilings(
 ) -> dict[str, float]:
     """The audit's power: what `one_run_bounds` gives, per method, when the scores separate
     perfectly (every included record above every excluded one, so every guess is right).
-    No run with these record counts, delta and significance can report a larger bound."""
+    No run with these record counts, delta and significance can report a larger bound.
+    Computed once per setting (every round of a run asks the same)."""
+    return dict(_one_run_ceilings(included, excluded, delta, significance))
+
+
+@lru_cache(maxsize=16)
+def _one_run_ceilings(
+    included: int, excluded: int, delta: float, significance: float
+) -> tuple[tuple[str, float], ...]:
     in_scores = np.arange(included, dtype=np.float64) + excluded + 1
     out_scores = np.arange(excluded, dtype=np.float64)
     bounds = one_run_bounds(in_scores, out_scores, delta, significance)
-    return {name: b.epsilon for name, b in bounds.items()}
+    return tuple((name, b.epsilon) for name, b in bounds.items())
 
 
 def all_correct_epsilon(guesses: int, confidence: float) -> float:
@@ -120,6 +129,38 @@ def attack_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     from jax_privacy.auditing import CanaryScoreAuditor
 
     return float(CanaryScoreAuditor(in_scores, out_scores).attack_auroc())
+
+
+# ------------------------------------------------------------ white-box gradient canaries
+
+
+@dataclass(frozen=True)
+class DiracCanaries:
+    """Gradient canaries of Nasr et al. (USENIX 2023) and Steinke et al. (NeurIPS 2023): each
+    is a designed per-record gradient, `sign` x the clip norm on one coordinate of the
+    trainable parameters (flattened in their order), the coordinates distinct."""
+
+    coordinates: np.ndarray  # [k] int64 flat indices into the trainable parameters
+    signs: np.ndarray  # [k] +1.0 / -1.0, the canary gradient's direction on its coordinate
+    included: np.ndarray  # [k] bool: inserted into training (probability 1/2 each)
+
+
+def dirac_canaries(dim: int, k: int, seed: int) -> DiracCanaries:
+    """`k` Dirac canaries among `dim` trainable parameters, a pure function of the seed."""
+    if k > dim:
+        raise ValueError(f"{k} gradient canaries need {k} distinct coordinates, model has {dim}")
+    rng = np.random.default_rng(seed)
+    coordinates = rng.choice(dim, size=k, replace=False).astype(np.int64)
+    signs = np.where(rng.random(k) < 0.5, -1.0, 1.0)
+    included = rng.random(k) < 0.5
+    return DiracCanaries(coordinates, signs, included)
+
+
+def dirac_scores(canaries: DiracCanaries, initial: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """Higher = more likely inserted: each canary coordinate's change over training against
+    its gradient's direction (a descent step moves it by -lr x gradient), from the values of
+    the trainable parameters at the canary coordinates before and after training."""
+    return canaries.signs * (np.asarray(initial, np.float64) - np.asarray(final, np.float64))
 
 
 # ----------------------------------------------------------------------- client level

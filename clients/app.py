@@ -101,7 +101,9 @@ class FedmemClient(NumPyClient):
         pad_id = load_tokenizer(self.config).pad_token_id
         seed = training_seed(self.config, server_round, self.client)
         history = self.accountant_history(config)
-        fit = local_fit(self.config, model, rows, prompt_lengths, pad_id, seed, history)
+        fit = local_fit(
+            self.config, model, rows, prompt_lengths, pad_id, seed, history, trainer=self.client
+        )
         result = fit.result
         update = get_trainable_state(model)
         metrics = {

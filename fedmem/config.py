@@ -414,6 +414,10 @@ class DPAuditConfig:
     # Client level (Andrew et al. 2023), under client_dp: canary clients whose update is a
     # fixed random direction at the clip norm, plus as many never-inserted directions; 0 = off.
     client_canaries: int = field(default=64, metadata=_range(0))
+    # Record level, white box, under dp_sgd: Dirac gradient canaries (Nasr et al. 2023), each
+    # a designed per-record gradient of the clip norm on one trainable coordinate, inserted
+    # (probability 1/2) into DP-SGD's clipped sum of the steps that Poisson-sample it; 0 = off.
+    gradient_canaries: int = field(default=1000, metadata=_range(0))
     # Joint confidence of the lower bounds a verdict rests on.
     confidence: float = field(default=0.95, metadata=_range(0.5, 1.0, lo_open=True))
     # For auditing the auditor only: break DP-SGD on purpose while the accountant still

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 SERVER_ROUND, CLIENT_MESSAGE, FAULTS = "server-round", "client-message", "faults"
 MIA_MEMBERS, EXPOSURE_CANDIDATES = "mia-members", "exposure-candidates"
 DP_CANARY_DIRECTIONS, WEIGHT_NOISE = "dp-canary-directions", "weight-noise"
+# DP-SGD gradient canaries: which (coordinates, signs, inclusion bits), and when inserted
+GRADIENT_CANARIES, GRADIENT_CANARY_DRAWS = "dp-gradient-canaries", "dp-gradient-canary-draws"
 AUC_BOOTSTRAP, EXPOSURE_BOOTSTRAP = "auc-bootstrap", "exposure-bootstrap"  # audit intervals
 
 # The data and the local training draw from `seed * 1_000_003 + offset`, as they always

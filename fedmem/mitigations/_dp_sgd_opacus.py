@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import IAccountant, create_accountant
@@ -22,6 +23,7 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch.utils.data import DataLoader, TensorDataset
 
+from attacks.dp_audit import dirac_canaries
 from fedmem.config import DPSGDConfig, TrainingConfig
 from fedmem.training import Batch, StepVariant, record_losses
 
@@ -65,6 +67,65 @@ def accountant_from_record(kind: str, record: Mapping[str, Any] | None) -> IAcco
     return accountant
 
 
+@dataclass(frozen=True)
+class GradientCanaryPlan:
+    """The Dirac gradient canaries one trainer inserts (`attacks.dp_audit.dirac_canaries`;
+    the audit regenerates the same ones from `seed`): canary i belongs to trainer i mod
+    `trainers`, and an included one of this trainer's enters each step's clipped sum with
+    the run's Poisson sample rate, as one more record would."""
+
+    k: int
+    seed: int  # of the canaries' coordinates, signs and inclusion bits (the whole run's)
+    draws_seed: int  # of this trainer's per-step Poisson draws
+    trainer: int
+    trainers: int
+
+    def inserted(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(coordinates, signs) of this trainer's included canaries among `dim` parameters."""
+        canaries = dirac_canaries(dim, self.k, self.seed)
+        mine = (np.arange(self.k) % self.trainers == self.trainer) & canaries.included
+        return canaries.coordinates[mine], canaries.signs[mine]
+
+
+class GradientCanaries:
+    """Adds the included canaries into DP-SGD's clipped per-record gradient sum, before the
+    noise: in each step each is Poisson sampled at the run's rate and, when sampled, adds
+    sign x clip norm on its coordinate, exactly what a record whose clipped gradient is that
+    Dirac vector adds. The accountant's per-record epsilon is then the canaries' epsilon."""
+
+    def __init__(
+        self, plan: GradientCanaryPlan, params: Sequence[torch.Tensor], rate: float,
+        clip: float, steps_so_far: int,
+    ) -> None:
+        sizes = [p.numel() for p in params]
+        coordinates, signs = plan.inserted(sum(sizes))
+        starts = np.cumsum([0, *sizes])
+        owner = np.searchsorted(starts, coordinates, side="right") - 1  # param of each canary
+        # Per parameter: (its flat positions, sign x clip) of the canaries on it.
+        self.slots = [
+            (
+                i,
+                torch.as_tensor(coordinates[owner == i] - starts[i], device=p.device),
+                torch.as_tensor(signs[owner == i] * clip, dtype=p.dtype, device=p.device),
+            )
+            for i, p in enumerate(params)
+            if (owner == i).any()
+        ]
+        self.params = params
+        self.rate = rate
+        # A fresh stream per local fit: the steps taken so far tell the fits apart.
+        self.rng = np.random.default_rng([plan.draws_seed, steps_so_far])
+
+    def add(self) -> None:
+        """Into each parameter's `summed_grad` (opacus' clipped sum of this step)."""
+        for i, positions, values in self.slots:
+            sampled = torch.as_tensor(self.rng.random(len(positions)) < self.rate)
+            if sampled.any():
+                summed = self.params[i].summed_grad.view(-1)
+                summed.index_add_(0, positions[sampled.to(positions.device)],
+                                  values[sampled.to(values.device)])
+
+
 @dataclass
 class PrivateTraining:
     """DP-SGD for one client (or the centralized baseline) over a whole run."""
@@ -74,6 +135,7 @@ class PrivateTraining:
     sample_rate: float
     accountant: IAccountant
     fault: str = "none"  # dp_audit.fault: a deliberately broken mechanism (auditing the auditor)
+    canaries: GradientCanaryPlan | None = None  # dp_audit.gradient_canaries of this trainer
 
     def variant(
         self,
@@ -184,6 +246,29 @@ def make_private_bookkeeping(
     return model, dp_optimizer, dp_loader
 
 
+def insert_canaries(
+    optimizer: DPOptimizer, private: PrivateTraining, model: torch.nn.Module
+) -> None:
+    """The optimizer's clipping step then also adds this trainer's gradient canaries to the
+    clipped sum, before the noise (opacus' `pre_step`: clip_and_accumulate, add_noise)."""
+    params = [p for p in model.parameters() if p.requires_grad]  # the flat trainable order
+    steps_so_far = sum(n for _, _, n in private.accountant.history)
+    canaries = GradientCanaries(
+        private.canaries, params, private.sample_rate, private.cfg.max_grad_norm, steps_so_far
+    )
+    # opacus' hook-mode optimizer clips and sums in `clip_and_accumulate`; the one for
+    # gradients that arrive clipped and summed (ghost, book-keeping) in `accumulate`.
+    name = ("accumulate" if isinstance(optimizer, DPOptimizerFastGradientClipping)
+            else "clip_and_accumulate")
+    accumulate = getattr(optimizer, name)
+
+    def with_canaries() -> None:
+        accumulate()
+        canaries.add()
+
+    setattr(optimizer, name, with_canaries)
+
+
 class DPSteps(StepVariant):
     """Poisson batches, per-record losses, per-record clipping and noise in the optimizer."""
 
@@ -204,6 +289,8 @@ class DPSteps(StepVariant):
             raise RuntimeError("opacus' sample rate differs from the one sigma was derived for")
         if private.fault != "none":
             break_mechanism(module, dp_optimizer, private)
+        if private.canaries is not None:
+            insert_canaries(dp_optimizer, private, model)
         # Clipping happens per record inside the DP optimizer, never on the noisy sum.
         super().__init__(module, dp_optimizer, n_rows, cfg)
         self.grad_clip = 0.0

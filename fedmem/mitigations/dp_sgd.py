@@ -25,7 +25,7 @@ from fedmem.config import Config
 from fedmem.mitigations.registry import Mitigation
 
 if TYPE_CHECKING:
-    from fedmem.mitigations._dp_sgd_opacus import PrivateTraining
+    from fedmem.mitigations._dp_sgd_opacus import GradientCanaryPlan, PrivateTraining
 
 
 def sample_rate(n_rows: int, batch_size: int) -> float:
@@ -34,10 +34,11 @@ def sample_rate(n_rows: int, batch_size: int) -> float:
 
 
 def private_training(
-    config: Config, n_rows: int, history: Mapping[str, Any] | None = None
+    config: Config, n_rows: int, history: Mapping[str, Any] | None = None, trainer: int = 0
 ) -> PrivateTraining | None:
-    """DP-SGD for `n_rows` rows per round and all of the run's rounds, resuming `history`;
-    None when `dp_sgd.enabled` is off."""
+    """DP-SGD for trainer `trainer` (the client; 0 when centralized) of `n_rows` rows per
+    round and all of the run's rounds, resuming `history`; None when `dp_sgd.enabled` is
+    off."""
     cfg = config.dp_sgd
     if not cfg.enabled:
         return None
@@ -56,6 +57,31 @@ def private_training(
         sample_rate=rate,
         accountant=accountant_from_record(cfg.accountant, history),
         fault=config.dp_audit.fault,
+        canaries=gradient_canary_plan(config, trainer),
+    )
+
+
+def canary_trainers(config: Config) -> int:
+    """How many trainers share the gradient canaries: canary i belongs to trainer i mod this
+    (every client in a federated run; the one trainer of a centralized run)."""
+    return config.federation.num_clients if config.mode == "federated" else 1
+
+
+def gradient_canary_plan(config: Config, trainer: int) -> GradientCanaryPlan | None:
+    """Which gradient canaries this trainer inserts (`dp_audit.gradient_canaries`); None
+    when off."""
+    k = config.dp_audit.gradient_canaries
+    if k == 0:
+        return None
+    from fedmem.mitigations._dp_sgd_opacus import GradientCanaryPlan
+    from fedmem.seeding import GRADIENT_CANARIES, GRADIENT_CANARY_DRAWS, derive_seed
+
+    return GradientCanaryPlan(
+        k=k,
+        seed=derive_seed(config.seed, GRADIENT_CANARIES),
+        draws_seed=derive_seed(config.seed, GRADIENT_CANARY_DRAWS, trainer),
+        trainer=trainer,
+        trainers=canary_trainers(config),
     )
 
 

@@ -49,18 +49,20 @@ def local_fit(
     seed: int,
     history: Mapping[str, Any] | None = None,
     *,
+    trainer: int = 0,
     training: TrainingConfig | None = None,
     wrap_variant: Callable[[VariantFactory], VariantFactory] | None = None,
 ) -> LocalFit:
     """Train `model` in place on `rows` (encoded, with their prompt lengths under
     answer-only loss) with the configured mitigations, resuming the step variant's
-    `history` (None: the trainer's first fit).
+    `history` (None: the trainer's first fit). `trainer` is the client (0 when centralized):
+    DP-SGD inserts the gradient canaries that trainer owns.
 
     `training` replaces `config.training` for this call and `wrap_variant` wraps the step
     variant's factory: both for measuring steps (`make bench`), not for runs."""
     from fedmem.training import StepVariant, train_local
 
-    plan = registry.step_plan(config, len(rows), history)
+    plan = registry.step_plan(config, len(rows), history, trainer)
     variant: VariantFactory = plan.variant if plan else StepVariant
     if wrap_variant is not None:
         variant = wrap_variant(variant)

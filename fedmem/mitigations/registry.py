@@ -12,8 +12,9 @@ A hook left None is not used. All of them, in the order they act:
                   e.g. "goldfish(k=4,hashed)"; None when off. Read from old run folders too,
                   so it must accept a config without its section.
   label_mask      config -> a training label mask (Goldfish), None when off.
-  step_variant    (config, rows, saved history) -> a `StepPlan`: how the one training loop
-                  samples and steps for a whole run of one trainer (DP-SGD), None when off.
+  step_variant    (config, rows, saved history, trainer) -> a `StepPlan`: how the one
+                  training loop samples and steps for a whole run of one trainer (DP-SGD;
+                  `trainer` is the client, 0 in a centralized run), None when off.
                   At most one mitigation may provide it in a run.
   training_hook   (config, model, seed) -> a context manager active during local training
                   only (NEFTune), None when off.
@@ -98,9 +99,9 @@ class Mitigation:
     order: int  # see the module docstring
     label: Callable[[Mapping[str, Any]], str | None]
     label_mask: Callable[[Config], LabelMask | None] | None = None
-    step_variant: Callable[[Config, int, Mapping[str, Any] | None], StepPlan | None] | None = (
-        None
-    )
+    step_variant: (
+        Callable[[Config, int, Mapping[str, Any] | None, int], StepPlan | None] | None
+    ) = None
     training_hook: (
         Callable[[Config, torch.nn.Module, int], AbstractContextManager[Any] | None] | None
     ) = None
@@ -175,14 +176,14 @@ def _only_one(hook: str, made: list[tuple[Mitigation, Any]]) -> Any:
 
 
 def step_plan(
-    config: Config, n_rows: int, history: Mapping[str, Any] | None = None
+    config: Config, n_rows: int, history: Mapping[str, Any] | None = None, trainer: int = 0
 ) -> StepPlan | None:
-    """The run's step variant for a trainer of `n_rows` rows, resuming `history`; None
-    for the plain loop."""
+    """The run's step variant for trainer `trainer` (the client; 0 when centralized) of
+    `n_rows` rows, resuming `history`; None for the plain loop."""
     made = [
         (m, plan)
         for m in _with("step_variant")
-        if (plan := m.step_variant(config, n_rows, history)) is not None
+        if (plan := m.step_variant(config, n_rows, history, trainer)) is not None
     ]
     return _only_one("training step", made)
 

@@ -135,20 +135,11 @@ def dp_audit_table(audit: dict) -> Table:
     for col in columns:
         table.add_column(col, justify="right")
     if record := audit.get("record"):
-        claim = f"{_eps(record['epsilon_claimed'])} ({record['claimed_by']})"
-        for method in ("one_run", "one_run_fdp"):
-            if f"epsilon_{method}" not in record:
-                continue
-            table.add_row(
-                f"record ({record['included']}/{record['records']} records in)",
-                claim,
-                f"{record['delta']:g}",
-                _eps(record[f"epsilon_{method}"]),
-                _ceiling(record, f"epsilon_ceiling_{method}"),
-                method,
-                f"{record[f'correct_{method}']}/{record[f'guesses_{method}']} guesses right",
-                record["verdict"] or "-",
-            )
+        what = f"record ({record['included']}/{record['records']} records in)"
+        _one_run_rows(table, record, what)
+    if gradient := audit.get("gradient"):
+        what = f"gradient ({gradient['included']}/{gradient['canaries']} canaries in)"
+        _one_run_rows(table, gradient, what)
     if client := audit.get("client"):
         for threat in ("final_model", "all_iterates"):
             facts = client[threat]
@@ -163,6 +154,24 @@ def dp_audit_table(audit: dict) -> Table:
                 client["verdict"] or "-",
             )
     return table
+
+
+def _one_run_rows(table: Table, facts: dict, audit: str) -> None:
+    """A record-level audit's rows (audit records or gradient canaries): one per method."""
+    claim = f"{_eps(facts['epsilon_claimed'])} ({facts['claimed_by']})"
+    for method in ("one_run", "one_run_fdp"):
+        if f"epsilon_{method}" not in facts:
+            continue
+        table.add_row(
+            audit,
+            claim,
+            f"{facts['delta']:g}",
+            _eps(facts[f"epsilon_{method}"]),
+            _ceiling(facts, f"epsilon_ceiling_{method}"),
+            method,
+            f"{facts[f'correct_{method}']}/{facts[f'guesses_{method}']} guesses right",
+            facts["verdict"] or "-",
+        )
 
 
 def audit_records_line(summary: dict) -> str:

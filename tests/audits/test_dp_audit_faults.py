@@ -19,7 +19,7 @@ def _config(tiny_raw, fault: str, **dp):
     raw = copy.deepcopy(tiny_raw)
     raw["training"].update(batch_size=4)
     raw["dp_sgd"] = {"enabled": True, "poisson": False, **dp}
-    raw["dp_audit"] = {"fault": fault}
+    raw["dp_audit"] = {"fault": fault, "gradient_canaries": 0}  # the mechanism alone
     return build_config(raw)
 
 

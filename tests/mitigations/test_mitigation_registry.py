@@ -144,7 +144,7 @@ def test_two_step_variants_in_one_run_are_refused_naming_both(extra_modules):
 
         MITIGATION = Mitigation(
             name="other_steps", order=99, label=lambda c: None,
-            step_variant=lambda config, n_rows, history: object(),
+            step_variant=lambda config, n_rows, history, trainer: object(),
         )
         """,
     )

@@ -29,9 +29,12 @@ import numpy as np
 import torch
 
 from attacks.dp_audit import (
+    DiracCanaries,
     attack_auroc,
     canary_direction,
     cosine,
+    dirac_canaries,
+    dirac_scores,
     gaussian_composition_epsilon,
     gaussian_fit_epsilon,
     gdp_ceiling,
@@ -46,7 +49,7 @@ from fedmem.config import Config
 from fedmem.data.audit_records import audit_enabled
 from fedmem.data.federated import build_federated_data
 from fedmem.models.loading import get_trainable_state, load_tokenizer
-from fedmem.seeding import DP_CANARY_DIRECTIONS, derive_seed
+from fedmem.seeding import DP_CANARY_DIRECTIONS, GRADIENT_CANARIES, derive_seed
 from fedmem.training import encode_samples
 
 
@@ -109,10 +112,11 @@ class RunDPAudit:
             self.rows = encode_samples(tokenizer, texts, config.training.max_seq_len)
         self.base_log_probs: list[np.ndarray] | None = None
         self.canaries = ClientCanaryAudit(config) if client_canaries_enabled(config) else None
+        self.gradient = GradientCanaryAudit(config) if gradient_canaries_enabled(config) else None
 
     @property
     def active(self) -> bool:
-        return bool(self.records) or self.canaries is not None
+        return bool(self.records) or self.canaries is not None or self.gradient is not None
 
     def measure(
         self, server_round: int, model: torch.nn.Module, dp_epsilon_max: float | None
@@ -129,10 +133,16 @@ class RunDPAudit:
                 self.base_log_probs = log_probs
             else:
                 facts["record"] = self._record_level(server_round, log_probs, dp_epsilon_max)
+        watched = self.canaries is not None or self.gradient is not None
+        state = flat_state(model) if watched else None
         if self.canaries is not None:
-            client = self.canaries.observe(server_round, flat_state(model))
+            client = self.canaries.observe(server_round, state)
             if client is not None:
                 facts["client"] = client
+        if self.gradient is not None:
+            gradient = self.gradient.observe(server_round, state, dp_epsilon_max)
+            if gradient is not None:
+                facts["gradient"] = gradient
         return facts or None
 
     def replay(self, server_round: int, model: torch.nn.Module) -> None:
@@ -143,6 +153,8 @@ class RunDPAudit:
             self.base_log_probs = token_log_probs(model, self.rows, pad_id)
         if self.canaries is not None:
             self.canaries.observe(server_round, flat_state(model))
+        if self.gradient is not None and server_round == 0:
+            self.gradient.observe(0, flat_state(model), None)
 
     def _record_level(
         self, server_round: int, log_probs: list[np.ndarray], dp_epsilon_max: float | None
@@ -162,23 +174,76 @@ class RunDPAudit:
             "confidence": cfg.confidence,
             "verdict_rule": VERDICT_RULE,
         }
-        if not len(in_scores) or not len(out_scores):
-            return {**facts, "verdict": "undetermined (every record on one side)"}
-        significance = (1 - cfg.confidence) / 2  # two methods, one joint confidence
-        bounds = one_run_bounds(in_scores, out_scores, delta, significance)
-        ceilings = one_run_ceilings(len(in_scores), len(out_scores), delta, significance)
-        for name, bound in bounds.items():
-            facts[f"epsilon_{name}"] = bound.epsilon
-            facts[f"guesses_{name}"] = bound.guesses
-            facts[f"correct_{name}"] = bound.correct
-            facts[f"epsilon_ceiling_{name}"] = ceilings[name]
-        facts["epsilon_ceiling"] = max(ceilings.values())
-        facts["auroc"] = attack_auroc(in_scores, out_scores)
-        epsilons = [b.epsilon for b in bounds.values()]
-        facts["verdict"] = run_verdict(
-            self.config, server_round, epsilons, claimed, facts["epsilon_ceiling"]
+        return one_run_facts(self.config, server_round, in_scores, out_scores, facts)
+
+
+def one_run_facts(
+    config: Config, server_round: int, in_scores: np.ndarray, out_scores: np.ndarray, facts: dict
+) -> dict:
+    """`facts` (holding the claim) with the one-run bounds of included vs excluded scores by
+    both methods, their ceilings, the AUROC and the verdict (final round only)."""
+    if not len(in_scores) or not len(out_scores):
+        return {**facts, "verdict": "undetermined (every record on one side)"}
+    delta, claimed = facts["delta"], facts["epsilon_claimed"]
+    significance = (1 - config.dp_audit.confidence) / 2  # two methods, one joint confidence
+    bounds = one_run_bounds(in_scores, out_scores, delta, significance)
+    ceilings = one_run_ceilings(len(in_scores), len(out_scores), delta, significance)
+    facts = dict(facts)
+    for name, bound in bounds.items():
+        facts[f"epsilon_{name}"] = bound.epsilon
+        facts[f"guesses_{name}"] = bound.guesses
+        facts[f"correct_{name}"] = bound.correct
+        facts[f"epsilon_ceiling_{name}"] = ceilings[name]
+    facts["epsilon_ceiling"] = max(ceilings.values())
+    facts["auroc"] = attack_auroc(in_scores, out_scores)
+    epsilons = [b.epsilon for b in bounds.values()]
+    ceiling = facts["epsilon_ceiling"]
+    facts["verdict"] = run_verdict(config, server_round, epsilons, claimed, ceiling)
+    return facts
+
+
+def gradient_canaries_enabled(config: Config) -> bool:
+    return config.dp_sgd.enabled and config.dp_audit.gradient_canaries > 0
+
+
+class GradientCanaryAudit:
+    """White-box record level: the Dirac gradient canaries DP-SGD inserted
+    (`fedmem.mitigations.dp_sgd.gradient_canary_plan`), scored by the change of their
+    coordinate in the global model since round 0, against their gradient's direction."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.seed = derive_seed(config.seed, GRADIENT_CANARIES)
+        self.canaries: DiracCanaries | None = None  # drawn once the model's size is known
+        self.initial: np.ndarray | None = None  # round 0's values at the canary coordinates
+
+    def observe(
+        self, server_round: int, state: np.ndarray, dp_epsilon_max: float | None
+    ) -> dict | None:
+        if self.canaries is None:
+            self.canaries = dirac_canaries(
+                state.size, self.config.dp_audit.gradient_canaries, self.seed
+            )
+        values = state[self.canaries.coordinates]
+        if self.initial is None:
+            self.initial = values
+            return None
+        scores = dirac_scores(self.canaries, self.initial, values)
+        included = self.canaries.included
+        claimed, delta, claimed_by = record_claim(self.config, server_round, dp_epsilon_max)
+        facts = {
+            "canaries": len(included),
+            "included": int(included.sum()),
+            "insertion": "poisson at the run's sample rate, before the noise",
+            "epsilon_claimed": claimed,
+            "claimed_by": claimed_by,
+            "delta": delta,
+            "confidence": self.config.dp_audit.confidence,
+            "verdict_rule": VERDICT_RULE,
+        }
+        return one_run_facts(
+            self.config, server_round, scores[included], scores[~included], facts
         )
-        return facts
 
 
 def record_claim(

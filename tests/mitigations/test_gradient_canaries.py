@@ -1,0 +1,108 @@
+"""DP-SGD's Dirac gradient canaries (`dp_audit.gradient_canaries`): designed per-record
+gradients that enter the clipped sum before the noise, each owned by one trainer."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.dp_audit import dirac_canaries, dirac_scores
+from fedmem.config import build_config
+from fedmem.mitigations.dp_sgd import gradient_canary_plan, private_training
+from fedmem.models.loading import build_model, load_tokenizer
+from fedmem.training import collate, encode_samples
+
+TEXTS = [f"Question: which drug treats condition {i}?\nAnswer: drug {i * 7}" for i in range(4)]
+
+
+def _config(tiny_raw, canaries: int, **dp):
+    raw = copy.deepcopy(tiny_raw)
+    raw["training"].update(batch_size=4)  # 4 rows in batches of 4: sample rate 1
+    raw["mode"] = "centralized"  # one trainer: it owns every canary
+    raw["dp_sgd"] = {"enabled": True, "poisson": False, **dp}
+    raw["dp_audit"] = {"gradient_canaries": canaries}
+    return build_config(raw)
+
+
+def _applied_gradient(config, empty: bool) -> torch.Tensor:
+    """The flat gradient the wrapped optimizer applies in one DP step."""
+    model = build_model(config).train()
+    rows = encode_samples(load_tokenizer(config), TEXTS, 64)
+    private = private_training(config, len(rows))
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen: list[torch.Tensor] = []
+    inner = torch.optim.SGD(params, lr=0.0)
+    inner.register_step_pre_hook(lambda *_: seen.extend(p.grad.clone() for p in params))
+    steps = private.variant(model, inner, len(rows), config.training)
+    if empty:
+        steps.empty_batch()
+    else:
+        steps.loss(collate(rows, load_tokenizer(config).pad_token_id)).backward()
+    steps.step()
+    steps.close()
+    return torch.cat([g.flatten() for g in seen])
+
+
+def test_dirac_canaries_are_distinct_coordinates_drawn_from_their_seed():
+    one, again = dirac_canaries(10_000, 500, seed=3), dirac_canaries(10_000, 500, seed=3)
+    assert len(np.unique(one.coordinates)) == 500
+    assert (one.coordinates == again.coordinates).all() and (one.included == again.included).all()
+    assert 200 < one.included.sum() < 300 and set(np.unique(one.signs)) == {-1.0, 1.0}
+    other = dirac_canaries(10_000, 500, seed=4)
+    assert not (one.coordinates == other.coordinates).all()
+
+
+def test_a_dirac_score_is_the_move_against_the_canary_gradient():
+    canaries = dirac_canaries(10, 2, seed=0)
+    initial, final = np.zeros(2), -0.5 * canaries.signs  # each moved by -0.5 x its gradient
+    np.testing.assert_allclose(dirac_scores(canaries, initial, final), [0.5, 0.5])
+
+
+def test_included_canaries_add_the_clip_norm_before_the_noise(tiny_raw):
+    clip = 0.5
+    config = _config(tiny_raw, 300, noise_multiplier=0.0, max_grad_norm=clip)
+    applied = _applied_gradient(config, empty=True)  # a noise-only step: only canaries
+    canaries = dirac_canaries(applied.numel(), 300, gradient_canary_plan(config, 0).seed)
+    at = torch.as_tensor(canaries.coordinates)
+    included = torch.as_tensor(canaries.included)
+    # Sample rate 1: each included canary is in the step, as sign x clip / expected batch (4).
+    expected = torch.as_tensor(canaries.signs * clip / 4, dtype=applied.dtype)
+    torch.testing.assert_close(applied[at][included], expected[included])
+    assert (applied[at][~included] == 0).all()
+    assert int((applied != 0).sum()) == int(included.sum())  # nothing else moved
+
+
+def test_canaries_ride_on_a_real_batch_and_are_noised_with_it(tiny_raw):
+    config = _config(tiny_raw, 300, noise_multiplier=0.0, max_grad_norm=0.5)
+    without = _applied_gradient(_config(tiny_raw, 0, noise_multiplier=0.0, max_grad_norm=0.5),
+                                empty=False)
+    with_canaries = _applied_gradient(config, empty=False)
+    canaries = dirac_canaries(without.numel(), 300, gradient_canary_plan(config, 0).seed)
+    moved = torch.as_tensor(canaries.coordinates[canaries.included])
+    expected = without.clone()
+    expected[moved] += torch.as_tensor(canaries.signs[canaries.included] * 0.5 / 4,
+                                       dtype=expected.dtype)
+    torch.testing.assert_close(with_canaries, expected)
+
+
+def test_each_canary_belongs_to_one_trainer(tiny_raw):
+    raw = copy.deepcopy(tiny_raw)
+    raw["federation"] = {"num_clients": 3, "rounds": 1}
+    raw["dp_sgd"] = {"enabled": True}
+    raw["dp_audit"] = {"gradient_canaries": 90}
+    config = build_config(raw)
+    plans = [gradient_canary_plan(config, trainer) for trainer in range(3)]
+    coordinates = [set(plan.inserted(10_000)[0].tolist()) for plan in plans]
+    canaries = dirac_canaries(10_000, 90, plans[0].seed)
+    assert set().union(*coordinates) == set(canaries.coordinates[canaries.included].tolist())
+    assert sum(len(c) for c in coordinates) == int(canaries.included.sum())
+    assert len({plan.draws_seed for plan in plans}) == 3  # each trainer its own draws
+
+
+def test_no_plan_when_off(tiny_raw):
+    assert gradient_canary_plan(_config(tiny_raw, 0), 0) is None
+    with pytest.raises(ValueError, match="distinct coordinates"):
+        dirac_canaries(10, 11, seed=0)
