@@ -27,6 +27,7 @@ SERVER_ROUND, CLIENT_MESSAGE, FAULTS = "server-round", "client-message", "faults
 MIA_MEMBERS, EXPOSURE_CANDIDATES = "mia-members", "exposure-candidates"
 DP_CANARY_DIRECTIONS, WEIGHT_NOISE = "dp-canary-directions", "weight-noise"
 AUC_BOOTSTRAP, EXPOSURE_BOOTSTRAP = "auc-bootstrap", "exposure-bootstrap"  # audit intervals
+HELDOUT_SAMPLE = "heldout-sample"  # the held-out samples the per-round audits score
 
 # The data and the local training draw from `seed * 1_000_003 + offset`, as they always
 # have, so earlier runs reproduce. The offsets never meet: the data streams are 1..8 and

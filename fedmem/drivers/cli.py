@@ -137,17 +137,22 @@ def _parser() -> argparse.ArgumentParser:
 def prepare(config: Config) -> None:
     """Build the data and tokenizer and check the config against them: every error here
     comes before anything is written."""
-    from fedmem.data.federated import build_federated_data, check_every_client_trains
+    from fedmem.data.federated import (
+        build_federated_data,
+        check_data_sizes,
+        check_every_client_trains,
+        client_sizes,
+    )
     from fedmem.models.loading import load_tokenizer
 
-    data = build_federated_data(config, load_tokenizer)
+    check_data_sizes(config, load_tokenizer)
     if config.mode == "federated":
-        check_every_client_trains(config, data)
+        check_every_client_trains(config, client_sizes(config, load_tokenizer))
         if config.secagg.enabled:
             from fedmem.mitigations.secure_aggregation import max_weight
 
             max_weight(config)
-    elif not data.pooled_texts:
+    elif not build_federated_data(config, load_tokenizer).pooled_texts:
         raise ConfigError("data: the centralized baseline gets no training samples")
     load_tokenizer(config)
 
@@ -168,7 +173,7 @@ def prepare_verbosely(config: Config) -> None:
 
 
 def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
-    from fedmem.data.federated import build_federated_data
+    from fedmem.data.federated import client_sizes, planted
     from fedmem.models.loading import load_tokenizer
     from fedmem.runs.folder import last_complete_round
     from fedmem.runs.report import console, print_summary, round_progress
@@ -176,12 +181,12 @@ def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
     rounds = config.federation.rounds
     with console.status("preparing data and the base model (built once, then cached)"):
         prepare(config)
-    data = build_federated_data(config, load_tokenizer)
+    data = planted(config, load_tokenizer)
     injected = sum(1 for c in data.canaries if c.replicas)
     console.print(
         f"[bold]{config.name}[/]: {config.mode}, {config.model.name} ({config.model.finetuning}), "
         f"{config.federation.num_clients} clients x {rounds} rounds, "
-        f"{sum(len(t) for t in data.client_texts)} training samples, "
+        f"{sum(client_sizes(config, load_tokenizer))} training samples, "
         f"{injected} canaries injected (+{len(data.canaries) - injected} twins)"
         + _audit_records_note(data.audit_records_in_training)
     )
