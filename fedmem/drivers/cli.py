@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key in every cell (repeatable)",
     )
     sweep.add_argument("--dry-run", action="store_true", help="list the cells and their status")
+    sweep.add_argument(
+        "--parallel", type=int, default=1, metavar="N",
+        help="run up to N cells at once, each in its own process (on the cells' Ray cluster "
+        "as Ray tasks when they set federation.ray_address)",
+    )
+    sweep.add_argument("--cell", help=argparse.SUPPRESS)  # one cell, in this process
     sweep.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     report = sub.add_parser("report", help="write report.md, report.html and plots")
     report.add_argument("path", help="a run folder or a sweep folder (or any folder of runs)")
@@ -306,24 +312,45 @@ def train_and_audit(
         run_federated(config, on_round=on_round, resume=resume)
 
 
-def sweep(path: str, overrides: list[str], dry_run: bool = False, verbose: bool = False) -> None:
-    from fedmem.drivers.sweep import describe_cells, load_sweep, run_sweep
+def sweep(
+    path: str,
+    overrides: list[str],
+    dry_run: bool = False,
+    verbose: bool = False,
+    parallel: int = 1,
+    cell: str | None = None,
+) -> None:
+    from fedmem.drivers.sweep import (
+        describe_cells,
+        find_cell,
+        load_sweep,
+        run_one_cell,
+        run_sweep,
+        run_sweep_parallel,
+    )
     from fedmem.runs.report import console
 
     spec = load_sweep(path, overrides)  # every cell validated before anything runs
+
+    def run_cell(config, on_round, resume):
+        train_and_audit(config, on_round, verbose, resume)
+
+    if cell is not None:  # one cell of a parallel sweep, in its own process
+        run_one_cell(find_cell(spec, cell), run_cell)
+        return
     if dry_run:
         print_cells(spec.name, spec.folder, describe_cells(spec))
         return
+    how = "one after another" if parallel == 1 else f"up to {parallel} at once"
     console.print(
-        f"[bold]{spec.name}[/]: {len(spec.cells)} cells ({' x '.join(spec.axes)}), run one "
-        f"after another in {spec.folder}"
+        f"[bold]{spec.name}[/]: {len(spec.cells)} cells ({' x '.join(spec.axes)}), run "
+        f"{how} in {spec.folder}"
     )
     with sweep_progress(spec) as events:
-        ran = run_sweep(
-            spec,
-            lambda config, on_round, resume: train_and_audit(config, on_round, verbose, resume),
-            events,
-        )
+        if parallel == 1:
+            ran = run_sweep(spec, run_cell, events)
+        else:
+            ran = run_sweep_parallel(spec, parallel, overrides, events)
     console.print(f"{len(ran)} cells run now, {len(spec.cells) - len(ran)} already finished")
     report(str(spec.folder))
 
@@ -433,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     resume = getattr(args, "resume", None)
     try:
         if args.command == "sweep":
-            sweep(args.sweep, args.overrides, args.dry_run, args.verbose)
+            sweep(
+                args.sweep, args.overrides, args.dry_run, args.verbose, args.parallel, args.cell
+            )
             return 0
         if args.command == "report":
             report(args.path)
