@@ -54,6 +54,19 @@ def _store(folder: Path, root: Path) -> list[dict]:
     return sorted((_stable(r) for r in rows), key=lambda r: json.dumps(r, sort_keys=True))
 
 
+def _report(folder: Path) -> str:
+    """report.md with its folder written as <folder> and the wall-time column left out."""
+    lines, drop = [], None
+    for line in (folder / "report.md").read_text().replace(str(folder), "<folder>").split("\n"):
+        cells = line.split(" | ")
+        if line.startswith("|") and any(c.strip().startswith("wall time") for c in cells):
+            drop = next(i for i, c in enumerate(cells) if c.strip().startswith("wall time"))
+        if not line.startswith("|"):
+            drop = None
+        lines.append(" | ".join(c for i, c in enumerate(cells) if i != drop))
+    return "\n".join(lines)
+
+
 def _sweep_command(*args: str) -> None:
     """`fedmem sweep ...` in a process of its own, as a user runs it."""
     done = subprocess.run(
@@ -81,8 +94,7 @@ def test_parallel_cells_leave_the_folder_store_and_report_of_the_sequential_swee
     assert _store(a.folder, tmp_path / "a") == _store(b.folder, tmp_path / "b")
     for cell_a, cell_b in zip(a.cells, b.cells, strict=True):
         assert _metrics(cell_a.run_dir) == _metrics(cell_b.run_dir)
-    report = (a.folder / "report.md").read_text().replace(str(a.folder), "<folder>")
-    assert report == (b.folder / "report.md").read_text().replace(str(b.folder), "<folder>")
+    assert _report(a.folder) == _report(b.folder)
     # A second parallel sweep finds every cell finished and runs none.
     assert run_sweep_parallel(load_sweep(parallel), 2) == []
 
@@ -111,14 +123,12 @@ def test_parallel_cells_run_as_tasks_of_the_cells_ray_cluster(tmp_path, tiny_raw
             )
             assert done.returncode == 0, done.stdout + done.stderr
             logs = list(Path(ray_dir).glob("session_*/logs/worker-*.out"))
-            ran_on_workers = [p for p in logs if "fedmem" in p.read_text(errors="replace")]
         finally:
             stop_process_tree([head])
     sweep = load_sweep(path)
     assert all((c.run_dir / "summary.json").is_file() for c in sweep.cells)
     assert len(query(sweep.folder, "runs")) == 2
     assert logs, "no Ray worker ran"
-    assert ran_on_workers or logs
 
 
 def test_parallel_needs_one_or_more_cells_at_a_time(tmp_path, tiny_raw):
