@@ -35,6 +35,12 @@ and imports. Sizes are the quickstart's model and data unless a row says otherwi
 - Scale: 100 clients sampling 0.1 vs 3 clients (peak RSS of the whole process tree, Ray's
   daemons included, polled every 0.1 s) and vs 10 clients sampling 1.0 (same sampled count:
   the fit-stage time should not grow with total clients); 2 local steps, 3 rounds.
+- Clients (`--only clients` runs these rows alone): 1,000 clients sampling 10 per round
+  against 10 clients all sampled, about 30 training rows per client on both sides, the same
+  audits (one canary per replica count, `data.heldout_sample = 30`), 2 local steps, 2
+  rounds: each round's server-side wall time (training, aggregation, audits; round 0 is the
+  first audit, round 1 pays the actors' start and their data) and the process tree's peak
+  RSS.
 - Likelihood pass (`attacks.likelihood.token_logprobs`, behind MIA, exposure, utility and the
   DP audit): a narrow random Llama built from `LlamaConfig` (hidden 64, 2 layers, Llama-3's
   128,256-token vocabulary, nothing downloaded), rows of 1,024 random tokens, min-k%++
@@ -52,6 +58,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import os
@@ -108,7 +115,11 @@ def worker_federated(config) -> dict:
                 "clients reported; a failed round's time is not comparable"
             )
     fit = [r["fit_stage"]["seconds"] for r in rows if r["round"] >= 2 and "fit_stage" in r]
+    elapsed = [r["elapsed_s"] for r in rows]
     return {
+        # Each round's wall time on the server: training, aggregation and audits (round 0:
+        # the first audit alone, from the ServerApp's start).
+        "round_s": [elapsed[0], *(b - a for a, b in itertools.pairwise(elapsed))],
         "wall_s": wall,
         "cpu_before_s": before,
         # From the ServerApp's start to its last audit: the run without Ray's start-up,
@@ -666,6 +677,7 @@ def measure(out: str) -> tuple[list[Row], str]:
             f"CPU {many['cpu_s']:.1f} s vs {ten['cpu_s']:.1f} s",
         )
     )
+    rows.extend(measure_clients(out)[0])
     likelihood, details = measure_likelihood()
     rows.extend(likelihood)
     return rows, details
@@ -740,11 +752,74 @@ def append_results(text: str) -> None:
     append_to_section(RESULTS, HEADING, SECTION_INTRO, text)
 
 
+CLIENT_ROWS = 30  # training rows per client on both sides of the clients row
+
+
+def clients_sides(clients: int) -> list[str]:
+    """A federation of `clients` clients with about CLIENT_ROWS training rows each, 10
+    sampled per round, and the same audit sizes whatever its size: one canary per replica
+    count (15 copies spread over the clients) and 30 held-out samples scored."""
+    heldout = 0.1
+    return [
+        *SIMULATION,
+        "training.local_steps=2",
+        "federation.rounds=2",
+        f"federation.num_clients={clients}",
+        f"federation.fraction_fit={10 / clients}",
+        f"data.num_samples={round(clients * CLIENT_ROWS / (1 - heldout))}",
+        f"data.heldout_fraction={heldout}",
+        "data.heldout_sample=30",
+        "canaries.per_count=1",
+        f"name=clients{clients}",
+    ]
+
+
+def measure_clients(out: str | None = None) -> tuple[list[Row], str]:
+    """1,000 clients sampling 10 per round against 10 clients all sampled, the same rows per
+    client: round time (server side, training + audits) and peak RSS of the process tree."""
+    with contextlib.ExitStack() as stack:
+        out = out or stack.enter_context(tempfile.TemporaryDirectory(prefix="fedmem-bench-"))
+        many = run_worker("federated", clients_sides(1000), out)
+        ten = run_worker("federated", clients_sides(10), out)
+    rows: list[Row] = []
+    for rnd, label in ((2, "round 2"), (1, "round 1 (actors start)"), (0, "round 0 (audit)")):
+        rows.append(
+            (
+                f"{label}: 1,000 clients sampling 10 / 10 clients (~{CLIENT_ROWS} rows each)",
+                many["round_s"][rnd] / ten["round_s"][rnd],
+                math.nan,
+                "<= 1.2" if rnd == 2 else "-",
+                f"{many['round_s'][rnd]:.2f} s vs {ten['round_s'][rnd]:.2f} s",
+            )
+        )
+    rows.append(
+        (
+            "peak RSS of the process tree, 1,000 clients sampling 10 / 10 clients",
+            many["peak_rss_mb"] / ten["peak_rss_mb"],
+            math.nan,
+            "<= 1.2",
+            f"{many['peak_rss_mb']:.0f} MB vs {ten['peak_rss_mb']:.0f} MB",
+        )
+    )
+    rows.append(
+        (
+            "whole run, 1,000 clients sampling 10 / 10 clients (Ray start-up included)",
+            many["wall_s"] / ten["wall_s"],
+            many["cpu_s"] / ten["cpu_s"],
+            "-",
+            f"wall {many['wall_s']:.1f} s vs {ten['wall_s']:.1f} s; "
+            f"CPU {many['cpu_s']:.1f} s vs {ten['cpu_s']:.1f} s",
+        )
+    )
+    return rows, ""
+
+
 # Rows that `--only NAME` runs alone.
 ONLY = {
     "likelihood": measure_likelihood,
     "dp-modes": lambda: (measure_dp_modes(modes=tuple(DP_MODE_GOALS)), ""),
     "extraction": measure_extraction,
+    "clients": measure_clients,
 }
 
 SECTION_INTRO = (
@@ -761,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         help="(internal) one likelihood pass in this process",
     )
     parser.add_argument(
-        "--only", choices=sorted(ONLY), help="run these rows alone (no config, no simulation)"
+        "--only", choices=sorted(ONLY), help="run these rows alone"
     )
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--no-append", action="store_true", help="print only")

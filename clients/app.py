@@ -13,7 +13,7 @@ from flwr.client import ClientApp, NumPyClient
 
 from fedmem import seeding
 from fedmem.config import Config, from_run_config, to_run_config
-from fedmem.data.federated import build_federated_data
+from fedmem.data.federated import client_data
 from fedmem.mitigations import registry
 from fedmem.mitigations.client_mods import mitigation_mod
 from fedmem.mitigations.dp_history import HISTORY_METRIC, RESUMED_HISTORIES
@@ -32,13 +32,8 @@ from fedmem.training import encode_training_rows
 @lru_cache(maxsize=8)
 def client_rows(config: Config, client: int) -> tuple[list[list[int]], list[int] | None]:
     """The client's training rows and, under answer-only loss, their prompt lengths."""
-    data = build_federated_data(config, load_tokenizer)
-    return encode_training_rows(
-        load_tokenizer(config),
-        data.client_texts[client],
-        data.client_prompt_chars[client],
-        config.training,
-    )
+    texts, prompt_chars = client_data(config, load_tokenizer, client)
+    return encode_training_rows(load_tokenizer(config), texts, prompt_chars, config.training)
 
 
 @lru_cache(maxsize=1)

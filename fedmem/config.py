@@ -110,6 +110,10 @@ class DataConfig:
     partition: str = field(default="iid", metadata=_choices("iid", "by-source", "dirichlet"))
     dirichlet_alpha: float = field(default=0.5, metadata=_range(0.0, lo_open=True))
     heldout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5, lo_open=True))
+    # Held-out samples the per-round audits score (utility, MIA non-members): a seeded
+    # sample of this many, the same every round; 0 = all of them. Keeps a large
+    # federation's audits the size of a small one's.
+    heldout_sample: int = field(default=0, metadata=_range(0))
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,13 @@ if TYPE_CHECKING:
 
 def audit_exposure(config: Config, model: torch.nn.Module) -> AuditPart:
     from attacks.exposure import measure_exposure
-    from fedmem.data.federated import build_federated_data
+    from fedmem.data.federated import planted
     from fedmem.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(config)
     ex = config.attack.exposure
     rows = []
-    for i, c in enumerate(build_federated_data(config, load_tokenizer).exposure_canaries):
+    for i, c in enumerate(planted(config, load_tokenizer).exposure_canaries):
         # The split sits before the secret's leading space; the candidates vary the digits.
         r = measure_exposure(
             model,

@@ -55,18 +55,19 @@ class MembershipSample:
 def membership_samples(config: Config) -> tuple[MembershipSample, ...]:
     """Members: injected canaries and a seeded sample of the training QA rows (never an
     exposure canary or a DP audit record); non-members: the never-injected twins and the
-    held-out QA samples."""
-    from fedmem.data.federated import build_federated_data
+    held-out QA samples the audits score (`data.heldout_sample`). Both samples are the
+    same every round."""
+    from fedmem.data.federated import audited_heldout_texts, planted, training_qa_texts
     from fedmem.models.loading import load_tokenizer
     from fedmem.training import encode_samples
 
-    data = build_federated_data(config, load_tokenizer)
     tokenizer = load_tokenizer(config)
-    training = sorted(set(data.qa_texts))  # never a canary or a DP audit record
-    heldout = list(data.heldout_texts)  # rendered as the members were trained
-    n = min(config.attack.membership.qa_members or len(heldout), len(training))
+    training = training_qa_texts(config, load_tokenizer)  # distinct, sorted
+    heldout = list(audited_heldout_texts(config, load_tokenizer))  # rendered as trained
+    n = qa_member_count(config, len(training), len(heldout))
     members = random.Random(derive_seed(config.seed, MIA_MEMBERS)).sample(training, n)
-    entries = [("canary", c.canary_id, c.injected, c.replicas, c.text) for c in data.canaries]
+    canaries = planted(config, load_tokenizer).canaries
+    entries = [("canary", c.canary_id, c.injected, c.replicas, c.text) for c in canaries]
     entries += [("qa", f"train-{i}", True, None, t) for i, t in enumerate(members)]
     entries += [("qa", f"heldout-{i}", False, None, t) for i, t in enumerate(heldout)]
     ids = encode_samples(tokenizer, [e[4] for e in entries], config.training.max_seq_len)
@@ -74,6 +75,30 @@ def membership_samples(config: Config) -> tuple[MembershipSample, ...]:
         MembershipSample(sid, kind, member, replicas, text, tuple(row))
         for (kind, sid, member, replicas, text), row in zip(entries, ids, strict=True)
     )
+
+
+def qa_member_count(config: Config, training: int, heldout: int) -> int:
+    """Training QA samples scored as members: `attack.membership.qa_members`, or as many as
+    the held-out samples scored when it is 0; at most every training sample (a larger
+    number means all of them, as it always has: the row's `populations` says how many)."""
+    return min(config.attack.membership.qa_members or heldout, training)
+
+
+def qa_populations(config: Config) -> dict[str, int]:
+    """The QA populations the membership samples are drawn from, and their sizes: the
+    report's context for the AUC interval (a sample, not the whole federation)."""
+    from fedmem.data.federated import held_out_count, training_qa_texts
+    from fedmem.models.loading import load_tokenizer
+
+    training = len(training_qa_texts(config, load_tokenizer))
+    heldout = held_out_count(config, load_tokenizer)
+    scored_heldout = config.data.heldout_sample or heldout
+    return {
+        "qa_members": qa_member_count(config, training, scored_heldout),
+        "qa_member_population": training,
+        "qa_nonmembers": scored_heldout,
+        "qa_nonmember_population": heldout,
+    }
 
 
 @lru_cache(maxsize=2)
@@ -120,6 +145,7 @@ def audit_membership(config: Config, model: torch.nn.Module) -> AuditPart:
         "members": sum(s.member for s in samples),
         "nonmembers": sum(not s.member for s in samples),
         "min_k": mia.min_k,
+        "populations": qa_populations(config),
         "scores": {},
     }
     curves: dict = {}
@@ -288,11 +314,16 @@ def membership_table(row: Mapping) -> Any:
     from rich.table import Table
 
     m = row["membership"]
+    pop = m.get("populations")  # absent from rows written before the samples were sized
+    members, nonmembers = "training QA", "held-out QA"
+    if pop:
+        members = f"{pop['qa_members']} of {pop['qa_member_population']} training QA"
+        nonmembers = f"{pop['qa_nonmembers']} of {pop['qa_nonmember_population']} held-out QA"
     table = Table(
         title=(
             f"membership inference, round {row['round']}: {m['members']} members "
-            f"(injected canaries, training QA) vs {m['nonmembers']} non-members "
-            "(twins, held-out QA)"
+            f"(injected canaries, {members}) vs {m['nonmembers']} non-members "
+            f"(twins, {nonmembers})"
         )
     )
     for col in ("score", "AUC", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "AUC canaries", "AUC QA"):

@@ -14,10 +14,10 @@ if TYPE_CHECKING:
 
 
 def canaries_by_id(config: Config) -> dict[str, Canary]:
-    from fedmem.data.federated import build_federated_data
+    from fedmem.data.federated import planted
     from fedmem.models.loading import load_tokenizer
 
-    return {c.canary_id: c for c in build_federated_data(config, load_tokenizer).canaries}
+    return {c.canary_id: c for c in planted(config, load_tokenizer).canaries}
 
 
 @lru_cache(maxsize=16)
@@ -25,7 +25,7 @@ def canary_targets(config: Config, prefix_tokens: int) -> tuple[ExtractionTarget
     """Each canary's last `prefix_tokens` header tokens and its first `attack.suffix_tokens`
     secret tokens, cut from the tokenization of the whole record."""
     from attacks.extraction import split_record
-    from fedmem.data.federated import build_federated_data
+    from fedmem.data.federated import planted
     from fedmem.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(config)
@@ -33,5 +33,5 @@ def canary_targets(config: Config, prefix_tokens: int) -> tuple[ExtractionTarget
         split_record(
             tokenizer, c.canary_id, c.text, c.split, prefix_tokens, config.attack.suffix_tokens
         )
-        for c in build_federated_data(config, load_tokenizer).canaries
+        for c in planted(config, load_tokenizer).canaries
     )

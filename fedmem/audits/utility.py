@@ -32,12 +32,12 @@ PCT = 100.0
 
 @lru_cache(maxsize=4)
 def heldout_rows(config: Config) -> tuple[list[int], ...]:
-    from fedmem.data.federated import build_federated_data
+    from fedmem.data.federated import audited_heldout_texts
     from fedmem.models.loading import load_tokenizer
     from fedmem.training import encode_samples
 
     tokenizer = load_tokenizer(config)
-    texts = build_federated_data(config, load_tokenizer).heldout_texts
+    texts = audited_heldout_texts(config, load_tokenizer)
     return tuple(encode_samples(tokenizer, texts, config.training.max_seq_len))
 
 
@@ -45,13 +45,11 @@ def heldout_rows(config: Config) -> tuple[list[int], ...]:
 def qa_prompts(config: Config) -> tuple[tuple[str, int], ...]:
     """Each held-out pair rendered as training rows are (chat template or plain format), cut
     after its answer, with where the answer starts (fedmem.data.federated.answer_cut)."""
-    from fedmem.data.federated import answer_cut, build_federated_data, renderer
+    from fedmem.data.federated import answer_cut, audited_heldout, renderer
     from fedmem.models.loading import load_tokenizer
 
     render = renderer(config, load_tokenizer)
-    return tuple(
-        answer_cut(render, p) for p in build_federated_data(config, load_tokenizer).heldout
-    )
+    return tuple(answer_cut(render, p) for p in audited_heldout(config, load_tokenizer))
 
 
 @lru_cache(maxsize=4)
@@ -70,14 +68,14 @@ def qa_targets(config: Config) -> tuple[ExtractionTarget, ...]:
 
 def audit_utility(config: Config, model: torch.nn.Module) -> AuditPart:
     from attacks.extraction import extract
-    from fedmem.data.federated import build_federated_data
+    from fedmem.data.federated import audited_heldout
     from fedmem.models.loading import load_tokenizer
     from fedmem.training import mean_token_loss
 
     tokenizer = load_tokenizer(config)
     pad_id = tokenizer.pad_token_id
     loss = mean_token_loss(model, heldout_rows(config), config.training.batch_size, pad_id)
-    heldout = build_federated_data(config, load_tokenizer).heldout
+    heldout = audited_heldout(config, load_tokenizer)
     answers = extract(model, qa_targets(config), pad_id, config.attack.batch_size)
     by_source: dict[str, list[bool]] = defaultdict(list)
     for pair, result in zip(heldout, answers, strict=True):

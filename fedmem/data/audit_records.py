@@ -84,6 +84,24 @@ def inject_audit_records(
     return samples
 
 
+def inject_audit_records_into(
+    samples: Sequence[str], client: int, sizes: Sequence[int], records: Sequence[AuditRecord],
+    seed: int,
+) -> list[str]:
+    """What ``inject_audit_records`` gives one client, from its own samples and every
+    client's sample count (the positions depend on the target's length only)."""
+    rng = random.Random(seed)
+    sizes = list(sizes)
+    out = list(samples)
+    for record in records:
+        if record.included:
+            position = rng.randint(0, sizes[record.client])
+            if record.client == client:
+                out.insert(position, record.text)
+            sizes[record.client] += 1
+    return out
+
+
 def to_jsonl_rows(records: Sequence[AuditRecord]) -> list[dict]:
     return [
         {"record_id": r.record_id, "text": r.text, "included": r.included, "client": r.client}

@@ -376,6 +376,37 @@ def inject(
     return samples
 
 
+def inject_into(
+    samples: Sequence[str],
+    client: int,
+    sizes: Sequence[int],
+    canaries: Sequence[Canary],
+    seed: int,
+) -> tuple[list[str], list[int]]:
+    """What ``inject`` gives one client, without the other clients' samples: its samples
+    with its canary copies inserted, and every client's sample count afterwards.
+
+    ``inject`` draws each copy's position from the target client's current length only,
+    so replaying its draws over the counts (``sizes``: every client's samples before
+    injection) places this client's copies exactly where the whole build does.
+    """
+    rng = random.Random(seed)
+    sizes = list(sizes)
+    out = list(samples)
+    for canary in canaries:
+        for target in canary.clients:
+            if not 0 <= target < len(sizes):
+                raise ValueError(
+                    f"canary {canary.canary_id} targets client {target}, "
+                    f"but there are {len(sizes)} clients"
+                )
+            position = rng.randint(0, sizes[target])
+            if target == client:
+                out.insert(position, canary.text)
+            sizes[target] += 1
+    return out, sizes
+
+
 def to_jsonl_rows(canaries: Sequence[Canary]) -> list[dict]:
     """One JSON-ready dict per canary, with ``injected``, ``prefix`` and ``suffix`` spelt out."""
     return [

@@ -19,11 +19,17 @@ from functools import lru_cache
 from typing import Any
 
 from fedmem.config import Config, ConfigError
-from fedmem.data.audit_records import AuditRecord, audit_records, inject_audit_records
+from fedmem.data.audit_records import (
+    AuditRecord,
+    audit_records,
+    inject_audit_records,
+    inject_audit_records_into,
+)
 from fedmem.data.canaries import (
     Canary,
     generate_note_records,
     inject,
+    inject_into,
     load_labelled_canaries,
     load_records,
     make_canaries,
@@ -40,7 +46,7 @@ from fedmem.data.qa import (
     prompt_parts,
 )
 from fedmem.files import DataError
-from fedmem.seeding import data_seed
+from fedmem.seeding import HELDOUT_SAMPLE, data_seed, derive_seed
 
 # Independent seed streams (fedmem.seeding.DATA_STREAMS), so changing e.g. the canaries
 # leaves the QA split untouched.
@@ -227,22 +233,40 @@ def canary_records(config: Config, load_tokenizer: TokenizerLoader) -> list[tupl
     return records
 
 
+@dataclass(frozen=True)
+class FederationIndex:
+    """The federation without its texts: the training pairs, which of them each client
+    holds, the held-out pairs, and the canaries, exposure canaries and DP audit records
+    with the clients their copies go to. Cheap next to rendering every client's rows, so
+    the server and each client build this and render only the rows they use."""
+
+    train: tuple[QAPair, ...]
+    parts: tuple[tuple[int, ...], ...]  # indices into `train`, per client
+    heldout: tuple[QAPair, ...]
+    canaries: tuple[Canary, ...]
+    exposure_canaries: tuple[Canary, ...]
+    audit_records: tuple[AuditRecord, ...]
+
+    def client_sizes(self) -> tuple[int, ...]:
+        """Training rows per client, injected copies included."""
+        sizes = [len(part) for part in self.parts]
+        for canary in (*self.canaries, *self.exposure_canaries):
+            for client in canary.clients:
+                sizes[client] += 1
+        for record in self.audit_records:
+            sizes[record.client] += record.included
+        return tuple(sizes)
+
+
 @lru_cache(maxsize=4)
-def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> FederatedData:
-    """Every client's training texts (QA rows with canaries, exposure canaries and DP audit
-    records injected), the held-out set and the canaries. `load_tokenizer` (the models
-    layer's) is called only when the config renders with a chat template, splits canary
-    records by tokens or generates notes (measured in tokens)."""
-    if config.data.source == "texts":
-        return audited_texts(config, load_tokenizer)
+def federation_index(config: Config, load_tokenizer: TokenizerLoader) -> FederationIndex:
+    """The config's QA pairs split and partitioned, and its canaries placed (not for
+    `data.source = "texts"`, which has no federation)."""
     pairs = load_pairs(config)
     split = split_heldout_by_source if config.data.source == "datasets" else split_heldout
     train, heldout = split(pairs, config.data.heldout_fraction, _seed(config, _SPLIT_STREAM))
     parts = partition(config, train)
-    render = renderer(config, load_tokenizer)
-    rendered = [render(pair) for pair in train]
-    prompt_chars = dict(rendered)
-    client_texts = [[rendered[i][0] for i in idx] for idx in parts]
+    weights = [len(idx) for idx in parts]
     canaries = make_canaries(
         config.canaries.replica_counts,
         [size for _, size in config.canaries.group_sizes()],
@@ -250,9 +274,8 @@ def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> Fed
         config.canaries.placement,
         seed=_seed(config, _CANARY_STREAM),
         records=canary_records(config, load_tokenizer),
-        client_weights=[len(idx) for idx in parts],
+        client_weights=weights,
     )
-    injected = inject(client_texts, canaries, seed=_seed(config, _INJECT_STREAM))
     exposure = make_exposure_canaries(
         config.canaries.replica_counts,
         config.canaries.exposure_per_count,
@@ -260,31 +283,191 @@ def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> Fed
         config.canary_clients(),
         config.canaries.placement,
         seed=_seed(config, _EXPOSURE_STREAM),
-        client_weights=[len(idx) for idx in parts],
+        client_weights=weights,
     )
-    injected = inject(injected, exposure, seed=_seed(config, _EXPOSURE_INJECT_STREAM))
-    records = audit_records(config, seed=_seed(config, _AUDIT_RECORD_STREAM))
-    injected = inject_audit_records(injected, records, seed=_seed(config, _AUDIT_INJECT_STREAM))
+    return FederationIndex(
+        train=tuple(train),
+        parts=tuple(tuple(idx) for idx in parts),
+        heldout=tuple(heldout),
+        canaries=tuple(canaries),
+        exposure_canaries=tuple(exposure),
+        audit_records=audit_records(config, seed=_seed(config, _AUDIT_RECORD_STREAM)),
+    )
+
+
+@lru_cache(maxsize=4)
+def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> FederatedData:
+    """Every client's training texts (QA rows with canaries, exposure canaries and DP audit
+    records injected), the held-out set and the canaries. `load_tokenizer` (the models
+    layer's) is called only when the config renders with a chat template, splits canary
+    records by tokens or generates notes (measured in tokens). Renders the whole
+    federation: a client needs only `client_data`, the audits `training_qa_texts` and
+    `audited_heldout_texts`."""
+    if config.data.source == "texts":
+        return audited_texts(config, load_tokenizer)
+    index = federation_index(config, load_tokenizer)
+    render = renderer(config, load_tokenizer)
+    rendered = [render(pair) for pair in index.train]
+    prompt_chars = dict(rendered)
+    client_texts = [[rendered[i][0] for i in idx] for idx in index.parts]
+    injected = inject(client_texts, index.canaries, seed=_seed(config, _INJECT_STREAM))
+    injected = inject(
+        injected, index.exposure_canaries, seed=_seed(config, _EXPOSURE_INJECT_STREAM)
+    )
+    injected = inject_audit_records(
+        injected, index.audit_records, seed=_seed(config, _AUDIT_INJECT_STREAM)
+    )
     return FederatedData(
         client_texts=tuple(tuple(t) for t in injected),
         client_prompt_chars=tuple(tuple(prompt_chars.get(t, 0) for t in ts) for ts in injected),
-        heldout=tuple(heldout),
-        heldout_texts=tuple(render(pair)[0] for pair in heldout),
-        canaries=tuple(canaries),
-        exposure_canaries=tuple(exposure),
-        audit_records=records,
+        heldout=index.heldout,
+        heldout_texts=tuple(render(pair)[0] for pair in index.heldout),
+        canaries=index.canaries,
+        exposure_canaries=index.exposure_canaries,
+        audit_records=index.audit_records,
     )
 
 
-def check_every_client_trains(config: Config, data: FederatedData) -> None:
+def client_data(
+    config: Config, load_tokenizer: TokenizerLoader, client: int
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """One client's training texts and their prompt characters, exactly as
+    `build_federated_data` gives them to that client, rendering only this client's pairs:
+    the injection positions are replayed over every client's row count."""
+    if config.data.source == "texts":
+        data = build_federated_data(config, load_tokenizer)
+        return data.client_texts[client], data.client_prompt_chars[client]
+    index = federation_index(config, load_tokenizer)
+    render = renderer(config, load_tokenizer)
+    rendered = [render(index.train[i]) for i in index.parts[client]]
+    prompt_chars = dict(rendered)
+    sizes = [len(idx) for idx in index.parts]
+    texts = [text for text, _ in rendered]
+    texts, sizes = inject_into(
+        texts, client, sizes, index.canaries, _seed(config, _INJECT_STREAM)
+    )
+    texts, sizes = inject_into(
+        texts, client, sizes, index.exposure_canaries, _seed(config, _EXPOSURE_INJECT_STREAM)
+    )
+    texts = inject_audit_records_into(
+        texts, client, sizes, index.audit_records, _seed(config, _AUDIT_INJECT_STREAM)
+    )
+    return tuple(texts), tuple(prompt_chars.get(t, 0) for t in texts)
+
+
+@dataclass(frozen=True)
+class Planted:
+    """What the run plants in the clients' data and the audits look for."""
+
+    canaries: tuple[Canary, ...]
+    exposure_canaries: tuple[Canary, ...]
+    audit_records: tuple[AuditRecord, ...]
+
+    @property
+    def audit_records_in_training(self) -> int:
+        return sum(r.included for r in self.audit_records)
+
+
+def planted(config: Config, load_tokenizer: TokenizerLoader) -> Planted:
+    """The canaries, exposure canaries and DP audit records, without rendering any row."""
+    data: FederatedData | FederationIndex
+    if config.data.source == "texts":
+        data = build_federated_data(config, load_tokenizer)
+    else:
+        data = federation_index(config, load_tokenizer)
+    return Planted(data.canaries, data.exposure_canaries, data.audit_records)
+
+
+def client_sizes(config: Config, load_tokenizer: TokenizerLoader) -> tuple[int, ...]:
+    """Training rows per client, without rendering any."""
+    if config.data.source == "texts":
+        return tuple(len(t) for t in build_federated_data(config, load_tokenizer).client_texts)
+    return federation_index(config, load_tokenizer).client_sizes()
+
+
+@lru_cache(maxsize=4)
+def training_qa_texts(config: Config, load_tokenizer: TokenizerLoader) -> tuple[str, ...]:
+    """The distinct QA texts the clients train on, sorted: `FederatedData.qa_texts` as a
+    set, with no canary, exposure canary or DP audit record."""
+    if config.data.source == "texts":
+        return tuple(sorted(set(build_federated_data(config, load_tokenizer).qa_texts)))
+    index = federation_index(config, load_tokenizer)
+    render = renderer(config, load_tokenizer)
+    injected = {c.text for c in (*index.canaries, *index.exposure_canaries)}
+    injected |= {r.text for r in index.audit_records}
+    return tuple(sorted({render(pair)[0] for pair in index.train} - injected))
+
+
+def heldout_sample(config: Config, count: int) -> tuple[int, ...]:
+    """Indices (ascending) of the held-out samples the per-round audits score: a seeded
+    sample of `data.heldout_sample` of the `count`, the same every round; all with 0."""
+    size = config.data.heldout_sample
+    if not size:
+        return tuple(range(count))
+    if size > count:
+        raise ConfigError(
+            f"data.heldout_sample = {size}: there are only {count} held-out samples "
+            f"(data.heldout_fraction = {config.data.heldout_fraction:g}); lower it, or 0 "
+            "for all"
+        )
+    rng = random.Random(derive_seed(config.seed, HELDOUT_SAMPLE))
+    return tuple(sorted(rng.sample(range(count), size)))
+
+
+def held_out_count(config: Config, load_tokenizer: TokenizerLoader) -> int:
+    if config.data.source == "texts":
+        return len(build_federated_data(config, load_tokenizer).heldout_texts)
+    return len(federation_index(config, load_tokenizer).heldout)
+
+
+@lru_cache(maxsize=4)
+def audited_heldout(config: Config, load_tokenizer: TokenizerLoader) -> tuple[QAPair, ...]:
+    """The held-out pairs in the audits' sample (`heldout_sample`); () for texts."""
+    if config.data.source == "texts":
+        return ()
+    heldout = federation_index(config, load_tokenizer).heldout
+    return tuple(heldout[i] for i in heldout_sample(config, len(heldout)))
+
+
+@lru_cache(maxsize=4)
+def audited_heldout_texts(config: Config, load_tokenizer: TokenizerLoader) -> tuple[str, ...]:
+    """The held-out samples in the audits' sample, rendered as training texts are."""
+    if config.data.source == "texts":
+        texts = build_federated_data(config, load_tokenizer).heldout_texts
+        return tuple(texts[i] for i in heldout_sample(config, len(texts)))
+    render = renderer(config, load_tokenizer)
+    return tuple(render(pair)[0] for pair in audited_heldout(config, load_tokenizer))
+
+
+def check_data_sizes(config: Config, load_tokenizer: TokenizerLoader) -> None:
+    """One-line errors, before anything is written, for sizes the data cannot give: more
+    clients than training rows, a held-out sample larger than the held-out set."""
+    held_out = held_out_count(config, load_tokenizer)
+    heldout_sample(config, held_out)
+    if config.data.source == "texts" or config.mode != "federated":
+        return
+    index = federation_index(config, load_tokenizer)
+    if index.train:  # a chat template that cannot render fails here, not in a client
+        renderer(config, load_tokenizer)(index.train[0])
+    n = config.federation.num_clients
+    if n > len(index.train):
+        raise ConfigError(
+            f"federation.num_clients = {n}: more clients than the {len(index.train)} "
+            f"training rows (data.num_samples = {config.data.num_samples} less "
+            f"data.heldout_fraction = {config.data.heldout_fraction:g} held out)"
+        )
+
+
+def check_every_client_trains(config: Config, sizes: tuple[int, ...]) -> None:
     """Reject a config whose partition leaves a client without training samples (its
-    every round would fail) before anything is written."""
-    for client, texts in enumerate(data.client_texts):
-        if not texts:
+    every round would fail) before anything is written; `sizes`: rows per client
+    (`client_sizes`)."""
+    for client, size in enumerate(sizes):
+        if not size:
             raise ConfigError(
                 f"federation.num_clients = {config.federation.num_clients}: client {client} "
                 f"gets no training samples (data.partition = {config.data.partition!r}, "
-                f"{sum(len(t) for t in data.client_texts)} samples in all)"
+                f"{sum(sizes)} samples in all)"
             )
 
 

@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key in every cell (repeatable)",
     )
     sweep.add_argument("--dry-run", action="store_true", help="list the cells and their status")
+    sweep.add_argument(
+        "--parallel", type=int, default=1, metavar="N",
+        help="run up to N cells at once, each in its own process (on the cells' Ray cluster "
+        "as Ray tasks when they set federation.ray_address)",
+    )
+    sweep.add_argument("--cell", help=argparse.SUPPRESS)  # one cell, in this process
     sweep.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     report = sub.add_parser("report", help="write report.md, report.html and plots")
     report.add_argument("path", help="a run folder or a sweep folder (or any folder of runs)")
@@ -136,17 +142,22 @@ def _parser() -> argparse.ArgumentParser:
 def prepare(config: Config) -> None:
     """Build the data and tokenizer and check the config against them: every error here
     comes before anything is written."""
-    from fedmem.data.federated import build_federated_data, check_every_client_trains
+    from fedmem.data.federated import (
+        build_federated_data,
+        check_data_sizes,
+        check_every_client_trains,
+        client_sizes,
+    )
     from fedmem.models.loading import load_tokenizer
 
-    data = build_federated_data(config, load_tokenizer)
+    check_data_sizes(config, load_tokenizer)
     if config.mode == "federated":
-        check_every_client_trains(config, data)
+        check_every_client_trains(config, client_sizes(config, load_tokenizer))
         if config.secagg.enabled:
             from fedmem.mitigations.secure_aggregation import max_weight
 
             max_weight(config)
-    elif not data.pooled_texts:
+    elif not build_federated_data(config, load_tokenizer).pooled_texts:
         raise ConfigError("data: the centralized baseline gets no training samples")
     load_tokenizer(config)
 
@@ -169,7 +180,7 @@ def prepare_verbosely(config: Config) -> None:
 
 
 def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
-    from fedmem.data.federated import build_federated_data
+    from fedmem.data.federated import client_sizes, planted
     from fedmem.models.loading import load_tokenizer
     from fedmem.runs.folder import last_complete_round
     from fedmem.runs.report import console, print_summary, round_progress
@@ -178,12 +189,12 @@ def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
     rounds = config.federation.rounds
     with console.status("preparing data and the base model (built once, then cached)"):
         prepare(config)
-    data = build_federated_data(config, load_tokenizer)
+    data = planted(config, load_tokenizer)
     injected = sum(1 for c in data.canaries if c.replicas)
     console.print(
         f"[bold]{config.name}[/]: {config.mode}, {config.model.name} ({config.model.finetuning}), "
         f"{config.federation.num_clients} clients x {rounds} rounds, "
-        f"{sum(len(t) for t in data.client_texts)} training samples, "
+        f"{sum(client_sizes(config, load_tokenizer))} training samples, "
         f"{injected} canaries injected (+{len(data.canaries) - injected} twins)"
         + _audit_records_note(data.audit_records_in_training)
     )
@@ -312,24 +323,45 @@ def train_and_audit(
             run_federated(config, on_round=on_round, resume=resume, verbose=verbose)
 
 
-def sweep(path: str, overrides: list[str], dry_run: bool = False, verbose: bool = False) -> None:
-    from fedmem.drivers.sweep import describe_cells, load_sweep, run_sweep
+def sweep(
+    path: str,
+    overrides: list[str],
+    dry_run: bool = False,
+    verbose: bool = False,
+    parallel: int = 1,
+    cell: str | None = None,
+) -> None:
+    from fedmem.drivers.sweep import (
+        describe_cells,
+        find_cell,
+        load_sweep,
+        run_one_cell,
+        run_sweep,
+        run_sweep_parallel,
+    )
     from fedmem.runs.report import console
 
     spec = load_sweep(path, overrides)  # every cell validated before anything runs
+
+    def run_cell(config, on_round, resume):
+        train_and_audit(config, on_round, verbose, resume)
+
+    if cell is not None:  # one cell of a parallel sweep, in its own process
+        run_one_cell(find_cell(spec, cell), run_cell)
+        return
     if dry_run:
         print_cells(spec.name, spec.folder, describe_cells(spec))
         return
+    how = "one after another" if parallel == 1 else f"up to {parallel} at once"
     console.print(
-        f"[bold]{spec.name}[/]: {len(spec.cells)} cells ({' x '.join(spec.axes)}), run one "
-        f"after another in {spec.folder}"
+        f"[bold]{spec.name}[/]: {len(spec.cells)} cells ({' x '.join(spec.axes)}), run "
+        f"{how} in {spec.folder}"
     )
     with sweep_progress(spec) as events:
-        ran = run_sweep(
-            spec,
-            lambda config, on_round, resume: train_and_audit(config, on_round, verbose, resume),
-            events,
-        )
+        if parallel == 1:
+            ran = run_sweep(spec, run_cell, events)
+        else:
+            ran = run_sweep_parallel(spec, parallel, overrides, events)
     console.print(f"{len(ran)} cells run now, {len(spec.cells) - len(ran)} already finished")
     report(str(spec.folder))
 
@@ -437,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     resume = getattr(args, "resume", None)
     try:
         if args.command == "sweep":
-            sweep(args.sweep, args.overrides, args.dry_run, args.verbose)
+            sweep(
+                args.sweep, args.overrides, args.dry_run, args.verbose, args.parallel, args.cell
+            )
             return 0
         if args.command == "report":
             report(args.path)

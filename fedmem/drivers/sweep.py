@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,29 +291,151 @@ def run_sweep(sweep: Sweep, run_cell: RunCell, events: SweepEvents | None = None
     with `--resume` when `resume`). An exception stops the sweep; next time the interrupted
     cell continues after its last complete round, or reruns from scratch when it has none
     (or was made from another config)."""
-    from fedmem.runs.store import ensure_ingested
-
     events = events or SweepEvents()
     write_sweep_file(sweep)
     ran: list[str] = []
     for index, cell in enumerate(sweep.cells):
-        if cell_is_finished(cell):
-            ensure_ingested(cell.run_dir)  # a run killed between summary and store write
-            if events.cell_done:
-                events.cell_done(index, cell, True)
+        if _skip_finished(index, cell, events):
             continue
-        resume = cell_can_resume(cell)
-        if cell.run_dir.exists() and not resume:
-            shutil.rmtree(cell.run_dir)
         if events.cell_started:
             events.cell_started(index, cell)
-        run_cell(cell.config, events.round_done, resume)
-        if not (cell.run_dir / "summary.json").exists():
-            raise RuntimeError(f"cell {cell.name} ended without writing summary.json")
+        run_one_cell(cell, run_cell, events.round_done)
         ran.append(cell.name)
         if events.cell_done:
             events.cell_done(index, cell, False)
     return ran
+
+
+def _skip_finished(index: int, cell: Cell, events: SweepEvents) -> bool:
+    from fedmem.runs.store import ensure_ingested
+
+    if not cell_is_finished(cell):
+        return False
+    ensure_ingested(cell.run_dir)  # a run killed between summary and store write
+    if events.cell_done:
+        events.cell_done(index, cell, True)
+    return True
+
+
+def run_one_cell(cell: Cell, run_cell: RunCell, on_round=None) -> None:
+    """One unfinished cell: resumed after its last complete round, else rerun from scratch.
+    The sequential loop and each process of a parallel sweep (`fedmem sweep --cell`) alike."""
+    resume = cell_can_resume(cell)
+    if cell.run_dir.exists() and not resume:
+        shutil.rmtree(cell.run_dir)
+    run_cell(cell.config, on_round, resume)
+    if not (cell.run_dir / "summary.json").exists():
+        raise RuntimeError(f"cell {cell.name} ended without writing summary.json")
+
+
+def find_cell(sweep: Sweep, name: str) -> Cell:
+    for cell in sweep.cells:
+        if cell.name == name:
+            return cell
+    raise SweepError(f"{sweep.path}: no cell named {name!r}")
+
+
+# --------------------------------------------------------------------------- in parallel
+
+
+def cell_command(sweep: Sweep, cell: Cell, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The command that runs one cell in a process of its own: `fedmem sweep FILE --cell
+    NAME`, with the sweep's `--set` overrides, so the cell's config is resolved exactly as
+    in the parent."""
+    command = [sys.executable, "-m", "fedmem.drivers.cli", "sweep", str(sweep.path.resolve())]
+    for item in overrides:
+        command += ["--set", item]
+    return [*command, "--cell", cell.name]
+
+
+def run_cell_process(command: list[str], cwd: str) -> None:
+    """Run one cell's command; a failure raises with the last lines of its output."""
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(command[-2:])} failed ({done.returncode}):\n{tail}")
+
+
+def cluster_address(sweep: Sweep) -> str:
+    """The Ray cluster the sweep's cells run on (`federation.ray_address`), "" for none; all
+    cells must name the same one."""
+    addresses = {cell.config.federation.ray_address for cell in sweep.cells}
+    if len(addresses) > 1:
+        raise SweepError(
+            f"{sweep.path}: federation.ray_address differs between cells ({sorted(addresses)}); "
+            "a parallel sweep runs on one cluster"
+        )
+    return addresses.pop()
+
+
+# CPUs a cell's own process holds on a cluster: the ServerApp's audits and the Ray driver.
+# Its clients hold federation.client_cpus / client_gpus each, as actors of the same cluster.
+CELL_CPUS = 1.0
+
+
+def ray_launcher(address: str) -> Callable[[list[str], str], Any]:
+    """Runs each cell's command as a Ray task of the cluster at `address` (CELL_CPUS each),
+    on whichever node Ray places it: the sweep folder must be on a filesystem every node
+    shares, as for the cells' own clients."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    task = ray.remote(num_cpus=CELL_CPUS, num_gpus=0)(run_cell_process)
+
+    def launch(command: list[str], cwd: str) -> None:
+        ray.get(task.remote(command, cwd))
+
+    return launch
+
+
+def run_sweep_parallel(
+    sweep: Sweep,
+    parallel: int,
+    overrides: list[str] | tuple[str, ...] = (),
+    events: SweepEvents | None = None,
+    launch: Callable[[list[str], str], Any] | None = None,
+) -> list[str]:
+    """Run the unfinished cells `parallel` at a time, each in a process of its own (`fedmem
+    sweep FILE --cell NAME`): a subprocess here, or, when the cells set
+    `federation.ray_address`, a Ray task of that cluster. Skip, resume and the cells'
+    folders and store rows are those of `run_sweep`; the cells run now are returned in the
+    sweep's order. A failed cell does not stop the others; the first failure is raised
+    after they end, and the next sweep resumes it as `run_sweep` would."""
+    if parallel < 1:
+        raise SweepError(f"--parallel {parallel}: give 1 or more cells at a time")
+    events = events or SweepEvents()
+    write_sweep_file(sweep)
+    if launch is None:
+        address = cluster_address(sweep)
+        launch = ray_launcher(address) if address else run_cell_process
+    pending = [(i, c) for i, c in enumerate(sweep.cells) if not _skip_finished(i, c, events)]
+    ran: list[str] = []
+    failures: list[BaseException] = []
+    cwd = str(Path.cwd())
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {}
+        for index, cell in pending:
+            if events.cell_started:
+                events.cell_started(index, cell)
+            futures[pool.submit(launch, cell_command(sweep, cell, overrides), cwd)] = (
+                index, cell
+            )
+        for future in as_completed(futures):
+            index, cell = futures[future]
+            if (error := future.exception()) is not None:
+                failures.append(error)
+                continue
+            if not (cell.run_dir / "summary.json").exists():
+                failures.append(RuntimeError(f"cell {cell.name} ended without summary.json"))
+                continue
+            ran.append(cell.name)
+            if events.cell_done:
+                events.cell_done(index, cell, False)
+    if failures:
+        raise failures[0]
+    order = {cell.name: i for i, cell in enumerate(sweep.cells)}
+    return sorted(ran, key=order.__getitem__)
 
 
 def describe_cells(sweep: Sweep) -> list[dict]:

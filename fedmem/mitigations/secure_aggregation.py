@@ -29,10 +29,10 @@ def max_weight(config: Config) -> float:
 
     Each client scales its state by weight / max_weight before quantizing: a larger weight
     would overflow, and a needlessly large bound wastes quantization precision."""
-    from fedmem.data.federated import build_federated_data
+    from fedmem.data.federated import client_sizes
     from fedmem.models.loading import load_tokenizer
 
-    sizes = [len(texts) for texts in build_federated_data(config, load_tokenizer).client_texts]
+    sizes = client_sizes(config, load_tokenizer)
     largest = max(registry.client_weight(config, n) for n in sizes)
     configured = config.secagg.max_weight
     if configured and configured < largest:

@@ -17,7 +17,7 @@ from fedmem.audits.model_audit import GLOBAL, audit_model, client_vantage
 from fedmem.config import Config, ConfigError, config_differences, to_dict
 from fedmem.data import audit_records
 from fedmem.data.canaries import to_jsonl_rows
-from fedmem.data.federated import build_federated_data
+from fedmem.data.federated import planted
 from fedmem.files import atomic_write_json, read_jsonl, write_jsonl
 from fedmem.mitigations import registry as mitigations
 from fedmem.models.loading import build_model, load_tokenizer
@@ -75,7 +75,7 @@ class RunRecorder:
             point = self._resume()
             if point is not None:
                 return point
-        data = build_federated_data(self.config, load_tokenizer)
+        data = planted(self.config, load_tokenizer)
         self.folder.mkdir(parents=True, exist_ok=True)
         stale = ["summary.json", "metrics.jsonl", *self.outputs.values()]
         for name in stale:
@@ -272,7 +272,7 @@ class RunRecorder:
             "wall_time_s": round(time.perf_counter() - self.started, 3),
             # DP audit records among the training rows (dp_audit.inject): runs compare
             # fairly only when they trained on the same rows.
-            "audit_records_in_training": build_federated_data(
+            "audit_records_in_training": planted(
                 self.config, load_tokenizer
             ).audit_records_in_training,
             "before": {  # the first audited round (round 0 in a run)

@@ -201,3 +201,20 @@ def test_qa_members_of_a_dp_run_are_those_of_the_same_run_without_dp(tiny_raw):
         return [s.text for s in membership_samples(config) if s.kind == "qa" and s.member]
 
     assert qa_members(_dp_config(tiny_raw)) == qa_members(build_config(tiny_raw))
+
+
+def test_the_audit_scores_the_configured_heldout_sample_and_says_of_how_many(tiny_raw):
+    """A large federation's audit stays small: `data.heldout_sample` non-members (and as
+    many training QA members), the same every round, with the populations they came from."""
+    from fedmem.audits.membership import membership_samples, qa_populations
+    from fedmem.config import build_config
+
+    config = build_config({**tiny_raw, "data": {**tiny_raw["data"], "heldout_sample": 4}})
+    qa = [s for s in membership_samples(config) if s.kind == "qa"]
+    assert sum(not s.member for s in qa) == 4 and sum(s.member for s in qa) == 4
+    assert qa_populations(config) == {
+        "qa_members": 4,
+        "qa_member_population": 108,  # 120 samples, 12 held out, all distinct
+        "qa_nonmembers": 4,
+        "qa_nonmember_population": 12,
+    }

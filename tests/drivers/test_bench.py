@@ -93,3 +93,17 @@ def test_only_runs_the_named_rows_and_titles_them(monkeypatch, capsys, tmp_path)
     assert "Only the likelihood rows (`--only likelihood`)" in text
     assert "| likelihood x / y | 0.50 | 0.40 | <= 1 | sides |" in text
     assert "| variant |" in text
+
+
+def test_the_clients_row_samples_ten_clients_of_the_same_size_on_both_sides(tmp_path):
+    from fedmem.data.federated import client_sizes, federation_index
+    from fedmem.models.loading import load_tokenizer
+
+    many = bench.load(bench.clients_sides(1000), str(tmp_path))
+    ten = bench.load(bench.clients_sides(10), str(tmp_path))
+    assert many.sampled_clients() == ten.sampled_clients() == 10
+    assert many.data.heldout_sample == ten.data.heldout_sample
+    for config in (many, ten):
+        index = federation_index(config, load_tokenizer)
+        assert {len(part) for part in index.parts} <= {29, 30, 31}
+    assert max(client_sizes(many, load_tokenizer)) < 40

@@ -47,7 +47,7 @@ from attacks.dp_audit import (
 )
 from fedmem.config import Config
 from fedmem.data.audit_records import audit_enabled
-from fedmem.data.federated import build_federated_data
+from fedmem.data.federated import planted
 from fedmem.models.loading import get_trainable_state, load_tokenizer
 from fedmem.seeding import DP_CANARY_DIRECTIONS, GRADIENT_CANARIES, derive_seed
 from fedmem.training import encode_samples
@@ -102,7 +102,7 @@ class RunDPAudit:
         self.config = config
         # A no-DP run trains on audit records under dp_audit.inject = "always" (to match
         # its DP runs' rows) but has no epsilon to audit.
-        data = build_federated_data(config, load_tokenizer)
+        data = planted(config, load_tokenizer)
         self.records = data.audit_records if audit_enabled(config) else ()
         self.included = np.array([r.included for r in self.records], dtype=bool)
         self.rows: list[list[int]] = []
