@@ -11,6 +11,7 @@ The `fedmem` command is a thin layer over these same functions. Importing this m
 imports no torch, Flower or Ray; a run loads them when it starts.
 """
 
+from fedmem.config import ConfigError
 from fedmem.drivers.api import (
     CellFinished,
     CellStarted,
@@ -34,16 +35,21 @@ from fedmem.drivers.api import (
     runs,
     sweep,
 )
+from fedmem.files import DataError
+from fedmem.runs.store import StoreError
 
 __all__ = [
     "CellFinished",
     "CellStarted",
+    "ConfigError",
+    "DataError",
     "Event",
     "Progress",
     "RoundAudited",
     "RunFinished",
     "RunResult",
     "RunStarted",
+    "StoreError",
     "SweepResult",
     "audit_model",
     "extraction",
