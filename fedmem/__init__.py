@@ -5,12 +5,12 @@ The public API is `fedmem.api` (docs/api.md); its names are reachable from here 
 light: no torch, Flower or Ray until a run starts.
 """
 
+import importlib
 from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    from fedmem import api
-
+    api = importlib.import_module("fedmem.api")  # not `from fedmem import api`: it recurses
     if name in api.__all__:
         return getattr(api, name)
     raise AttributeError(f"module 'fedmem' has no attribute {name!r}")
