@@ -301,9 +301,10 @@ def sweep(
     """Run every unfinished cell of a sweep file, one after another (finished cells are
     skipped, an interrupted one resumes); `progress` receives CellStarted, the cell's
     RoundAudited events and CellFinished. With `output.tracking = "mlflow"` the sweep is a
-    parent MLflow run with one child run per cell."""
+    parent MLflow run with one child run per cell (cells finished before are logged from
+    their folders)."""
     from fedmem.drivers.sweep import SweepEvents, load_sweep, run_sweep
-    from fedmem.runs.tracking import Tracker, start_run
+    from fedmem.runs.tracking import Tracker, log_finished, start_run
 
     spec = load_sweep(path, list(overrides))  # every cell validated before anything runs
     emit = progress or (lambda event: None)
@@ -313,6 +314,8 @@ def sweep(
         Tracker(first, spec.folder, spec.name, run_name=spec.name)
         if first.output.tracking == "mlflow" else None
     )
+    if parent is not None:
+        parent.running()
     experiment = first.output.experiment or spec.name
     current: dict[str, int] = {}
 
@@ -338,6 +341,8 @@ def sweep(
         emit(RoundAudited(row["round"], current["rounds"], row))
 
     def cell_done(index: int, cell, skipped: bool) -> None:
+        if skipped and parent is not None:  # finished before: logged from its folder
+            log_finished(cell.config, experiment, parent)
         emit(CellFinished(index, total, cell.name, cell.run_dir, skipped))
 
     try:

@@ -6,8 +6,9 @@ artifacts. A sweep is a parent run whose cells are its child runs. The default s
 SQLite file next to the run folders (`sqlite:///<output.dir>/mlflow.db`): `mlflow ui
 --backend-store-uri sqlite:///runs/mlflow.db` shows it with no server to start. The run
 folder keeps the MLflow run's id in `mlflow.json`, so a resumed run (or a rerun sweep)
-continues the same MLflow run instead of adding another. MLflow is imported only here, and
-only when a run asks for it.
+continues the same MLflow run instead of adding another; a finished folder the store does
+not hold yet (a sweep's cell finished before tracking was on) is logged from its files.
+MLflow is imported only here, and only when a run asks for it.
 """
 
 from __future__ import annotations
@@ -88,14 +89,16 @@ class Tracker:
             parent.experiment_id if parent
             else found.experiment_id if found else self.client.create_experiment(name)
         )
-        self.run_id = self._existing_run() or self._new_run(
+        existing = self._existing_run()
+        self.previous_status = existing.info.status if existing else None  # None: new run
+        self.run_id = existing.info.run_id if existing else self._new_run(
             run_name or config.name, parent.run_id if parent else None
         )
         atomic_write_json(self.folder / RUN_FILE, {
             "run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.uri,
         })
 
-    def _existing_run(self) -> str | None:
+    def _existing_run(self) -> Any:
         """The MLflow run this folder logged to before, if it is in this store still."""
         path = self.folder / RUN_FILE
         if not path.is_file():
@@ -107,10 +110,12 @@ class Tracker:
             run = self.client.get_run(saved["run_id"])
         except Exception:  # deleted from the store, or another store: start a new one
             return None
-        if run.info.lifecycle_stage != "active":
-            return None
-        self.client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def running(self) -> None:
+        """Mark the run as running again (a resumed run, or one logged from its folder)."""
+        if self.previous_status not in (None, "RUNNING"):
+            self.client.update_run(self.run_id, status="RUNNING")
 
     def _new_run(self, name: str, parent_id: str | None) -> str:
         tags = {"mlflow.parentRunId": parent_id} if parent_id else {}
@@ -156,8 +161,28 @@ def start_run(config: Config, resume: bool, experiment: str | None = None,
     if not resume:
         (folder / RUN_FILE).unlink(missing_ok=True)
     tracker = Tracker(config, folder, experiment, parent)
+    tracker.running()
     tracker.log_config(config)
     return tracker
+
+
+def log_finished(config: Config, experiment: str | None = None,
+                 parent: Tracker | None = None) -> None:
+    """A finished run folder that this MLflow store does not hold yet (e.g. a sweep cell
+    that finished before tracking was turned on) logged from its files: its config, every
+    round of metrics.jsonl, its report. A folder already logged here is left as it is."""
+    if config.output.tracking == "none":
+        return
+    from fedmem.files import read_jsonl
+
+    tracker = Tracker(config, config.run_dir, experiment, parent)
+    if tracker.previous_status == "FINISHED":
+        return
+    tracker.running()
+    tracker.log_config(config)
+    for row in read_jsonl(config.run_dir / "metrics.jsonl"):
+        tracker.log_round(row)
+    finish_run(tracker, config.run_dir)
 
 
 def finish_run(tracker: Tracker, run_dir: Path) -> None:

@@ -3,16 +3,14 @@ server), read back with MLflow's own client."""
 
 from __future__ import annotations
 
-import copy
 import json
+import shutil
 import sys
 
 import pytest
 
 from fedmem.config import ConfigError, build_config
 from fedmem.runs import tracking
-from tests.support.configs import TINY_OVERRIDES
-from tests.support.files import write_toml
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -81,24 +79,34 @@ def test_round_metrics_are_numeric_leaves_under_clean_names():
 
 
 @pytest.mark.slow
-def test_a_sweep_is_a_parent_run_with_its_cells_as_children(tmp_path, tracked_run):
-    """Logged to the tracked run's store by its URI (output.tracking_uri), as to a server."""
+def test_a_sweep_is_a_parent_run_with_its_cells_as_children(finished_sweep, tracked_run,
+                                                            tmp_path):
+    """The finished tiny sweep (a copy) rerun with tracking on: nothing trains again, each
+    cell is logged from its folder as a child of the sweep's run, into the tracked run's
+    store given by its URI (output.tracking_uri), as a server's would be."""
     from fedmem import api
 
-    base = copy.deepcopy(TINY_OVERRIDES)
-    base.update(name="tiny", mode="centralized")
-    base["federation"] = {**base["federation"], "rounds": 1}
-    base["output"] = {"dir": str(tmp_path / "runs"), "tracking": "mlflow",
-                      "tracking_uri": tracked_run.uri}
-    write_toml(tmp_path / "base.toml", base)
-    sweep_file = write_toml(tmp_path / "sweep.toml", {"name": "two", "base": "base.toml",
-                                                      "grid": {"seed": [0]}})
-    result = api.sweep(sweep_file)
-    assert not (result.folder / "mlflow.db").exists()
-    runs = _runs(tracked_run.uri, "two")
-    parent = runs[runs["tags.mlflow.runName"] == "two"]
+    source = finished_sweep.sweep.path.parent
+    shutil.copytree(source, tmp_path / "copy", symlinks=True)
+    runs_dir = tmp_path / "copy" / "runs"
+    result = api.sweep(tmp_path / "copy" / "sweep.toml", [
+        f"output.dir={runs_dir}", "output.tracking=mlflow",
+        f"output.tracking_uri={tracked_run.uri}",
+    ])
+    assert result.ran == ()  # every cell had finished: none trained again
+    runs = _runs(tracked_run.uri, "tiny-sweep")
+    parent = runs[runs["tags.mlflow.runName"] == "tiny-sweep"]
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
-    assert len(parent) == 1 and len(children) == 1
+    assert len(parent) == 1
+    assert sorted(children["tags.mlflow.runName"]) == sorted(
+        c.name for c in finished_sweep.sweep.cells)
     assert set(children["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
-    assert list(children["tags.mlflow.runName"]) == ["seed=0"]
     assert set(runs["status"]) == {"FINISHED"}
+    client = mlflow.MlflowClient(tracked_run.uri)
+    steps = client.get_metric_history(children["run_id"].iloc[0], "heldout_perplexity")
+    assert sorted(m.step for m in steps) == [0, 1]
+    api.sweep(tmp_path / "copy" / "sweep.toml", [
+        f"output.dir={runs_dir}", "output.tracking=mlflow",
+        f"output.tracking_uri={tracked_run.uri}",
+    ])
+    assert len(_runs(tracked_run.uri, "tiny-sweep")) == len(runs)  # logged once, not twice
