@@ -80,6 +80,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)  # the default store's folder, too
         self.uri = parent.uri if parent else tracking_uri(config)
         self.client = MlflowClient(tracking_uri=self.uri)
         self._entities = mlflow.entities
@@ -156,8 +157,8 @@ def start_run(config: Config, resume: bool, experiment: str | None = None,
     folder an earlier run left starts a new MLflow run; a resumed one continues its own."""
     if config.output.tracking == "none":
         return None
+    mlflow_module()  # a missing extra stops the run before it writes anything
     folder = config.run_dir
-    folder.mkdir(parents=True, exist_ok=True)
     if not resume:
         (folder / RUN_FILE).unlink(missing_ok=True)
     tracker = Tracker(config, folder, experiment, parent)

@@ -59,13 +59,14 @@ def test_a_fresh_run_over_an_old_folder_is_a_new_mlflow_run_and_a_resume_is_not(
 
 
 def test_without_mlflow_a_tracked_run_is_a_one_line_error_naming_the_extra(
-    tiny_raw, monkeypatch
+    tiny_raw, tmp_path, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
     tiny_raw["output"]["tracking"] = "mlflow"
     with pytest.raises(ConfigError) as err:
         tracking.start_run(build_config(tiny_raw), resume=False)
     assert "\n" not in str(err.value) and "pip install 'fedmem[tracking]'" in str(err.value)
+    assert not (tmp_path / "runs").exists()  # refused before anything is written
 
 
 def test_round_metrics_are_numeric_leaves_under_clean_names():
