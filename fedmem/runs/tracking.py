@@ -25,6 +25,7 @@ from fedmem.runs.store import flatten
 
 RUN_FILE = "mlflow.json"  # {"run_id", "experiment_id", "tracking_uri"} in a run or sweep folder
 DB_NAME = "mlflow.db"
+ARTIFACTS = "mlartifacts"  # beside a SQLite store's file
 DEFAULT_EXPERIMENT = "fedmem"
 MISSING = "output.tracking = 'mlflow' needs MLflow: pip install 'fedmem[tracking]'"
 PARAM_CHARS = 6000  # MLflow's limit on a parameter value
@@ -46,6 +47,15 @@ def tracking_uri(config: Config) -> str:
     if config.output.tracking_uri:
         return config.output.tracking_uri
     return f"sqlite:///{(Path(config.output.dir) / DB_NAME).resolve()}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a SQLite store's artifacts go: `mlartifacts/` beside its file (MLflow's own
+    default, ./mlruns, would land in whatever folder the run was started from). None for
+    other stores: a server keeps its own artifact root."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS).as_uri()
 
 
 def metric_name(key: str) -> str:
@@ -88,7 +98,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         self.experiment_id = (
             parent.experiment_id if parent
-            else found.experiment_id if found else self.client.create_experiment(name)
+            else found.experiment_id if found
+            else self.client.create_experiment(name, artifact_location=artifact_root(self.uri))
         )
         existing = self._existing_run()
         self.previous_status = existing.info.status if existing else None  # None: new run
@@ -107,9 +118,11 @@ class Tracker:
         saved = json.loads(path.read_text())
         if saved.get("tracking_uri") != self.uri:
             return None
+        from mlflow.exceptions import MlflowException
+
         try:
             run = self.client.get_run(saved["run_id"])
-        except Exception:  # deleted from the store, or another store: start a new one
+        except MlflowException:  # gone from the store: start a new one
             return None
         return run if run.info.lifecycle_stage == "active" else None
 

@@ -43,6 +43,8 @@ def test_the_summary_report_and_figures_are_artifacts(tracked_run):
     names = {a.path for a in client.list_artifacts(runs.loc[0, "run_id"])}
     assert {"summary.json", "config.json", "report.md", "report.html"} <= names
     assert any(name.endswith(".png") for name in names)
+    beside_the_store = (tracked_run.result.run_dir.parent / "mlartifacts").resolve().as_uri()
+    assert runs.loc[0, "artifact_uri"].startswith(beside_the_store)
 
 
 @pytest.mark.slow
