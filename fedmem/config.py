@@ -293,6 +293,13 @@ class OutputConfig:
     # Save the global trainable state every this many rounds under checkpoints/round-NNN/
     # (round 0 and the last round included); 0 = only the final checkpoint/.
     checkpoint_every: int = field(default=1, metadata=_range(0))
+    # Log each run to an experiment tracker as well as its folder: "mlflow" needs the
+    # optional extra (pip install 'fedmem[tracking]'); docs/tracking.md.
+    tracking: str = field(default="none", metadata=_choices("none", "mlflow"))
+    # The MLflow tracking URI; "" = sqlite:///<output.dir>/mlflow.db, next to the run folders.
+    tracking_uri: str = ""
+    # The MLflow experiment; "" = the sweep's name for a sweep's cells, else the run's name.
+    experiment: str = ""
 
 
 @dataclass(frozen=True)

@@ -114,3 +114,43 @@ def sweep_report(finished_sweep):
     from fedmem.runs.report_files import write_report
 
     return write_report(finished_sweep.sweep.folder)
+
+
+# ------------------------------------------- a finished tiny run, tracked, through the API
+
+
+@pytest.fixture(scope="session")
+def tracked_run(tmp_path_factory):
+    """A tiny centralized run through `fedmem.api.run` with MLflow tracking into a SQLite
+    store, interrupted after round 0 (a progress callback raises), then resumed to its end.
+    Yields the config, the result, the resumed call's events and the store's URI. Shared by
+    the API and tracking tests."""
+    import copy
+    from types import SimpleNamespace
+
+    from fedmem import api
+    from fedmem.config import build_config
+
+    folder = tmp_path_factory.mktemp("tracked")
+    raw = copy.deepcopy(TINY_OVERRIDES)
+    raw.update(name="tracked", mode="centralized")
+    raw["federation"] = {**raw["federation"], "rounds": 1}
+    raw["output"] = {"dir": str(folder / "runs"), "tracking": "mlflow"}
+    config = build_config(raw)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_round_0(event):
+        if isinstance(event, api.RoundAudited) and event.round == 0:
+            raise Interrupted("killed after round 0")
+
+    with pytest.raises(Interrupted):
+        api.run(config, stop_after_round_0)
+    events: list = []
+    resumed = api.resume_config(config.run_dir)
+    result = api.run(resumed, events.append, resume=True)
+    yield SimpleNamespace(
+        config=config, result=result, events=events,
+        uri=f"sqlite:///{(folder / 'runs' / 'mlflow.db').resolve()}",
+    )

@@ -4,9 +4,7 @@ grid of configs, and report, compare and store the results."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,17 +12,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fedmem.config import (
-    Config,
-    ConfigError,
-    apply_overrides,
-    build_config,
-    config_differences,
-    load_config,
-    to_dict,
-    to_run_config,
-)
-from fedmem.drivers.sweep import SweepEvents
+from fedmem.config import Config, ConfigError, to_dict, to_run_config
+from fedmem.drivers import api
+from fedmem.drivers.api import train_and_audit  # noqa: F401  (tests drive cells with it)
 from fedmem.files import DataError
 from fedmem.runs.store import StoreError
 
@@ -139,29 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare(config: Config) -> None:
-    """Build the data and tokenizer and check the config against them: every error here
-    comes before anything is written."""
-    from fedmem.data.federated import (
-        build_federated_data,
-        check_data_sizes,
-        check_every_client_trains,
-        client_sizes,
-    )
-    from fedmem.models.loading import load_tokenizer
-
-    check_data_sizes(config, load_tokenizer)
-    if config.mode == "federated":
-        check_every_client_trains(config, client_sizes(config, load_tokenizer))
-        if config.secagg.enabled:
-            from fedmem.mitigations.secure_aggregation import max_weight
-
-            max_weight(config)
-    elif not build_federated_data(config, load_tokenizer).pooled_texts:
-        raise ConfigError("data: the centralized baseline gets no training samples")
-    load_tokenizer(config)
-
-
 def prepare_verbosely(config: Config) -> None:
     import time
 
@@ -172,7 +139,7 @@ def prepare_verbosely(config: Config) -> None:
     console.print(f"{config.name}: building {config.model.name}'s tokenizer and base model "
                   "(once; then cached) and checking the data")
     with bars() as bar, steps_bar(bar):
-        prepare(config)
+        api.prepare(config)
     console.print(
         f"{config.name}: {config.model.name} and its data ready in "
         f"{time.perf_counter() - started:.0f}s (models cached under {cache_root()})"
@@ -182,38 +149,35 @@ def prepare_verbosely(config: Config) -> None:
 def run(config: Config, verbose: bool = False, resume: bool = False) -> dict:
     from fedmem.data.federated import client_sizes, planted
     from fedmem.models.loading import load_tokenizer
-    from fedmem.runs.folder import last_complete_round
     from fedmem.runs.report import console, print_summary, round_progress
     from fedmem.runs.run_log import notices
 
-    rounds = config.federation.rounds
     with console.status("preparing data and the base model (built once, then cached)"):
-        prepare(config)
+        api.prepare(config)
     data = planted(config, load_tokenizer)
     injected = sum(1 for c in data.canaries if c.replicas)
     console.print(
         f"[bold]{config.name}[/]: {config.mode}, {config.model.name} ({config.model.finetuning}), "
-        f"{config.federation.num_clients} clients x {rounds} rounds, "
+        f"{config.federation.num_clients} clients x {config.federation.rounds} rounds, "
         f"{sum(client_sizes(config, load_tokenizer))} training samples, "
         f"{injected} canaries injected (+{len(data.canaries) - injected} twins)"
         + _audit_records_note(data.audit_records_in_training)
     )
     for notice in notices(config):
         console.print(notice)
-    if resume:
-        done = last_complete_round(config.run_dir)
-        where = "from the start" if done is None else f"after round {done}"
-        console.print(f"resuming {config.run_dir} {where}")
+    with round_progress(config.federation.rounds) as on_round:
 
-    with round_progress(rounds) as on_round:
-        train_and_audit(config, on_round, verbose, resume=resume)
-    summary_path = config.run_dir / "summary.json"
-    if not summary_path.exists():
-        raise RuntimeError(f"the run ended without writing {summary_path}; see the errors "
-                           f"above and {config.run_dir / 'run.log'}")
-    summary = json.loads(summary_path.read_text())
-    print_summary(summary, config.run_dir)
-    return summary
+        def progress(event: api.Event) -> None:
+            if isinstance(event, api.RunStarted) and resume:
+                done = event.resumed_after
+                where = "from the start" if done is None else f"after round {done}"
+                console.print(f"resuming {config.run_dir} {where}")
+            elif isinstance(event, api.RoundAudited):
+                on_round(event.row)
+
+        result = api.run(config, progress, resume=resume, verbose=verbose)
+    print_summary(result.summary, result.run_dir)
+    return result.summary
 
 
 def _audit_records_note(count: int) -> str:
@@ -222,19 +186,20 @@ def _audit_records_note(count: int) -> str:
 
 
 def run_reaudit(args: argparse.Namespace) -> Path:
-    from fedmem.runs.reaudit import reaudit, reaudit_config
+    from fedmem.runs.reaudit import reaudit_config
     from fedmem.runs.report import console, print_summary, round_progress
 
     rounds = reaudit_config(args.run_dir, args.overrides).federation.rounds
     with round_progress(rounds) as on_round:
-        folder = reaudit(args.run_dir, args.overrides, args.rounds, args.name, on_round)
-    print_summary(json.loads((folder / "summary.json").read_text()), folder)
-    console.print(f"re-audit written to {folder} (the run's own audit files are unchanged)")
-    return folder
+        result = api.reaudit(args.run_dir, args.overrides, args.rounds, args.name,
+                             lambda event: on_round(event.row))
+    print_summary(result.summary, result.run_dir)
+    console.print(f"re-audit written to {result.run_dir} (the run's own audit files are "
+                  "unchanged)")
+    return result.run_dir
 
 
 def run_external_audit(args: argparse.Namespace) -> Path:
-    from fedmem.runs.external import ExternalModel, audit_external
     from fedmem.runs.report import console, print_summary
 
     if args.run_dir or args.rounds or args.name:
@@ -243,84 +208,15 @@ def run_external_audit(args: argparse.Namespace) -> Path:
         raise ConfigError("fedmem audit --model: --canaries FILE.jsonl is required")
     if bool(args.members) != bool(args.nonmembers):
         raise ConfigError("fedmem audit --model: give --members and --nonmembers together")
-    model = ExternalModel(
-        Path(args.model),
-        Path(args.base) if args.base else None,
-        Path(args.canaries),
-        Path(args.members) if args.members else None,
-        Path(args.nonmembers) if args.nonmembers else None,
-    )
     with console.status(f"auditing {args.model}"):
-        folder, notes = audit_external(model, args.out, args.overrides)
-    print_summary(json.loads((folder / "summary.json").read_text()), folder)
-    for note in notes:
+        result = api.audit_model(args.model, args.canaries, base=args.base,
+                                 members=args.members, nonmembers=args.nonmembers,
+                                 out=args.out, overrides=args.overrides)
+    print_summary(result.summary, result.run_dir)
+    for note in result.notes:
         console.print(f"note: {note}")
-    console.print(f"audit of {args.model} written to {folder}")
-    return folder
-
-
-def resume_config(run_dir: Path, config_path: str | None, overrides: list[str]) -> Config:
-    """The config saved in `run_dir`, placed at `run_dir`; a config given as well (a file
-    and/or overrides) must not differ from it, the folder's name and location aside."""
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.json there, not a fedmem run folder")
-    if (run_dir / "summary.json").is_file():
-        raise ConfigError(f"--resume {run_dir}: the run is complete (summary.json exists)")
-    try:
-        raw = json.loads(saved_path.read_text(encoding="utf-8"))
-        saved = build_config(raw)
-    except (ValueError, OSError) as err:  # ConfigError and JSON errors are ValueErrors
-        raise ConfigError(f"{saved_path}: {str(err).splitlines()[0]}") from None
-    saved = _placed_at(saved, run_dir)
-    if config_path or overrides:
-        given = (
-            load_config(config_path, overrides)
-            if config_path
-            else build_config(apply_overrides(raw, overrides))
-        )
-        differs = config_differences(saved, given)
-        if differs:
-            key, was, now = differs[0]
-            more = f" (and {len(differs) - 1} more keys)" if len(differs) > 1 else ""
-            raise ConfigError(
-                f"--resume {run_dir}: the given config differs from {saved_path} at {key} "
-                f"({now!r}, saved {was!r}){more}; to resume, give no CONFIG or --set"
-            )
-    return saved
-
-
-def _placed_at(config: Config, run_dir: Path) -> Config:
-    """`config` with its run folder at `run_dir` (the folder may have moved, or the run may
-    have been started from another working directory)."""
-    if config.run_dir.resolve() == run_dir.resolve():
-        return config
-    where = run_dir.resolve()
-    output = dataclasses.replace(config.output, dir=str(where.parent))
-    return dataclasses.replace(config, name=where.name, output=output)
-
-
-def train_and_audit(
-    config: Config, on_round=None, verbose: bool = False, resume: bool = False
-) -> None:
-    """One run, federated or centralized, writing its folder (and its store rows);
-    `resume` continues its folder after the last complete round. The libraries' warnings
-    and log lines go to the run folder's run.log (`verbose`: to the terminal, as they come)."""
-    from contextlib import nullcontext
-
-    from fedmem.runs.run_log import to_run_log
-
-    with nullcontext() if verbose else to_run_log(config.run_dir, resume):
-        if config.mode == "centralized":
-            from fedmem.drivers.centralized import run_centralized
-
-            run_centralized(config, on_round=on_round, resume=resume)
-        else:
-            from fedmem.drivers.simulation import run_federated
-
-            if not verbose:  # after the import: importing flwr resets its logger's level
-                logging.getLogger("flwr").setLevel(logging.ERROR)
-            run_federated(config, on_round=on_round, resume=resume, verbose=verbose)
+    console.print(f"audit of {args.model} written to {result.run_dir}")
+    return result.run_dir
 
 
 def sweep(
@@ -331,24 +227,13 @@ def sweep(
     parallel: int = 1,
     cell: str | None = None,
 ) -> None:
-    from fedmem.drivers.sweep import (
-        describe_cells,
-        find_cell,
-        load_sweep,
-        run_one_cell,
-        run_sweep,
-        run_sweep_parallel,
-    )
+    from fedmem.drivers.sweep import describe_cells, load_sweep
     from fedmem.runs.report import console
 
-    spec = load_sweep(path, overrides)  # every cell validated before anything runs
-
-    def run_cell(config, on_round, resume):
-        train_and_audit(config, on_round, verbose, resume)
-
     if cell is not None:  # one cell of a parallel sweep, in its own process
-        run_one_cell(find_cell(spec, cell), run_cell)
+        api.sweep_cell(path, cell, overrides, verbose=verbose)
         return
+    spec = load_sweep(path, overrides)  # every cell validated before anything runs
     if dry_run:
         print_cells(spec.name, spec.folder, describe_cells(spec))
         return
@@ -357,21 +242,18 @@ def sweep(
         f"[bold]{spec.name}[/]: {len(spec.cells)} cells ({' x '.join(spec.axes)}), run "
         f"{how} in {spec.folder}"
     )
-    with sweep_progress(spec) as events:
-        if parallel == 1:
-            ran = run_sweep(spec, run_cell, events)
-        else:
-            ran = run_sweep_parallel(spec, parallel, overrides, events)
-    console.print(f"{len(ran)} cells run now, {len(spec.cells) - len(ran)} already finished")
-    report(str(spec.folder))
+    with sweep_progress(len(spec.cells)) as progress:
+        result = api.sweep(path, overrides, progress, verbose=verbose, parallel=parallel)
+    console.print(f"{len(result.ran)} cells run now, {len(result.cells) - len(result.ran)} "
+                  "already finished")
+    report(str(result.folder))
 
 
 def report(path: str) -> None:
     from fedmem.runs.report import console, print_report
-    from fedmem.runs.report_files import write_report
 
     with console.status("ingesting runs and drawing figures"):
-        written = write_report(path)
+        written = api.report(path)
     print_report(written)
 
 
@@ -418,39 +300,38 @@ def flower_table(config: Config) -> str:
 
 
 @contextmanager
-def sweep_progress(sweep) -> Iterator[SweepEvents]:
+def sweep_progress(total: int) -> Iterator[api.Progress]:
     """Bars over a sweep's cells, the current cell's rounds and the round's step, each with
-    the time left; yields SweepEvents that also print one line per finished or skipped cell
-    (off a terminal, those lines alone)."""
+    the time left; yields the progress callback of `api.sweep`, which also prints one line
+    per finished or skipped cell (off a terminal, those lines alone)."""
     from fedmem.runs.report import bars, steps_bar
 
-    total = len(sweep.cells)
     with bars() as progress, steps_bar(progress):
         cells = progress.add_task("cells", total=total)
         rounds = progress.add_task("rounds", total=1)
 
-        def cell_started(index: int, cell) -> None:
-            progress.update(rounds, total=cell.config.federation.rounds, completed=0,
-                            description=f"rounds of {cell.name}")
+        def on_event(event: api.Event) -> None:
+            if isinstance(event, api.CellStarted):
+                progress.update(rounds, total=event.rounds, completed=0,
+                                description=f"rounds of {event.name}")
+            elif isinstance(event, api.RoundAudited):
+                progress.update(rounds, completed=event.round)
+            elif isinstance(event, api.CellFinished):
+                progress.update(cells, advance=1)
+                head = f"cell {event.index + 1}/{total} {event.name}: "
+                if event.skipped:
+                    progress.console.print(head + "finished before, skipped")
+                    return
+                summary = json.loads((event.run_dir / "summary.json").read_text())
+                final = summary["final"]
+                progress.console.print(
+                    head + f"exact {final['extraction']['injected']['exact_rate']:.1%}  "
+                    f"token acc {final['extraction']['injected']['token_accuracy']:.1%}  "
+                    f"held-out ppl {final['heldout_perplexity']:.2f}  "
+                    f"({summary['wall_time_s']:.0f}s)"
+                )
 
-        def round_done(row: dict) -> None:
-            progress.update(rounds, completed=row["round"])
-
-        def cell_done(index: int, cell, skipped: bool) -> None:
-            progress.update(cells, advance=1)
-            head = f"cell {index + 1}/{total} {cell.name}: "
-            if skipped:
-                progress.console.print(head + "finished before, skipped")
-                return
-            summary = json.loads((cell.run_dir / "summary.json").read_text())
-            final = summary["final"]
-            progress.console.print(
-                head + f"exact {final['extraction']['injected']['exact_rate']:.1%}  "
-                f"token acc {final['extraction']['injected']['token_accuracy']:.1%}  "
-                f"held-out ppl {final['heldout_perplexity']:.2f}  ({summary['wall_time_s']:.0f}s)"
-            )
-
-        yield SweepEvents(cell_started, round_done, cell_done)
+        yield on_event
 
 
 def print_cells(name: str, folder: Path, rows: list[dict]) -> None:
@@ -491,14 +372,14 @@ def main(argv: list[str] | None = None) -> int:
             run_reaudit(args)
             return 0
         if resume:
-            config = resume_config(Path(resume), args.config, args.overrides)
+            config = api.resume_config(Path(resume), args.config, args.overrides)
         elif args.config is None:
             raise ConfigError("fedmem run: give a CONFIG file, or --resume RUN_DIR")
         else:
             overrides = list(args.overrides)
             if getattr(args, "nodes", None) is not None:
                 overrides.append(f"federation.num_clients={args.nodes}")
-            config = load_config(args.config, overrides)
+            config = api.load_config(args.config, overrides)
         if args.command == "deploy-local":
             return deploy(config, args.workdir)
         if args.command == "prepare":
