@@ -2,7 +2,8 @@
 # The GPU run, prepared: at most 8 minutes on one GPU (written for an H200). Runs
 # benchmarks/gpu_run.py (rows and sizes in its docstring): a Llama at Llama-3.2-1B's
 # dimensions with LoRA, 3 clients sharing the GPU, tokens/s against a plain PyTorch loop and
-# peak memory per client; then SmolLM2-135M full vs LoRA (configs/smollm2-audit.toml), bf16.
+# peak memory per client; then SmolLM2-135M full vs LoRA on the evidence preset
+# (configs/smollm2-evidence.toml, configs/smollm2-evidence-full.toml), bf16.
 # Appends its table under "GPU run (benchmarks/gpu.sh)" in benchmarks/RESULTS.md and prints
 # it. Extra arguments go to gpu_run.py (e.g. --no-append, --results PATH).
 #

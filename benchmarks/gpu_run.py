@@ -13,8 +13,10 @@ in benchmarks/RESULTS.md (`--results PATH` elsewhere, `--no-append` nowhere) and
   steps: the same model and LoRA adapter, the same batches (the same rows, seeds and
   shuffles as `fedmem.training.train_local`), AdamW, bf16, one padded pass per batch, one
   client after another, no Flower, no aggregation, no audits.
-- SmolLM2-135M full vs LoRA: configs/smollm2-audit.toml (no stronger evidence preset exists
-  in configs/) with `model.finetuning` full (lr 1e-4) and lora (lr 1e-3), bf16, cuda.
+- SmolLM2-135M full vs LoRA, the evidence preset: configs/smollm2-evidence-full.toml (full,
+  lr 1e-4) and configs/smollm2-evidence.toml (LoRA, lr 1e-3), bf16, cuda; the notes give
+  the final exact extraction of the highest replica group (with its 95 % Clopper-Pearson
+  interval), the twins' and the held-out perplexity.
 
 Training tokens are the real (non-pad) tokens of the batches the clients train on. fedmem's
 tokens per second divide the tokens of rounds 2.. by the server-measured fit stages of those
@@ -49,6 +51,11 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## GPU run (benchmarks/gpu.sh)"
 SMOLLM2_PRESET = REPO / "configs" / "smollm2-audit.toml"
+# Part (a): SmolLM2-135M full vs LoRA, one preset file each (the same run but for them).
+SMOLLM2_EVIDENCE = {
+    "full": REPO / "configs" / "smollm2-evidence-full.toml",
+    "lora": REPO / "configs" / "smollm2-evidence.toml",
+}
 BUDGET_S = 8 * 60
 RATIO_GOAL = 0.9
 
@@ -73,7 +80,6 @@ TINY_SHAPE = {
     "intermediate_size": 128,
     "vocab_size": 4096,
 }
-LEARNING_RATES = {"full": 1e-4, "lora": 1e-3}
 # The 1B-shape row's data and steps over the smollm2-audit preset's (60 rows, batch 4, 4 steps).
 LLAMA_1B_TRAINING = [
     "data.num_samples=240", "training.batch_size=16", "training.local_steps=16",
@@ -223,6 +229,8 @@ def worker_fl(config) -> dict:
         "clients": [len(r["clients"]) for r in rows],
         "peak_mib": peaks,
         "exposure_mean": (last.get("exposure") or {}).get("injected", {}).get("mean"),
+        "exact_by_replicas": (last.get("extraction") or {}).get("by_replicas", {}),
+        "heldout_perplexity": last.get("heldout_perplexity"),
     }
 
 
@@ -311,9 +319,7 @@ def fl_row(name: str, fl: dict, plain: dict | None, device: str) -> Row:
     if "error" in fl:
         return Row(name, note=f"fedmem run failed: {fl['error']}")
     row = Row(name, tokens_per_second(fl), None, peak_text(fl, device), fl["wall_s"])
-    exposure = fl["exposure_mean"]
-    bits = "-" if exposure is None else f"{exposure:.2f} bits"
-    row.note = f"clients per round {fl['clients']}; final exposure (mean, injected) {bits}"
+    row.note = f"clients per round {fl['clients']}; " + final_audit_text(fl)
     if plain is not None:
         if "error" in plain:
             row.note += f"; plain loop failed: {plain['error']}"
@@ -322,6 +328,29 @@ def fl_row(name: str, fl: dict, plain: dict | None, device: str) -> Row:
             if plain["tokens"] != fl["tokens"]:
                 row.note += f"; tokens differ: {fl['tokens']} vs {plain['tokens']}"
     return row
+
+
+def final_audit_text(fl: dict) -> str:
+    """The last round's headline: exact extraction of the highest replica group and of the
+    twins with their Clopper-Pearson intervals, and held-out perplexity, where the run
+    audited them; else the mean exposure of the injected exposure canaries."""
+    from fedmem.audits.intervals import formatted
+
+    groups = fl.get("exact_by_replicas") or {}
+    if not groups:
+        exposure = fl["exposure_mean"]
+        bits = "-" if exposure is None else f"{exposure:.2f} bits"
+        return f"final exposure (mean, injected) {bits}"
+    top = max(groups, key=int)
+    parts = [
+        f"exact extraction {top}x {formatted(groups[top], 'exact_rate', '%')} "
+        f"(n {groups[top].get('n')})"
+    ]
+    if "0" in groups:
+        parts.append(f"twins {formatted(groups['0'], 'exact_rate', '%')}")
+    ppl = fl.get("heldout_perplexity")
+    parts.append(f"held-out perplexity {'-' if ppl is None else f'{ppl:.2f}'}")
+    return "final " + ", ".join(parts)
 
 
 def llama_row(mode: Mode, folder: Path, work: Path, deadline: float) -> Row:
@@ -340,20 +369,23 @@ def llama_row(mode: Mode, folder: Path, work: Path, deadline: float) -> Row:
 
 
 def smollm2_rows(mode: Mode, tiny_model: Path, work: Path, deadline: float) -> list[Row]:
-    """Full and LoRA on the smollm2-audit preset; `--tiny` puts the tiny random Llama in
-    SmolLM2's place (the cached tiny-llama base is keyed by model.device and model.dtype, so
-    the tiny mode's placement would rebuild it: minutes on 2 cores)."""
+    """Full and LoRA on the smollm2-evidence presets; `--tiny` puts the tiny random Llama in
+    SmolLM2's place at the tiny size (the cached tiny-llama base is keyed by model.device and
+    model.dtype, so the tiny mode's placement would rebuild it: minutes on 2 cores)."""
+    from fedmem.config import load_config
+
     rows = []
-    for finetuning, lr in LEARNING_RATES.items():
+    for finetuning, preset in SMOLLM2_EVIDENCE.items():
         overrides = [
-            f"model.finetuning={finetuning}", f"training.lr={lr}", *mode.placement(),
-            f"output.dir={json.dumps(str(work / 'runs'))}", f"name=smollm2-{finetuning}",
+            *mode.placement(), f"output.dir={json.dumps(str(work / 'runs'))}",
+            f"name=smollm2-{finetuning}",
         ]
         if mode.tiny:
             overrides += [f"model.name={json.dumps(str(tiny_model))}", *mode.size(2, 3)]
-        fl = run_worker("fl", SMOLLM2_PRESET, overrides, deadline - time.time())
+        lr = load_config(preset).training.lr
+        fl = run_worker("fl", preset, overrides, deadline - time.time())
         model = "tiny random Llama" if mode.tiny else "SmolLM2-135M"
-        name = f"{model} {finetuning} (lr {lr:g}), smollm2-audit"
+        name = f"{model} {finetuning} (lr {lr:g}), {preset.stem}"
         rows.append(fl_row(name, fl, None, mode.device))
     return rows
 

@@ -132,6 +132,30 @@ def test_every_mitigation_preset_is_the_quickstart_plus_its_mitigation():
         assert changed and changed <= sections, (path, changed)
 
 
+def test_the_smollm2_evidence_presets_are_one_run_but_for_the_fine_tuning():
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    lora = load_config(configs / "smollm2-evidence.toml")
+    full = load_config(configs / "smollm2-evidence-full.toml")
+    assert (lora.model.name, lora.mode, lora.federation.num_clients) == (
+        "smollm2-135m", "federated", 2
+    )
+    assert (lora.model.finetuning, full.model.finetuning) == ("lora", "full")
+    lora_dict, full_dict = to_dict(lora), to_dict(full)
+    differ = {
+        (section, key)
+        for section, values in lora_dict.items()
+        for key in (values if isinstance(values, dict) else [None])
+        if (values if key is None else values[key])
+        != (full_dict[section] if key is None else full_dict[section][key])
+    }
+    assert differ == {("name", None), ("model", "finetuning"), ("training", "lr")}
+    # Enough canaries in the highest replica group for a tight interval, each with a twin;
+    # no exposure enumeration (it is not the point and dominates the audit time).
+    top, size = max(lora.canaries.group_sizes())
+    assert top >= 8 and size >= 16
+    assert not lora.attack.exposure.enabled and lora.attack.membership.enabled
+
+
 def test_flat_run_config_round_trips():
     cfg = build_config(
         {"model": {"finetuning": "lora"}, "canaries": {"replica_counts": [2, 16], "clients": [1]}}

@@ -42,3 +42,28 @@ def test_peak_memory_is_per_client_on_cuda_and_not_applicable_on_cpu():
     result = {"peak_mib": {"1": 2048.0, "0": 1024.0}}
     assert gpu.peak_text(result, "cpu") == "n/a (cpu)"
     assert gpu.peak_text(result, "cuda") == "c0 1.0 GiB, c1 2.0 GiB"
+
+
+def test_the_evidence_rows_note_the_top_replica_group_the_twins_and_perplexity():
+    fl = {
+        "exposure_mean": None,
+        "heldout_perplexity": 12.345,
+        "exact_by_replicas": {
+            "0": {"exact_rate": 0.0, "exact_rate_ci": [0.0, 0.109], "n": 32},
+            "1": {"exact_rate": 0.0, "exact_rate_ci": [0.0, 0.206], "n": 16},
+            "8": {"exact_rate": 0.5, "exact_rate_ci": [0.247, 0.753], "n": 16},
+        },
+    }
+    text = gpu.final_audit_text(fl)
+    assert "exact extraction 8x 50.0 % [24.7, 75.3] (n 16)" in text
+    assert "twins 0.0 % [0.0, 10.9]" in text and "held-out perplexity 12.35" in text
+    # A run without extraction by replicas (older presets) falls back to exposure.
+    fallback = gpu.final_audit_text({"exposure_mean": 5.5})
+    assert fallback == "final exposure (mean, injected) 5.50 bits"
+
+
+def test_part_a_runs_the_evidence_presets_full_and_lora():
+    from fedmem.config import load_config
+
+    kinds = {k: load_config(p).model.finetuning for k, p in gpu.SMOLLM2_EVIDENCE.items()}
+    assert kinds == {"full": "full", "lora": "lora"}
