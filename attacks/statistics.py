@@ -442,8 +442,15 @@ def paired_wilcoxon(
     )
 
 
-def aggregate_seeds(values_per_seed: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Mean over seeds with a t-interval; one seed gives the value and no interval."""
+def aggregate_seeds(
+    values_per_seed: Sequence[float],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+) -> Interval:
+    """Mean over seeds with a t-interval; one seed gives the value and no interval. A metric
+    with a range (`bounds`, e.g. (0, 1) for an AUC) has its interval cut to that range: the
+    true value lies in it, so cutting loses no coverage (with few seeds the t-interval
+    otherwise runs past it)."""
     alpha = _check_confidence(confidence)
     x = _finite_1d(values_per_seed, "aggregate_seeds")
     method = f"t-interval over {x.size} seeds"
@@ -452,7 +459,10 @@ def aggregate_seeds(values_per_seed: Sequence[float], confidence: float = 0.95) 
     mean, sem = float(x.mean()), float(x.std(ddof=1)) / math.sqrt(x.size)
     half = float(stats.t.ppf(1 - alpha / 2, x.size - 1)) * sem
     note = "seeds agree exactly: zero width" if np.ptp(x) == 0 else ""
-    return Interval(mean, mean - half, mean + half, confidence, method, note)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Interval(mean, low, high, confidence, method, note)
 
 
 @dataclass(frozen=True)

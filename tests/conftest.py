@@ -154,3 +154,26 @@ def tracked_run(tmp_path_factory):
         config=config, result=result, events=events,
         uri=f"sqlite:///{(folder / 'runs' / 'mlflow.db').resolve()}",
     )
+
+
+# ------------------------------------------------------------------ parallel test workers
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) keep each module on
+    one worker, so its module-scoped fixtures are built once; every user of a session
+    fixture that runs a sweep or a tracked run on one worker, so each runs once; and every
+    other slow test (they start Ray, Flower's processes or a browser) on one worker, one after
+    another, so that no two Ray instances or SuperLinks meet on the machine."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        # Centralized runs, no Ray; sweep_report is built on finished_sweep.
+        if "finished_sweep" in names or "sweep_report" in names:
+            group = "finished_sweep"
+        elif "tracked_run" in names:
+            group = "tracked_run"
+        elif item.get_closest_marker("slow"):
+            group = "slow"
+        else:
+            group = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

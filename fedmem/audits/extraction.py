@@ -328,7 +328,7 @@ def _cell_stats(rates: Any, counts: Any) -> dict[str, float]:
     values = rates.dropna()
     if not len(values):
         return {"mean": float("nan"), "std": 0.0, "low": float("nan"), "high": float("nan")}
-    ci = aggregate_seeds(values.to_numpy(dtype=float))
+    ci = aggregate_seeds(values.to_numpy(dtype=float), bounds=(0.0, 1.0))
     if (len(values) == 1 or ci.low == ci.high) and counts is not None \
             and counts.notna().all():
         # One seed, or seeds that agree exactly (a zero-width t-interval says nothing):

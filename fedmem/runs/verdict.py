@@ -141,7 +141,7 @@ def membership_line(runs: pd.DataFrame) -> str | None:
                        float(row["mia_auc_high"]), 0.95, "")
         how = f"bootstrap over {int(row['mia_nonmembers'])} non-members"
     else:
-        auc = aggregate_seeds(aucs.to_numpy(dtype=float))
+        auc = aggregate_seeds(aucs.to_numpy(dtype=float), bounds=(0.0, 1.0))
         how = f"t-interval over {len(aucs)} seeds"
     if math.isnan(auc.low) or math.isnan(auc.high):
         reading = "inconclusive (no interval)"

@@ -456,6 +456,17 @@ def test_mean_over_three_seeds_with_its_t_interval():
     assert ci.method == "t-interval over 3 seeds" and ci.note == ""
 
 
+def test_a_bounded_metric_keeps_its_interval_inside_its_range():
+    # Two seeds of an AUC: the t-interval (t(0.975, 1) = 12.7) runs far past [0, 1].
+    wide = aggregate_seeds([0.55, 0.95])
+    assert wide.low < 0 and wide.high > 1
+    ci = aggregate_seeds([0.55, 0.95], bounds=(0.0, 1.0))
+    assert (ci.estimate, ci.low, ci.high) == (0.75, 0.0, 1.0)
+    inside = aggregate_seeds([0.5, 0.75, 0.625], bounds=(0.0, 1.0))
+    assert (inside.low, inside.high) == (aggregate_seeds([0.5, 0.75, 0.625]).low,
+                                         aggregate_seeds([0.5, 0.75, 0.625]).high)
+
+
 def test_one_seed_is_the_value_with_no_interval():
     ci = aggregate_seeds([3.2])
     assert ci.estimate == 3.2 and math.isnan(ci.low) and math.isnan(ci.high)

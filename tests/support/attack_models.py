@@ -29,9 +29,11 @@ def short_texts(n: int, seed: int) -> list[str]:
     """`n` distinct short texts drawn from the corpus' words (about 25 tokens each)."""
     words = sorted({w for text in CORPUS for w in text.split()})
     rng = random.Random(seed)
-    texts: set[str] = set()
+    # A dict keeps first-drawn order: a set's order follows the process' string hash seed,
+    # which made the texts (and the tests' verdicts) differ between processes.
+    texts: dict[str, None] = {}
     while len(texts) < n:
-        texts.add(" ".join(rng.choice(words) for _ in range(8)))
+        texts[" ".join(rng.choice(words) for _ in range(8))] = None
     return sorted(texts, key=lambda _: rng.random())
 
 
