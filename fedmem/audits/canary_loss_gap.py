@@ -7,6 +7,7 @@ each scored as trained: its whole header, then its first `attack.suffix_tokens` 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,7 @@ AUDIT = Audit(
         Column("canary_loss_gap", lambda row: dig(row, "canary_loss_gap", "gap"),
                doc="twins' minus injected canaries' secret loss (nats/token)",
                report=ReportColumn(
-                   "canary loss gap (nats)", 1.0, 3,
+                   "canary loss gap (nats)", 1.0, 3, bounds=(-math.inf, math.inf),
                    note="*canary loss gap*: mean per-token loss of the never-injected twins' "
                    "secrets minus the injected canaries' (nats; above 0: the injected secrets "
                    "became likelier)",

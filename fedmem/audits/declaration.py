@@ -12,6 +12,7 @@ and figure functions import what they need when called.
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ class ReportColumn:
     note: str = ""  # its entry in the note under the table, e.g. "*exact*: ..."
     absent: str = ""  # listed under "Not in these runs" when no run carries the column
     needs: Needs | None = None  # shown as "n/a (needs ≥ N ...)" where the runs had fewer
+    # The range the value (before `scale`) can take: the interval over seeds is cut to it,
+    # since with two or three seeds a t-interval runs far past it (a rate below 0).
+    bounds: tuple[float, float] = (0.0, math.inf)
 
 
 @dataclass(frozen=True)

@@ -522,7 +522,7 @@ AUDIT = Audit(
                doc="injected canaries, round 0"),
         Column("exact_rate", _injected("exact_rate"), doc="injected canaries, final round",
                report=ReportColumn(
-                   "exact (%)", PCT, 1,
+                   "exact (%)", PCT, 1, bounds=(0.0, 1.0),
                    note="*exact*: injected canaries whose secret continuation the global "
                    "model reproduces token for token (greedy)"),
                frontier="exact extraction, final round (%)"),
@@ -532,7 +532,7 @@ AUDIT = Audit(
                doc="95 % Clopper-Pearson interval of exact_rate: high"),
         Column("token_accuracy", _injected("token_accuracy"),
                report=ReportColumn(
-                   "partial: token acc (%)", PCT, 1,
+                   "partial: token acc (%)", PCT, 1, bounds=(0.0, 1.0),
                    note="*partial*: fraction of secret tokens reproduced at the right "
                    "position")),
         Column("longest_match", _injected("longest_match"),
@@ -544,7 +544,7 @@ AUDIT = Audit(
         Column("approx_char_rate", _injected("approx_char_rate"),
                doc="injected canaries with character BLEU > bleu_threshold, final round",
                report=ReportColumn(
-                   _approx_header(" (%)"), PCT, 1,
+                   _approx_header(" (%)"), PCT, 1, bounds=(0.0, 1.0),
                    note="*approx*: injected canaries whose guess has character-level "
                    "sentence BLEU (sacrebleu) against the secret above the threshold, the "
                    "study's approximate memorization")),

@@ -458,7 +458,7 @@ AUDIT = Audit(
                doc="headline MIA score (final round), NULL: no MIA audit"),
         Column("mia_auc", _overall("auc"), doc="its AUC over all members vs non-members",
                report=ReportColumn(
-                   _auc_header, 1.0, 3,
+                   _auc_header, 1.0, 3, bounds=(0.0, 1.0),
                    note="*MIA*: membership inference by the headline score over all members "
                    "vs non-members",
                    absent="MIA AUC (no run audited membership: attack.membership.enabled = "
@@ -468,7 +468,7 @@ AUDIT = Audit(
         Column("mia_auc_high", _overall_ci(1), doc="95 % bootstrap interval of mia_auc: high"),
         Column("mia_tpr_at_1pct_fpr", _resolved_tpr("tpr_at_fpr_0.01", 0.01),
                doc="its TPR at 1% FPR; NULL with fewer than 100 non-members",
-               report=ReportColumn("MIA TPR @ 1% FPR (%)", PCT, 1,
+               report=ReportColumn("MIA TPR @ 1% FPR (%)", PCT, 1, bounds=(0.0, 1.0),
                                    needs=Needs("mia_nonmembers", 100, "non-members"))),
         Column("mia_tpr_at_01pct_fpr", _resolved_tpr("tpr_at_fpr_0.001", 0.001),
                doc="its TPR at 0.1% FPR; NULL with fewer than 1000 non-members"),

@@ -207,19 +207,19 @@ AUDIT = Audit(
         Column("heldout_loss", lambda row: row.get("heldout_loss"), doc="final round"),
         Column("heldout_perplexity", lambda row: row.get("heldout_perplexity"),
                report=ReportColumn(
-                   "held-out ppl", 1.0, 2,
+                   "held-out ppl", 1.0, 2, bounds=(1.0, math.inf),
                    note="*held-out ppl*: perplexity on QA samples no client trained on "
                    "(utility)")),
         Column("qa_accuracy", _utility("qa_accuracy"), doc="held-out QA answer match (utility)",
                report=ReportColumn(
-                   "QA accuracy (%)", PCT, 1,
+                   "QA accuracy (%)", PCT, 1, bounds=(0.0, 1.0),
                    note="*QA / MCQ accuracy*: held-out answer match and multiple-choice "
                    "accuracy",
                    absent="QA accuracy (no `utility` in the runs' metrics.jsonl)")),
         Column("mcq_accuracy", _utility("mcq_accuracy"),
                doc="held-out multiple choice; NULL when none held out",
                report=ReportColumn(
-                   "MCQ accuracy (%)", PCT, 1,
+                   "MCQ accuracy (%)", PCT, 1, bounds=(0.0, 1.0),
                    absent="MCQ accuracy (no multiple-choice question held out)")),
     ),
     round_line="held-out ppl {heldout_perplexity:.2f}",

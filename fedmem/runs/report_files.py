@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -61,12 +62,15 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     return float(values.mean()) if len(values) else float("nan"), std
 
 
-def seed_interval(values: pd.Series) -> Interval:
-    """Mean over seeds with a 95 % t-interval (nan bounds for one seed, nan mean for none)."""
+def seed_interval(
+    values: pd.Series, bounds: tuple[float, float] = (0.0, math.inf)
+) -> Interval:
+    """Mean over seeds with a 95 % t-interval cut to the value's range `bounds` (nan bounds
+    for one seed, nan mean for none)."""
     values = values.dropna()
     if not len(values):
         return Interval(float("nan"), float("nan"), float("nan"), 0.95, "no seeds")
-    return aggregate_seeds(values.to_numpy(dtype=float))
+    return aggregate_seeds(values.to_numpy(dtype=float), bounds=bounds)
 
 
 def _fmt(mean: float, low: float, high: float, scale: float = 1.0, digits: int = 1) -> str:
@@ -200,12 +204,13 @@ def combination_table(data: ReportData) -> pd.DataFrame:
                                 if c.report.needs and c.report.needs.column in data.runs))
     per_run = data.runs.set_index("run_id")[columns + counts].astype(
         {c: float for c in columns[2:] + counts})
+    bounds = {c.name: c.report.bounds for c in shown}  # wall time: the default, >= 0
     rows = {}
     for combination, group in per_run.groupby("combination", sort=False):
         row: dict[str, float] = {"seeds": len(group)}
         for column in columns[2:]:
             row[f"{column}_mean"], row[f"{column}_std"] = _mean_std(group[column])
-            ci = seed_interval(group[column])
+            ci = seed_interval(group[column], bounds.get(column, (0.0, math.inf)))
             row[f"{column}_low"], row[f"{column}_high"] = ci.low, ci.high
         for column in counts:
             row[f"{column}_min"] = float(group[column].min())
@@ -293,8 +298,8 @@ def _html_verdict(found: list[Verdict]) -> str:
 
 CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-    "td,th{border:1px solid #bbb;padding:3px 8px;"
+    "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
+    "td,th{border:1px solid #bbb;padding:3px 5px;"
     "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
     "section.verdict{border:2px solid #444;border-radius:6px;padding:0.5em 1.2em;"
     "background:#f7f7f2}section.verdict h3{margin:0.8em 0 0.2em;font-size:1.05em}"

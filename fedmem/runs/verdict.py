@@ -169,7 +169,7 @@ def utility_line(runs: pd.DataFrame, rounds: pd.DataFrame) -> str | None:
 
 
 def _seeds(values: pd.Series) -> str:
-    return aggregate_seeds(values.to_numpy(dtype=float)).format(digits=1)
+    return aggregate_seeds(values.to_numpy(dtype=float), bounds=(1.0, math.inf)).format(digits=1)
 
 
 def dp_lines(paths: list[str]) -> list[str]:

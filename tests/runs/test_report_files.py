@@ -58,11 +58,15 @@ def _mean_ci(cell: str) -> tuple[float, float, float]:
     return float(mean), float(low), float(high)
 
 
-def _t_interval(values: list[float]) -> tuple[float, float]:
+INF = float("inf")
+
+
+def _t_interval(values: list[float], bounds: tuple[float, float]) -> tuple[float, float]:
+    """The 95 % t-interval over seeds, cut to the value's range (a rate in [0, 100] %)."""
     from attacks.statistics import aggregate_seeds
 
     ci = aggregate_seeds(values)
-    return ci.low, ci.high
+    return max(ci.low, bounds[0]), min(ci.high, bounds[1])
 
 
 def test_each_figure_is_a_non_empty_png_next_to_the_report(sweep_report, finished_sweep):
@@ -91,16 +95,16 @@ def test_report_table_numbers_equal_the_store(sweep_report, finished_sweep):
     for row in rows:
         s = stats.loc[row["combination"]]
         assert int(row["seeds"]) == s[("seed", "count")] == 2
-        for column, key, scale, tol in (
-            ("exact (%)", "exact_rate", 100, 0.05),
-            ("partial: token acc (%)", "token_accuracy", 100, 0.05),
-            ("longest run (tokens)", "longest_match", 1, 0.05),
-            ("held-out ppl", "heldout_perplexity", 1, 0.005),
-            ("approx (BLEU>0.75) (%)", "approx_char_rate", 100, 0.05),
+        for column, key, scale, tol, bounds in (
+            ("exact (%)", "exact_rate", 100, 0.05, (0, 100)),
+            ("partial: token acc (%)", "token_accuracy", 100, 0.05, (0, 100)),
+            ("longest run (tokens)", "longest_match", 1, 0.05, (0, INF)),
+            ("held-out ppl", "heldout_perplexity", 1, 0.005, (1, INF)),
+            ("approx (BLEU>0.75) (%)", "approx_char_rate", 100, 0.05, (0, 100)),
         ):
             mean, low, high = _mean_ci(row[column])
             assert mean == pytest.approx(s[(key, "mean")] * scale, abs=tol), column
-            expected = _t_interval([v * scale for v in s[(key, "list")]])
+            expected = _t_interval([v * scale for v in s[(key, "list")]], bounds)
             assert (low, high) == pytest.approx(expected, abs=tol), column
 
 
@@ -149,21 +153,21 @@ def test_audit_columns_equal_the_final_round_audits(sweep_report, finished_sweep
     header = sweep_report.table[0]
     columns = {
         "MIA AUC (reference)": (lambda r: r["membership"]["scores"]["reference"]["all"]["auc"],
-                                1, 0.0005),
-        "exposure (bits)": (lambda r: r["exposure"]["injected"]["mean"], 1, 0.005),
-        "QA accuracy (%)": (lambda r: r["utility"]["qa_accuracy"], 100, 0.05),
-        "MCQ accuracy (%)": (lambda r: r["utility"]["mcq_accuracy"], 100, 0.05),
+                                1, 0.0005, (0, 1)),
+        "exposure (bits)": (lambda r: r["exposure"]["injected"]["mean"], 1, 0.005, (0, INF)),
+        "QA accuracy (%)": (lambda r: r["utility"]["qa_accuracy"], 100, 0.05, (0, 100)),
+        "MCQ accuracy (%)": (lambda r: r["utility"]["mcq_accuracy"], 100, 0.05, (0, 100)),
     }
     assert set(columns) <= set(header)
     finals = _final_rows(finished_sweep)
     for row in sweep_report.table[1:]:
         runs = finals[row[0]]
         assert len(runs) == 2
-        for column, (field, scale, tol) in columns.items():
+        for column, (field, scale, tol, bounds) in columns.items():
             values = [field(r) * scale for r in runs]
             mean, low, high = _mean_ci(row[header.index(column)])
             assert mean == pytest.approx(statistics.mean(values), abs=tol), column
-            assert (low, high) == pytest.approx(_t_interval(values), abs=tol), column
+            assert (low, high) == pytest.approx(_t_interval(values, bounds), abs=tol), column
         tprs = [r["membership"]["scores"]["reference"]["all"]["tpr_at_fpr_0.01"] for r in runs]
         cell = row[header.index("MIA TPR @ 1% FPR (%)")]
         if None in tprs:  # too few non-members: every seed's run has the same count
