@@ -159,21 +159,28 @@ def tracked_run(tmp_path_factory):
 # ------------------------------------------------------------------ parallel test workers
 
 
+# Tests that start a `ray start --head` cluster or Flower's SuperLink on fixed local ports:
+# one after another, on one worker. (Simulations start Ray instances of their own, which
+# never join such a cluster: fedmem.drivers.simulation asks Ray for address="local".)
+MACHINE_SERVICES = ("test_ray_cluster.py", "test_sweep_parallel.py", "test_deployment.py",
+                    "test_flwr_run.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) keep each module on
     one worker, so its module-scoped fixtures are built once; every user of a session
-    fixture that runs a sweep or a tracked run on one worker, so each runs once; and every
-    other slow test (they start Ray, Flower's processes or a browser) on one worker, one after
-    another, so that no two Ray instances or SuperLinks meet on the machine."""
+    fixture that runs a sweep or a tracked run on one worker, so each runs once; and the
+    tests that start machine-wide services one after another."""
     for item in items:
         names = getattr(item, "fixturenames", ())
+        module = item.nodeid.split("::")[0]
         # Centralized runs, no Ray; sweep_report is built on finished_sweep.
         if "finished_sweep" in names or "sweep_report" in names:
             group = "finished_sweep"
         elif "tracked_run" in names:
             group = "tracked_run"
-        elif item.get_closest_marker("slow"):
-            group = "slow"
+        elif module.endswith(MACHINE_SERVICES):
+            group = "machine-services"
         else:
-            group = item.nodeid.split("::")[0]
+            group = module
         item.add_marker(pytest.mark.xdist_group(group))

@@ -27,7 +27,9 @@ def backend_config(config: Config, verbose: bool = False) -> dict:
         # num_cpus/num_gpus here), and actors are spread over all its nodes.
         init_args["address"] = fed.ray_address
     else:
-        init_args.update(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+        # "local": a new Ray instance for this run. Ray's default (no address) joins the
+        # cluster last started on this machine with `ray start`, which nobody asked for.
+        init_args.update(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
     return {
         "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
         "init_args": init_args,

@@ -120,8 +120,11 @@ def test_report_cells_show_the_mean_with_its_t_interval_over_seeds():
 
     ci = seed_interval(pd.Series([0.25, 0.5, None]))  # a run without the column is skipped
     assert ci.estimate == 0.375 and ci.method == "t-interval over 2 seeds"
-    # mean +- t(0.975, 1) * s / sqrt(2) = 37.5 +- 12.706 * 12.5
-    assert _fmt(ci.estimate, ci.low, ci.high, 100) == "37.5 [-121.3, 196.3]"
+    # mean +- t(0.975, 1) * s / sqrt(2) = 37.5 +- 12.706 * 12.5 = [-121.3, 196.3], cut to
+    # the value's range (by default, not below 0)
+    assert _fmt(ci.estimate, ci.low, ci.high, 100) == "37.5 [0.0, 196.3]"
+    rate = seed_interval(pd.Series([0.25, 0.5]), bounds=(0.0, 1.0))
+    assert _fmt(rate.estimate, rate.low, rate.high, 100) == "37.5 [0.0, 100.0]"
     one = seed_interval(pd.Series([0.25]))
     assert _fmt(one.estimate, one.low, one.high, 100) == "25.0"  # one seed: no interval
     none = seed_interval(pd.Series([None], dtype=float))
@@ -142,7 +145,9 @@ def test_replica_cells_use_seeds_or_for_one_seed_the_groups_clopper_pearson():
     cells = by_replicas(view).set_index("combination")
     assert cells.loc["lora", ["low", "high"]].round(1).tolist() == [24.5, 91.5]
     assert cells.loc["full", "mean"] == 62.5
-    assert cells.loc["full", "high"] == pytest.approx(62.5 + 12.706 * 12.5, abs=0.01)
+    # 62.5 + 12.706 * 12.5 = 221.3 %: a rate's interval stops at 100 %
+    assert cells.loc["full", "high"] == 100.0
+    assert cells.loc["full", "low"] == 0.0  # 62.5 - 158.8
     assert replica_rows(view)[2] == ["lora", "62.5 [24.5, 91.5]"]
 
 
