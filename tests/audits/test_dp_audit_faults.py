@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fedmem.config import ConfigError, build_config
-from fedmem.mitigations.dp_sgd import private_training
 from fedmem.models.loading import build_model, load_tokenizer
 from fedmem.training import collate, encode_samples, record_losses
+from tests.support.dp_steps import one_dp_step
 
 TEXTS = [f"Question: which drug treats condition {i}?\nAnswer: drug {i * 7}" for i in range(4)]
 
@@ -23,23 +23,7 @@ def _config(tiny_raw, fault: str, **dp):
     return build_config(raw)
 
 
-def _one_step(config, rows, empty: bool = False):
-    """The gradient the wrapped optimizer applies in one DP step, and the private training."""
-    model = build_model(config).train()
-    private = private_training(config, len(rows))
-    params = [p for p in model.parameters() if p.requires_grad]
-    seen: list[torch.Tensor] = []
-    inner = torch.optim.SGD(params, lr=0.0)
-    inner.register_step_pre_hook(lambda *_: seen.extend(p.grad.clone() for p in params))
-    steps = private.variant(model, inner, len(rows), config.training)
-    if empty:
-        steps.empty_batch()
-    else:
-        pad = load_tokenizer(config).pad_token_id
-        steps.backward([collate(rows, pad)])
-    steps.step()
-    steps.close()
-    return torch.cat([g.flatten() for g in seen]), private
+_one_step = one_dp_step
 
 
 @pytest.mark.parametrize(("finetuning", "mode"), [("full", "hooks"), ("lora", "bookkeeping")])

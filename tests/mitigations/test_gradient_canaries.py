@@ -11,9 +11,10 @@ import torch
 
 from attacks.dp_audit import dirac_canaries, dirac_scores
 from fedmem.config import build_config
-from fedmem.mitigations.dp_sgd import gradient_canary_plan, private_training
-from fedmem.models.loading import build_model, load_tokenizer
-from fedmem.training import collate, encode_samples
+from fedmem.mitigations.dp_sgd import gradient_canary_plan
+from fedmem.models.loading import load_tokenizer
+from fedmem.training import encode_samples
+from tests.support.dp_steps import one_dp_step
 
 TEXTS = [f"Question: which drug treats condition {i}?\nAnswer: drug {i * 7}" for i in range(4)]
 
@@ -29,21 +30,7 @@ def _config(tiny_raw, canaries: int, **dp):
 
 def _applied_gradient(config, empty: bool) -> torch.Tensor:
     """The flat gradient the wrapped optimizer applies in one DP step."""
-    model = build_model(config).train()
-    rows = encode_samples(load_tokenizer(config), TEXTS, 64)
-    private = private_training(config, len(rows))
-    params = [p for p in model.parameters() if p.requires_grad]
-    seen: list[torch.Tensor] = []
-    inner = torch.optim.SGD(params, lr=0.0)
-    inner.register_step_pre_hook(lambda *_: seen.extend(p.grad.clone() for p in params))
-    steps = private.variant(model, inner, len(rows), config.training)
-    if empty:
-        steps.empty_batch()
-    else:
-        steps.loss(collate(rows, load_tokenizer(config).pad_token_id)).backward()
-    steps.step()
-    steps.close()
-    return torch.cat([g.flatten() for g in seen])
+    return one_dp_step(config, encode_samples(load_tokenizer(config), TEXTS, 64), empty)[0]
 
 
 def test_dirac_canaries_are_distinct_coordinates_drawn_from_their_seed():
