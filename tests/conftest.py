@@ -50,7 +50,7 @@ def finished_sweep(tmp_path_factory):
     import json
     from types import SimpleNamespace
 
-    from fedmem.drivers.cli import train_and_audit
+    from fedmem.drivers.api import train_and_audit
     from fedmem.drivers.sweep import load_sweep, run_sweep
     from fedmem.runs.store import query
 

@@ -14,7 +14,6 @@ from rich.table import Table
 
 from fedmem.config import Config, ConfigError, to_dict, to_run_config
 from fedmem.drivers import api
-from fedmem.drivers.api import train_and_audit  # noqa: F401  (tests drive cells with it)
 from fedmem.files import DataError
 from fedmem.runs.store import StoreError
 

@@ -170,7 +170,7 @@ def _tiny_run(folder, name: str) -> list[dict]:
     import json
 
     from fedmem.config import build_config
-    from fedmem.drivers.cli import train_and_audit
+    from fedmem.drivers.api import train_and_audit
     from tests.support.configs import TINY_OVERRIDES
 
     raw = copy.deepcopy(TINY_OVERRIDES)

@@ -23,7 +23,7 @@ AUDITED = (*ALWAYS, "mia_roc", "exposure")  # runs that audit membership and exp
 def unaudited_run(tmp_path_factory):
     """A tiny finished run that audited neither membership inference nor exposure."""
     from fedmem.config import build_config
-    from fedmem.drivers.cli import train_and_audit
+    from fedmem.drivers.api import train_and_audit
 
     folder = tmp_path_factory.mktemp("unaudited")
     raw = copy.deepcopy(TINY_OVERRIDES)
