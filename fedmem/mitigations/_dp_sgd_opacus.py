@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from attacks.dp_audit import dirac_canaries
 from fedmem.config import DPSGDConfig, TrainingConfig
+from fedmem.mitigations.dp_history import CANARY_SUMS_METRIC, encode_sums
 from fedmem.training import Batch, StepVariant, record_losses
 
 HISTORY_FIELDS = ("noise_multiplier", "sample_rate", "steps")
@@ -80,6 +81,10 @@ class GradientCanaryPlan:
     trainer: int
     trainers: int
 
+    def owned(self) -> np.ndarray:
+        """Indices of this trainer's canaries, ascending (the order of its iterate sums)."""
+        return np.flatnonzero(np.arange(self.k) % self.trainers == self.trainer)
+
     def inserted(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(coordinates, signs) of this trainer's included canaries among `dim` parameters."""
         canaries = dirac_canaries(dim, self.k, self.seed)
@@ -91,7 +96,13 @@ class GradientCanaries:
     """Adds the included canaries into DP-SGD's clipped per-record gradient sum, before the
     noise: in each step each is Poisson sampled at the run's rate and, when sampled, adds
     sign x clip norm on its coordinate, exactly what a record whose clipped gradient is that
-    Dirac vector adds. The accountant's per-record epsilon is then the canaries' epsilon."""
+    Dirac vector adds. The accountant's per-record epsilon is then the canaries' epsilon.
+
+    It also watches every canary of this trainer, included or not, alike: after opacus has
+    added the noise and divided by the expected batch size, each canary coordinate of the
+    privatized gradient (what the optimizer consumes, before AdamW's scaling) is added to
+    that canary's running sum over this fit's steps (`sums`, the all-iterates statistic of
+    `fedmem.audits.dp.run_audit.GradientCanaryAudit`)."""
 
     def __init__(
         self, plan: GradientCanaryPlan, params: Sequence[torch.Tensor], rate: float,
@@ -111,6 +122,24 @@ class GradientCanaries:
             for i, p in enumerate(params)
             if (owner == i).any()
         ]
+        # Per parameter: (its flat positions, their places in `sums`) of every canary of this
+        # trainer on it, included or not.
+        owned = plan.owned()
+        watched = dirac_canaries(sum(sizes), plan.k, plan.seed).coordinates[owned]
+        holder = np.searchsorted(starts, watched, side="right") - 1
+        self.watched = [
+            (
+                i,
+                torch.as_tensor(watched[holder == i] - starts[i], device=p.device),
+                torch.as_tensor(np.flatnonzero(holder == i), device=p.device),
+            )
+            for i, p in enumerate(params)
+            if (holder == i).any()
+        ]
+        device = params[0].device if params else torch.device("cpu")
+        # [this trainer's canaries]: the sum over this fit's steps of the privatized gradient
+        # at each one's coordinate, in the order of `plan.owned()`
+        self.sums = torch.zeros(len(owned), dtype=torch.float64, device=device)
         self.params = params
         self.rate = rate
         # A fresh stream per local fit: the steps taken so far tell the fits apart.
@@ -125,6 +154,14 @@ class GradientCanaries:
                 summed.index_add_(0, positions[sampled.to(positions.device)],
                                   values[sampled.to(values.device)])
 
+    @torch.no_grad()
+    def record(self) -> None:
+        """After opacus' noise and scaling: each canary's coordinate of the privatized
+        gradient (`.grad`) into its running sum; the same for included and excluded ones."""
+        for i, positions, places in self.watched:
+            grad = self.params[i].grad.view(-1)
+            self.sums.index_add_(0, places, grad[positions].to(torch.float64))
+
 
 @dataclass
 class PrivateTraining:
@@ -136,6 +173,7 @@ class PrivateTraining:
     accountant: IAccountant
     fault: str = "none"  # dp_audit.fault: a deliberately broken mechanism (auditing the auditor)
     canaries: GradientCanaryPlan | None = None  # dp_audit.gradient_canaries of this trainer
+    inserted: GradientCanaries | None = None  # this fit's, once its step variant is built
 
     def variant(
         self,
@@ -158,8 +196,10 @@ class PrivateTraining:
         """The accountant's history, from which the next local fit resumes."""
         return history_to_record(self.accountant)
 
-    def metrics(self) -> dict[str, bool | float | int]:
-        """Fit metrics; `dp_poisson = False` marks an epsilon that is no valid guarantee."""
+    def metrics(self) -> dict[str, bool | bytes | float | int]:
+        """Fit metrics; `dp_poisson = False` marks an epsilon that is no valid guarantee.
+        With gradient canaries, their sums over this fit's steps travel as bytes
+        (`fedmem.mitigations.dp_history.CANARY_SUMS_METRIC`)."""
         return {
             "dp_epsilon": self.epsilon(),
             "dp_delta": self.cfg.delta,
@@ -167,7 +207,18 @@ class PrivateTraining:
             "dp_sample_rate": self.sample_rate,
             "dp_steps": sum(n for _, _, n in self.accountant.history),
             "dp_poisson": self.cfg.poisson,
+            **({} if self.inserted is None else {CANARY_SUMS_METRIC: self.canary_sums_bytes()}),
         }
+
+    def canary_sums(self) -> np.ndarray | None:
+        """This fit's all-iterates sums of this trainer's gradient canaries (float64, in the
+        order of `GradientCanaryPlan.owned`); None without canaries."""
+        if self.inserted is None:
+            return None
+        return self.inserted.sums.cpu().numpy()
+
+    def canary_sums_bytes(self) -> bytes:
+        return encode_sums(self.canary_sums())
 
 
 def break_mechanism(
@@ -248,9 +299,11 @@ def make_private_bookkeeping(
 
 def insert_canaries(
     optimizer: DPOptimizer, private: PrivateTraining, model: torch.nn.Module
-) -> None:
+) -> GradientCanaries:
     """The optimizer's clipping step then also adds this trainer's gradient canaries to the
-    clipped sum, before the noise (opacus' `pre_step`: clip_and_accumulate, add_noise)."""
+    clipped sum, before the noise, and its scaling step then adds the privatized gradient
+    at every canary coordinate to the canaries' sums (opacus' `pre_step`:
+    clip_and_accumulate, add_noise, scale_grad)."""
     params = [p for p in model.parameters() if p.requires_grad]  # the flat trainable order
     steps_so_far = sum(n for _, _, n in private.accountant.history)
     canaries = GradientCanaries(
@@ -266,7 +319,15 @@ def insert_canaries(
         accumulate()
         canaries.add()
 
+    scale = optimizer.scale_grad
+
+    def recording_canaries() -> None:
+        scale()
+        canaries.record()
+
     setattr(optimizer, name, with_canaries)
+    optimizer.scale_grad = recording_canaries
+    return canaries
 
 
 class DPSteps(StepVariant):
@@ -290,7 +351,7 @@ class DPSteps(StepVariant):
         if private.fault != "none":
             break_mechanism(module, dp_optimizer, private)
         if private.canaries is not None:
-            insert_canaries(dp_optimizer, private, model)
+            private.inserted = insert_canaries(dp_optimizer, private, model)
         # Clipping happens per record inside the DP optimizer, never on the noisy sum.
         super().__init__(module, dp_optimizer, n_rows, cfg)
         self.grad_clip = 0.0

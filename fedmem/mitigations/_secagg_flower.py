@@ -11,6 +11,8 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.server.workflow import SecAggPlusWorkflow
 
+from fedmem.mitigations.dp_history import CANARY_SUMS_METRIC
+
 FIT_METRICS_RECORD = "fitres.metrics"  # where Flower's compat layer puts FitRes.metrics
 
 
@@ -47,12 +49,17 @@ def secaggplus_mod_counting_bytes(
     msg: Message, ctxt: Context, call_next: ClientAppCallable
 ) -> Message:
     """`secaggplus_mod`, with the client's `bytes_sent` metric set to the masked vector it
-    actually uploads (not the size of its float state, which never leaves the client)."""
+    actually uploads (not the size of its float state, which never leaves the client), and
+    without its gradient-canary sums: fit metrics travel unmasked, and those sums are
+    per-client coordinates of its privatized gradients, which SecAgg+ keeps from the server
+    (the DP audit's all-iterates statistic says it is absent, and why)."""
     out = secaggplus_mod(msg, ctxt, call_next)
     if out.has_error():
         return out
     configs = out.content.config_records[RECORD_KEY_CONFIGS]
     metrics = out.content.config_records.get(FIT_METRICS_RECORD)
+    if metrics is not None and CANARY_SUMS_METRIC in metrics:
+        del metrics[CANARY_SUMS_METRIC]
     if Key.MASKED_PARAMETERS in configs and metrics is not None and "bytes_sent" in metrics:
         metrics["bytes_sent"] = sum(len(b) for b in configs[Key.MASKED_PARAMETERS])
     return out

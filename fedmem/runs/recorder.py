@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedmem.audits import registry as audits
@@ -20,6 +21,7 @@ from fedmem.data.canaries import to_jsonl_rows
 from fedmem.data.federated import planted
 from fedmem.files import atomic_write_json, read_jsonl, write_jsonl
 from fedmem.mitigations import registry as mitigations
+from fedmem.mitigations.dp_history import CANARY_SUMS_METRIC, decode_sums
 from fedmem.models.loading import build_model, load_tokenizer
 from fedmem.runs.folder import (
     CHECKPOINTS,
@@ -153,6 +155,7 @@ class RunRecorder:
         state = json.loads((folder / RESUME_FILE).read_text())
         self.started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
         self.dp_audit = self._replayed_dp_audit(done)
+        self.dp_audit.restore(state)
         return ResumePoint(round=done, folder=folder, state=state)
 
     def _replayed_dp_audit(self, done: int) -> RunDPAudit:
@@ -195,7 +198,7 @@ class RunRecorder:
         their facts in the row; `model` is left exactly as it was."""
         with mitigations.audited_model(self.config, model, server_round) as transform_facts:
             audit = audit_model(self.config, model)  # vantage: GLOBAL
-        clients = clients or {}
+        clients, canary_sums = split_canary_sums(clients or {})
         row = {
             "round": server_round,
             "elapsed_s": round(time.perf_counter() - self.started, 3),
@@ -216,7 +219,9 @@ class RunRecorder:
         if self.config.dp_sgd.enabled:
             row["dp_epsilon_max"] = self._epsilon_max(clients)
         if self.dp_audit is not None:  # on the trained model itself, never weight-noised
-            dp_audit = self.dp_audit.measure(server_round, model, row.get("dp_epsilon_max"))
+            dp_audit = self.dp_audit.measure(
+                server_round, model, row.get("dp_epsilon_max"), canary_sums
+            )
             if dp_audit:
                 row["dp_audit"] = dp_audit
         self.rows.append(row)
@@ -236,6 +241,8 @@ class RunRecorder:
             save_checkpoint(folder, model, meta)
             # Written last: its presence marks the round complete (resumable).
             state = {"round": server_round, "elapsed_s": row["elapsed_s"], **(resume_state or {})}
+            if self.dp_audit is not None:
+                state.update(self.dp_audit.resume_state())
             atomic_write_json(folder / RESUME_FILE, state)
         if self.on_round:
             self.on_round(row)
@@ -289,3 +296,14 @@ class RunRecorder:
 
         ingest_run(self.folder)  # into <output.dir>/fedmem.sqlite, one transaction
         return summary
+
+
+def split_canary_sums(clients: dict) -> tuple[dict, dict[int, np.ndarray]]:
+    """(the clients' facts without their gradient-canary sums, the sums per client): the
+    sums are bytes for the DP audit, not facts of the round."""
+    facts, sums = {}, {}
+    for client, metrics in clients.items():
+        facts[client] = {k: v for k, v in metrics.items() if k != CANARY_SUMS_METRIC}
+        if CANARY_SUMS_METRIC in metrics:
+            sums[int(client)] = decode_sums(metrics[CANARY_SUMS_METRIC])
+    return facts, sums

@@ -139,7 +139,14 @@ def dp_audit_table(audit: dict) -> Table:
         _one_run_rows(table, record, what)
     if gradient := audit.get("gradient"):
         what = f"gradient ({gradient['included']}/{gradient['canaries']} canaries in)"
-        _one_run_rows(table, gradient, what)
+        for threat in ("final_model", "all_iterates"):
+            facts = gradient.get(threat, {})
+            if "unavailable" in facts:
+                table.add_row(what, _claim(gradient), f"{gradient['delta']:g}", "-", "-",
+                              f"one_run, {threat}", f"unavailable: {facts['unavailable']}",
+                              gradient["verdict"] or "-")
+            elif facts:
+                _one_run_rows(table, {**gradient, **facts}, what, f", {threat}")
     if client := audit.get("client"):
         for threat in ("final_model", "all_iterates"):
             facts = client[threat]
@@ -156,9 +163,14 @@ def dp_audit_table(audit: dict) -> Table:
     return table
 
 
-def _one_run_rows(table: Table, facts: dict, audit: str) -> None:
-    """A record-level audit's rows (audit records or gradient canaries): one per method."""
-    claim = f"{_eps(facts['epsilon_claimed'])} ({facts['claimed_by']})"
+def _claim(facts: dict) -> str:
+    return f"{_eps(facts['epsilon_claimed'])} ({facts['claimed_by']})"
+
+
+def _one_run_rows(table: Table, facts: dict, audit: str, threat: str = "") -> None:
+    """A record-level audit's rows (audit records or one statistic of the gradient
+    canaries, `threat` naming it): one per method."""
+    claim = _claim(facts)
     for method in ("one_run", "one_run_fdp"):
         if f"epsilon_{method}" not in facts:
             continue
@@ -168,7 +180,7 @@ def _one_run_rows(table: Table, facts: dict, audit: str) -> None:
             f"{facts['delta']:g}",
             _eps(facts[f"epsilon_{method}"]),
             _ceiling(facts, f"epsilon_ceiling_{method}"),
-            method,
+            method + threat,
             f"{facts[f'correct_{method}']}/{facts[f'guesses_{method}']} guesses right",
             facts["verdict"] or "-",
         )

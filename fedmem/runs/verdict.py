@@ -186,8 +186,9 @@ def dp_lines(paths: list[str]) -> list[str]:
             claimed = facts.get("epsilon_claimed")
             bounds = [v for k, v in facts.items()
                       if k.startswith("epsilon_one_run") or k == "epsilon_lower_bound"]
-            bounds += [t.get("epsilon_lower_bound") for t in facts.values()
-                       if isinstance(t, dict)]
+            for threat in (t for t in facts.values() if isinstance(t, dict)):  # per statistic
+                bounds += [v for k, v in threat.items()
+                           if k.startswith("epsilon_one_run") or k == "epsilon_lower_bound"]
             bounds = [b for b in bounds if b is not None]
             ceilings = [v for k, v in facts.items()
                         if k.startswith("epsilon_ceiling") and v is not None]

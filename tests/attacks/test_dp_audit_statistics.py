@@ -263,12 +263,20 @@ def test_terminal_summary_shows_claim_bounds_and_verdict_of_each_audit():
         "final_model": threat,
         "all_iterates": threat,
     }
-    gradient = {**record, "canaries": 5000, "included": 2480, "epsilon_one_run_fdp": 2.75,
-                "epsilon_ceiling_one_run_fdp": 11.06}
+    gradient = {
+        **{k: record[k] for k in ("epsilon_claimed", "claimed_by", "delta", "verdict")},
+        "canaries": 5000,
+        "included": 2480,
+        "final_model": {**record, "epsilon_one_run_fdp": 2.75,
+                        "epsilon_ceiling_one_run_fdp": 11.06},
+        "all_iterates": {"unavailable": "secagg.enabled: kept from the server"},
+    }
     console = Console(width=200, record=True)
     console.print(dp_audit_table({"record": record, "client": client, "gradient": gradient}))
     text = console.export_text()
     assert "gradient (2480/5000 canaries in)" in text and "2.750" in text and "11.060" in text
+    assert "one_run_fdp, final_model" in text
+    assert "unavailable: secagg.enabled: kept from the server" in text
     assert "0.480" in text and "36/40 guesses right" in text and "VIOLATION" in text
     assert "gdp, all_iterates" in text and "Gaussian-fit estimate 3.900 (not a bound)" in text
     assert "3.001" in text and "5.345" in text and "15.690" in text  # each audit's ceiling

@@ -14,7 +14,7 @@ from fedmem.config import build_config
 from fedmem.mitigations.dp_sgd import gradient_canary_plan
 from fedmem.models.loading import load_tokenizer
 from fedmem.training import encode_samples
-from tests.support.dp_steps import one_dp_step
+from tests.support.dp_steps import dp_steps, one_dp_step
 
 TEXTS = [f"Question: which drug treats condition {i}?\nAnswer: drug {i * 7}" for i in range(4)]
 
@@ -93,3 +93,34 @@ def test_no_plan_when_off(tiny_raw):
     assert gradient_canary_plan(_config(tiny_raw, 0), 0) is None
     with pytest.raises(ValueError, match="distinct coordinates"):
         dirac_canaries(10, 11, seed=0)
+
+
+def _owned_coordinates(config, dim: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coordinates, signs, inclusion) of trainer 0's canaries, in the order of its sums."""
+    plan = gradient_canary_plan(config, 0)
+    canaries = dirac_canaries(dim, k, plan.seed)
+    owned = plan.owned()
+    return canaries.coordinates[owned], canaries.signs[owned], canaries.included[owned]
+
+
+def test_iterate_sums_are_the_privatized_gradient_at_every_canary_summed_over_steps(tiny_raw):
+    config = _config(tiny_raw, 300, noise_multiplier=1.0, max_grad_norm=0.5)
+    rows = encode_samples(load_tokenizer(config), TEXTS, 64)
+    applied, private = dp_steps(config, rows, steps=3)  # noisy: each step's noise differs
+    coordinates, _, _ = _owned_coordinates(config, applied.shape[1], 300)
+    expected = applied[:, coordinates].double().sum(0).numpy()
+    np.testing.assert_allclose(private.canary_sums(), expected, rtol=1e-12, atol=1e-12)
+    assert len(private.canary_sums()) == 300  # every canary, included or not
+
+
+def test_without_noise_the_sums_are_the_canaries_plus_the_datas_gradient(tiny_raw):
+    clip = 0.5
+    config = _config(tiny_raw, 300, noise_multiplier=0.0, max_grad_norm=clip)
+    rows = encode_samples(load_tokenizer(config), TEXTS, 64)
+    without, _ = dp_steps(_config(tiny_raw, 0, noise_multiplier=0.0, max_grad_norm=clip), rows, 2)
+    _, private = dp_steps(config, rows, steps=2)
+    coordinates, signs, included = _owned_coordinates(config, without.shape[1], 300)
+    # Sample rate 1: each included canary adds sign x clip / expected batch (4) per step.
+    data = without[:, coordinates].double().sum(0).numpy()
+    np.testing.assert_allclose(private.canary_sums(), data + 2 * included * signs * clip / 4,
+                               rtol=1e-5, atol=1e-7)

@@ -14,6 +14,8 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from fedmem.config import ConfigError, build_config
 from fedmem.data.federated import build_federated_data
 from fedmem.mitigations import client_dp, registry, secure_aggregation
+from fedmem.mitigations._secagg_flower import FIT_METRICS_RECORD as FIT_METRICS
+from fedmem.mitigations.dp_history import CANARY_SUMS_METRIC, decode_sums, encode_sums
 from fedmem.models.loading import load_tokenizer
 from server.strategy import AuditedFedAvg
 from tests.support import numpy_clients as nc
@@ -26,14 +28,14 @@ def _config(tiny_raw, **secagg):
     return build_config({**raw, "secagg": {"enabled": True, **secagg}})
 
 
-def _run(config, scale: float = 0.5):
+def _run(config, scale: float = 0.5, extra: dict | None = None):
     audited = AuditedFedAvg(
         secure_aggregation=config.secagg.enabled,
         initial_parameters=nc.initial_parameters(),
         fraction_evaluate=0.0,
         min_available_clients=config.federation.num_clients,
     )
-    grid = InProcessGrid(nc.client_app(config, scale), config.federation.num_clients, {})
+    grid = InProcessGrid(nc.client_app(config, scale, extra), config.federation.num_clients, {})
     strategy = client_dp.wrap_strategy(config, audited)
     context = run_rounds(grid, strategy, registry.fit_workflow(config))
     record = context.state.array_records[MAIN_PARAMS_RECORD]
@@ -115,6 +117,19 @@ def test_bytes_sent_is_the_masked_upload(tiny_raw):
     reported = [facts["bytes_sent"] for facts in audited.round_clients[1].values()]
     assert sorted(reported) == sorted(uploads)
     assert min(reported) > sum(4 * int(np.prod(s)) for s in nc.SHAPES)
+
+
+def test_gradient_canary_sums_reach_the_server_only_without_secagg(tiny_raw):
+    extra = {CANARY_SUMS_METRIC: encode_sums(np.arange(3.0))}
+    _, audited, grid = _run(_config(tiny_raw), extra=extra)
+    for reply in grid.replies:  # per-client gradient coordinates: SecAgg+ keeps them back
+        assert CANARY_SUMS_METRIC not in reply.content.config_records.get(FIT_METRICS, {})
+    assert len(audited.round_clients[1]) == 3
+    assert all(CANARY_SUMS_METRIC not in f for f in audited.round_clients[1].values())
+    plain = build_config({**tiny_raw, "federation": {"num_clients": 3, "rounds": 1}})
+    _, audited, _ = _run(plain, extra=extra)
+    sent = [f[CANARY_SUMS_METRIC] for f in audited.round_clients[1].values()]
+    assert [decode_sums(b).tolist() for b in sent] == [[0.0, 1.0, 2.0]] * 3
 
 
 def test_max_weight_is_derived_from_the_largest_client(tiny_raw):

@@ -61,8 +61,8 @@ def test_every_round_leaves_a_checkpoint_that_reproduces_its_audit(tiny_raw):
 
 def test_federated_resume_restores_model_accountants_and_client_dp(tiny_raw, tmp_path):
     """DP-SGD accountants live in each client's node state, which a restarted federation
-    loses. Resumed after round 1, rounds 2-3 (epsilon, client-DP facts, every metric) come
-    out as in the uninterrupted run."""
+    loses. Resumed after round 1, rounds 2-3 (epsilon, client-DP facts, the gradient
+    canaries' all-iterates audit, every metric) come out as in the uninterrupted run."""
     raw = {
         **tiny_raw,
         "federation": {"num_clients": 2, "rounds": 3},
@@ -74,6 +74,8 @@ def test_federated_resume_restores_model_accountants_and_client_dp(tiny_raw, tmp
     run_fedmem_in_process(config)
     uninterrupted = _rows(config.run_dir)
     assert uninterrupted[3]["dp_epsilon_max"] > uninterrupted[1]["dp_epsilon_max"] > 0
+    # The gradient canaries' sums over all iterates continue from the checkpoint's.
+    assert "auroc" in uninterrupted[3]["dp_audit"]["gradient"]["all_iterates"]
 
     _crash_after(config.run_dir, last_complete=1)
     run_fedmem_in_process(config, resume=True)

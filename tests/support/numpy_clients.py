@@ -31,18 +31,22 @@ def local_step(client: int, scale: float) -> list[np.ndarray]:
 
 
 class StepClient(NumPyClient):
-    def __init__(self, config: Config, client: int, scale: float) -> None:
+    def __init__(self, config: Config, client: int, scale: float, extra: dict | None) -> None:
         self.config, self.client, self.scale = config, client, scale
+        self.extra = extra or {}
 
     def fit(self, parameters, config):
         new = [p + d for p, d in zip(parameters, local_step(self.client, self.scale), strict=True)]
         metrics = {"client": self.client, "bytes_sent": int(sum(a.nbytes for a in new))}
-        return new, client_weight(self.config, WEIGHTS[self.client]), metrics
+        return new, client_weight(self.config, WEIGHTS[self.client]), {**metrics, **self.extra}
 
 
-def client_app(config: Config, scale: float = 0.5) -> ClientApp:
+def client_app(config: Config, scale: float = 0.5, extra: dict | None = None) -> ClientApp:
+    """Clients whose fit metrics also hold `extra`."""
+
     def client_fn(context):
-        return StepClient(config, int(context.node_config["partition-id"]), scale).to_client()
+        client = int(context.node_config["partition-id"])
+        return StepClient(config, client, scale, extra).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[mitigation_mod(to_run_config(config))])
 

@@ -7,6 +7,10 @@ Every DP run (DP-SGD or client-level DP) is audited from the same single trainin
   one-run lower bounds on epsilon (attacks.dp_audit), set against the smallest epsilon the
   run claims for a record (DP-SGD's largest client epsilon so far; a client-level epsilon
   covers each record of the client too);
+- gradient canaries (DP-SGD with `dp_audit.gradient_canaries > 0`): Dirac canaries inserted
+  into the clipped sum, scored by their coordinate's change in the final model
+  ("final_model") and by the sum over every step of the privatized gradient there, as
+  their trainers recorded it ("all_iterates"; absent under SecAgg+);
 - client level (federated client DP with `dp_audit.client_canaries > 0`): canary
   clients, inserted by fedmem.audits.dp.canary_clients, are measured by the cosine of their
   direction with the final model's change ("final_model") and with every round's change
@@ -18,12 +22,14 @@ round's (no correction over rounds is needed, as no earlier round is tested): `V
 when a lower bound exceeds the claim, `consistent` when none does and the ceiling exceeds
 the claim, `inconclusive` when the claim is at or above the ceiling (the audit could not
 have refuted it). The lower bounds a verdict rests on hold jointly with probability
-`dp_audit.confidence` (Bonferroni over the two).
+`dp_audit.confidence` (Bonferroni over them: two methods for audit records, two statistics
+for canary clients, both, four bounds, for gradient canaries).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -48,6 +54,7 @@ from attacks.dp_audit import (
 from fedmem.config import Config
 from fedmem.data.audit_records import audit_enabled
 from fedmem.data.federated import planted
+from fedmem.mitigations.dp_sgd import canary_trainers
 from fedmem.models.loading import get_trainable_state, load_tokenizer
 from fedmem.seeding import DP_CANARY_DIRECTIONS, GRADIENT_CANARIES, derive_seed
 from fedmem.training import encode_samples
@@ -70,6 +77,7 @@ def inserted_canaries(config: Config) -> range:
     return range(config.dp_audit.client_canaries)
 
 
+GRADIENT_CANARY_SUMS = "gradient_canary_sums"  # their key in a round's resume state
 VERDICT_RULE = "one per run: the final round's bounds against its claim and ceiling"
 
 
@@ -119,10 +127,15 @@ class RunDPAudit:
         return bool(self.records) or self.canaries is not None or self.gradient is not None
 
     def measure(
-        self, server_round: int, model: torch.nn.Module, dp_epsilon_max: float | None
+        self,
+        server_round: int,
+        model: torch.nn.Module,
+        dp_epsilon_max: float | None,
+        canary_sums: Mapping[int, np.ndarray] | None = None,
     ) -> dict | None:
         """The audit facts for `model` as the global model after `server_round` (None at
-        round 0, the model before fine-tuning, which is only remembered)."""
+        round 0, the model before fine-tuning, which is only remembered). `canary_sums`:
+        the round's gradient-canary sums per trainer (`GradientCanaryAudit.add_sums`)."""
         if not self.active:
             return None
         facts: dict = {}
@@ -140,7 +153,7 @@ class RunDPAudit:
             if client is not None:
                 facts["client"] = client
         if self.gradient is not None:
-            gradient = self.gradient.observe(server_round, state, dp_epsilon_max)
+            gradient = self.gradient.observe(server_round, state, dp_epsilon_max, canary_sums)
             if gradient is not None:
                 facts["gradient"] = gradient
         return facts or None
@@ -155,6 +168,15 @@ class RunDPAudit:
             self.canaries.observe(server_round, flat_state(model))
         if self.gradient is not None and server_round == 0:
             self.gradient.observe(0, flat_state(model), None)
+
+    def resume_state(self) -> dict:
+        """What, besides the saved global models, a resumed audit needs (JSON)."""
+        return self.gradient.resume_state() if self.gradient is not None else {}
+
+    def restore(self, state: Mapping) -> None:
+        """Takes back `resume_state` (after `replay`)."""
+        if self.gradient is not None:
+            self.gradient.restore(state)
 
     def _record_level(
         self, server_round: int, log_probs: list[np.ndarray], dp_epsilon_max: float | None
@@ -184,21 +206,34 @@ def one_run_facts(
     both methods, their ceilings, the AUROC and the verdict (final round only)."""
     if not len(in_scores) or not len(out_scores):
         return {**facts, "verdict": "undetermined (every record on one side)"}
-    delta, claimed = facts["delta"], facts["epsilon_claimed"]
     significance = (1 - config.dp_audit.confidence) / 2  # two methods, one joint confidence
+    statistic = one_run_statistic(in_scores, out_scores, facts["delta"], significance)
+    facts = {**facts, **statistic}
+    facts["epsilon_ceiling"] = max(statistic[f"epsilon_ceiling_{m}"] for m in METHODS)
+    epsilons = [statistic[f"epsilon_{m}"] for m in METHODS]
+    facts["verdict"] = run_verdict(
+        config, server_round, epsilons, facts["epsilon_claimed"], facts["epsilon_ceiling"]
+    )
+    return facts
+
+
+METHODS = ("one_run", "one_run_fdp")  # the keys `one_run_bounds` returns
+
+
+def one_run_statistic(
+    in_scores: np.ndarray, out_scores: np.ndarray, delta: float, significance: float
+) -> dict:
+    """One statistic's one-run bounds by both methods (each at `significance`), with the
+    guesses each rests on, their ceilings and the AUROC."""
     bounds = one_run_bounds(in_scores, out_scores, delta, significance)
     ceilings = one_run_ceilings(len(in_scores), len(out_scores), delta, significance)
-    facts = dict(facts)
+    facts: dict = {}
     for name, bound in bounds.items():
         facts[f"epsilon_{name}"] = bound.epsilon
         facts[f"guesses_{name}"] = bound.guesses
         facts[f"correct_{name}"] = bound.correct
         facts[f"epsilon_ceiling_{name}"] = ceilings[name]
-    facts["epsilon_ceiling"] = max(ceilings.values())
     facts["auroc"] = attack_auroc(in_scores, out_scores)
-    epsilons = [b.epsilon for b in bounds.values()]
-    ceiling = facts["epsilon_ceiling"]
-    facts["verdict"] = run_verdict(config, server_round, epsilons, claimed, ceiling)
     return facts
 
 
@@ -206,19 +241,77 @@ def gradient_canaries_enabled(config: Config) -> bool:
     return config.dp_sgd.enabled and config.dp_audit.gradient_canaries > 0
 
 
+def iterates_unavailable(config: Config) -> str | None:
+    """Why the gradient canaries' all-iterates statistic cannot be computed in this run; None
+    when it can."""
+    if config.mode == "federated" and config.secagg.enabled:
+        return (
+            "secagg.enabled: the sums are per-client coordinates of each client's privatized "
+            "gradients, which SecAgg+ keeps from the server, so clients do not send them"
+        )
+    return None
+
+
 class GradientCanaryAudit:
     """White-box record level: the Dirac gradient canaries DP-SGD inserted
-    (`fedmem.mitigations.dp_sgd.gradient_canary_plan`), scored by the change of their
-    coordinate in the global model since round 0, against their gradient's direction."""
+    (`fedmem.mitigations.dp_sgd.gradient_canary_plan`), scored two ways, one per threat model:
+
+    - `final_model`: the change of their coordinate in the global model since round 0,
+      against their gradient's direction (the released model is all an attacker sees);
+    - `all_iterates`: sign x the sum, over every round and local step, of the privatized
+      gradient (after the noise, before the optimizer's scaling) at their coordinate, as the
+      trainer that owns each canary recorded it (`CANARY_SUMS_METRIC`): the attacker sees
+      every noisy step, the release DP-SGD's accountant covers. Absent under SecAgg+
+      (`iterates_unavailable`).
+
+    The verdict is one per run over the four bounds (two methods x two statistics), each at a
+    quarter of 1 - `dp_audit.confidence` (a half when only the final model is scored)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.seed = derive_seed(config.seed, GRADIENT_CANARIES)
         self.canaries: DiracCanaries | None = None  # drawn once the model's size is known
         self.initial: np.ndarray | None = None  # round 0's values at the canary coordinates
+        k = config.dp_audit.gradient_canaries
+        trainers = canary_trainers(config)
+        # trainer -> indices of its canaries, in the order of the sums it reports
+        self.owned = {t: np.flatnonzero(np.arange(k) % trainers == t) for t in range(trainers)}
+        self.unavailable = iterates_unavailable(config)
+        # [k]: each canary's privatized-gradient sum over every step so far (all iterates)
+        self.sums = np.zeros(k)
+
+    def add_sums(self, canary_sums: Mapping[int, np.ndarray]) -> None:
+        """One round's sums, per trainer (the client index), over that trainer's steps."""
+        for trainer, sums in canary_sums.items():
+            owned = self.owned.get(int(trainer))
+            if owned is None or len(owned) != len(sums):
+                raise ValueError(
+                    f"trainer {trainer} sent {len(sums)} gradient-canary sums; it owns "
+                    f"{0 if owned is None else len(owned)}"
+                )
+            self.sums[owned] += sums
+
+    def resume_state(self) -> dict:
+        """What a resumed run needs to continue the all-iterates sums (JSON)."""
+        return {} if self.unavailable else {GRADIENT_CANARY_SUMS: self.sums.tolist()}
+
+    def restore(self, state: Mapping) -> None:
+        saved = state.get(GRADIENT_CANARY_SUMS)
+        if self.unavailable:
+            return
+        if saved is None or len(saved) != len(self.sums):
+            self.unavailable = (
+                "resumed from a checkpoint without the gradient-canary sums of its rounds"
+            )
+            return
+        self.sums = np.asarray(saved, dtype=np.float64)
 
     def observe(
-        self, server_round: int, state: np.ndarray, dp_epsilon_max: float | None
+        self,
+        server_round: int,
+        state: np.ndarray,
+        dp_epsilon_max: float | None,
+        canary_sums: Mapping[int, np.ndarray] | None = None,
     ) -> dict | None:
         if self.canaries is None:
             self.canaries = dirac_canaries(
@@ -228,22 +321,42 @@ class GradientCanaryAudit:
         if self.initial is None:
             self.initial = values
             return None
-        scores = dirac_scores(self.canaries, self.initial, values)
+        if canary_sums:
+            self.add_sums(canary_sums)
+        statistics = {"final_model": dirac_scores(self.canaries, self.initial, values)}
+        if not self.unavailable:
+            statistics["all_iterates"] = self.canaries.signs * self.sums
         included = self.canaries.included
         claimed, delta, claimed_by = record_claim(self.config, server_round, dp_epsilon_max)
-        facts = {
+        cfg = self.config.dp_audit
+        facts: dict = {
             "canaries": len(included),
             "included": int(included.sum()),
             "insertion": "poisson at the run's sample rate, before the noise",
             "epsilon_claimed": claimed,
             "claimed_by": claimed_by,
             "delta": delta,
-            "confidence": self.config.dp_audit.confidence,
+            "confidence": cfg.confidence,
             "verdict_rule": VERDICT_RULE,
         }
-        return one_run_facts(
-            self.config, server_round, scores[included], scores[~included], facts
+        if included.all() or not included.any():
+            return {**facts, "verdict": "undetermined (every canary on one side)"}
+        # Two methods per statistic, all holding together with probability `confidence`.
+        significance = (1 - cfg.confidence) / (2 * len(statistics))
+        facts["significance"] = significance
+        bounds, ceilings = [], []
+        for name, scores in statistics.items():
+            stat = one_run_statistic(scores[included], scores[~included], delta, significance)
+            facts[name] = stat
+            bounds += [stat[f"epsilon_{m}"] for m in METHODS]
+            ceilings += [stat[f"epsilon_ceiling_{m}"] for m in METHODS]
+        if self.unavailable:
+            facts["all_iterates"] = {"unavailable": self.unavailable}
+        facts["epsilon_ceiling"] = max(ceilings)
+        facts["verdict"] = run_verdict(
+            self.config, server_round, bounds, claimed, facts["epsilon_ceiling"]
         )
+        return facts
 
 
 def record_claim(
