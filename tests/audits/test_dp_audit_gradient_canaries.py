@@ -107,3 +107,21 @@ def test_under_secagg_the_all_iterates_statistic_is_absent_and_says_why(tiny_raw
     assert "SecAgg+" in facts["all_iterates"]["unavailable"]
     assert facts["significance"] == pytest.approx(0.05 / 2)  # the final model's bounds only
     assert facts["final_model"]["epsilon_one_run"] > 0
+
+
+def test_a_resumed_audit_continues_the_sums_of_its_checkpoint_or_says_they_are_lost(tiny_raw):
+    raw = copy.deepcopy(tiny_raw)
+    raw.update(mode="centralized")
+    raw["federation"] = {"num_clients": 1, "rounds": 2}
+    raw["dp_sgd"] = {"enabled": True}
+    raw["dp_audit"] = {"records": 0, "gradient_canaries": 400}
+    config = build_config(raw)
+    before = GradientCanaryAudit(config)
+    before.add_sums({0: np.arange(400.0)})
+    resumed = GradientCanaryAudit(config)
+    resumed.restore(before.resume_state())
+    resumed.add_sums({0: np.ones(400)})
+    np.testing.assert_array_equal(resumed.sums, np.arange(400.0) + 1)
+    lost = GradientCanaryAudit(config)
+    lost.restore({})  # a checkpoint written before the sums were kept
+    assert "without the gradient-canary sums" in lost.unavailable
