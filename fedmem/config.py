@@ -405,6 +405,7 @@ class NEFTuneConfig:
 
 DP_FAULTS = ("none", "no-clipping", "noise-tenth")
 DP_AUDIT_INJECT = ("auto", "always", "never")
+DP_AUDIT_RECORD_DESIGNS = ("random", "new_token")
 
 
 @dataclass(frozen=True)
@@ -419,6 +420,12 @@ class DPAuditConfig:
     # baseline trains on the same rows as the DP runs it is compared with; "never" = none
     # (no record-level audit). summary.json records the count (audit_records_in_training).
     inject: str = field(default="auto", metadata=_choices(*DP_AUDIT_INJECT))
+    # What an audit record is: "random" = a short random letter-and-digit string, scored on
+    # all its tokens; "new_token" = new-token canaries (Panda et al., ICLR 2025): an
+    # in-distribution prefix followed by a token added to the tokenizer for that record
+    # alone (never in any data; the model gains an embedding row for it), scored on that
+    # secret token only.
+    record_design: str = field(default="random", metadata=_choices(*DP_AUDIT_RECORD_DESIGNS))
     # Audit-record score: "llr" = log-likelihood ratio of the record, final vs base model;
     # "loss" = log-likelihood under the final model only.
     score: str = field(default="llr", metadata=_choices("llr", "loss"))
