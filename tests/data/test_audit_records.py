@@ -141,3 +141,37 @@ def test_the_run_header_names_the_audit_records_among_the_training_samples():
 
     assert _audit_records_note(0) == ""  # the quickstart's header is unchanged
     assert _audit_records_note(97) == ", 97 DP audit records among the training samples"
+
+
+# ------------------------------------ new-token records: dp_audit.record_design = "new_token"
+
+
+def test_new_token_records_are_seeded_each_ending_with_its_own_token_included_half_the_time():
+    from fedmem.data.audit_records import NEW_TOKEN_TEXT, PREFIX_WORDS
+
+    records = make_audit_records(2000, num_clients=3, seed=0, design="new_token")
+    assert make_audit_records(2000, 3, seed=0, design="new_token") == records
+    assert make_audit_records(2000, 3, seed=1, design="new_token") != records
+    assert 0.46 < sum(r.included for r in records) / 2000 < 0.54
+    assert set(Counter(r.client for r in records)) == {0, 1, 2}
+    for i, record in enumerate(records):
+        prefix, secret = record.text.rsplit(" ", 1)
+        assert secret == NEW_TOKEN_TEXT.format(i) and len(prefix.split()) == PREFIX_WORDS
+
+
+def test_the_new_tokens_occur_in_no_data_and_once_in_their_own_record_only(tiny_raw):
+    from fedmem.models.loading import new_token_ids
+
+    config = build_config({**tiny_raw, "dp_sgd": {"enabled": True},
+                           "dp_audit": {"records": 40, "record_design": "new_token"}})
+    tokenizer = load_tokenizer(config)
+    new_ids = new_token_ids(config)
+    assert len(new_ids) == 40
+    data = build_federated_data(config, load_tokenizer)
+    own = {r.text: new_ids[i] for i, r in enumerate(data.audit_records)}
+    texts = [t for texts in data.client_texts for t in texts] + list(data.heldout_texts)
+    texts += [c.text for c in data.canaries] + [c.text for c in data.exposure_canaries]
+    texts += list(own)  # the excluded records too
+    for text, ids in zip(texts, tokenizer(texts)["input_ids"], strict=True):
+        found = [i for i in ids if i in set(new_ids)]
+        assert found == ([own[text]] if text in own else []), text
