@@ -205,8 +205,8 @@ class TrainingConfig:
     max_seq_len: int = field(default=160, metadata=_range(8))
     grad_clip: float = field(default=1.0, metadata=_range(0.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
-    # QA samples carry loss on their answer only (prompt labels masked); canaries keep the
-    # whole record in the loss.
+    # QA samples carry loss on their answer only (prompt labels masked), new-token DP audit
+    # records on their new token (and EOS) only; canaries keep the whole record in the loss.
     answer_only_loss: bool = False
 
 

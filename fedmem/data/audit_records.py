@@ -125,6 +125,14 @@ def audit_records(config: Config, seed: int) -> tuple[AuditRecord, ...]:
     )
 
 
+def record_prompt_chars(records: Sequence[AuditRecord]) -> dict[str, int]:
+    """Per new-token record text, the characters before its new token: its prompt under
+    `training.answer_only_loss`, so that training, like the paper's fine-tuning, takes the
+    loss on the secret (and the EOS) only. Random records have no prompt (none listed)."""
+    marker = NEW_TOKEN_TEXT.split("{")[0]
+    return {r.text: r.text.rindex(marker) for r in records if marker in r.text}
+
+
 def inject_audit_records(
     client_samples: Sequence[Sequence[str]], records: Sequence[AuditRecord], seed: int
 ) -> list[list[str]]:

@@ -175,3 +175,24 @@ def test_the_new_tokens_occur_in_no_data_and_once_in_their_own_record_only(tiny_
     for text, ids in zip(texts, tokenizer(texts)["input_ids"], strict=True):
         found = [i for i in ids if i in set(new_ids)]
         assert found == ([own[text]] if text in own else []), text
+
+
+def test_under_answer_only_loss_a_new_token_record_trains_on_its_new_token_only(tiny_raw):
+    from fedmem.training import encode_answer_rows
+
+    raw = {**tiny_raw, "dp_sgd": {"enabled": True},
+           "training": {**tiny_raw["training"], "answer_only_loss": True},
+           "dp_audit": {"records": 20, "record_design": "new_token"}}
+    config = build_config(raw)
+    data = build_federated_data(config, load_tokenizer)
+    chars = dict(zip(data.pooled_texts, data.pooled_prompt_chars, strict=True))
+    included = [r.text for r in data.audit_records if r.included]
+    rows, prompts = encode_answer_rows(
+        load_tokenizer(config), included, [chars[t] for t in included], 128
+    )
+    # Prompt: every token before the new token; trained: the new token and the EOS.
+    assert [len(row) - p for row, p in zip(rows, prompts, strict=True)] == [2] * len(included)
+    random = build_federated_data(build_config({**raw, "dp_audit": {"records": 20}}),
+                                  load_tokenizer)
+    assert {c for t, c in zip(random.pooled_texts, random.pooled_prompt_chars, strict=True)
+            if t.startswith("audit ")} == {0}
