@@ -693,6 +693,18 @@ def _check_cross_fields(config: Config) -> None:
             "dp_sgd.grad_sample_mode = 'bookkeeping': clips nn.Linear layers only, so it needs "
             f"model.finetuning = 'lora' (not {config.model.finetuning!r})"
         )
+    if (
+        config.dp_audit.record_design == "new_token"
+        and config.dp_sgd.enabled
+        and config.model.finetuning == "lora"
+    ):
+        # LoRA trains the new tokens' rows through peft's trainable-tokens layer, which has
+        # no per-sample gradient in opacus: DP-SGD would stop at the first step.
+        raise ConfigError(
+            "dp_audit.record_design = 'new_token': not with DP-SGD under model.finetuning = "
+            "'lora' (opacus has no per-sample gradients for the new tokens' trainable rows); "
+            "use full fine-tuning or record_design = 'random'"
+        )
     if config.data.source == "datasets":
         _check_datasets(config)
     if config.canaries.source in ("jsonl", "labelled") and not config.canaries.path:

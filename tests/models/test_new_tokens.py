@@ -5,10 +5,11 @@ untouched."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from fedmem.config import build_config
+from fedmem.config import ConfigError, build_config
 from fedmem.data.audit_records import new_tokens
 from fedmem.models.loading import (
     build_model,
@@ -123,3 +124,12 @@ def test_runs_with_random_records_keep_the_tokenizer_and_model_as_they_were(tiny
     # No new tokens either where the run trains on no audit records.
     unused = build_config({**tiny_raw, "dp_audit": {"record_design": "new_token"}})
     assert new_tokens(unused) == ()
+
+
+def test_dp_sgd_under_lora_with_new_token_records_is_refused_in_one_line(tiny_raw):
+    # opacus has no per-sample gradient for peft's trainable-token rows.
+    raw = {**tiny_raw, "model": {**tiny_raw["model"], "finetuning": "lora"},
+           "dp_sgd": {"enabled": True}, "dp_audit": {"record_design": "new_token"}}
+    with pytest.raises(ConfigError, match=r"^dp_audit.record_design = 'new_token': not with DP"):
+        build_config(raw)
+    build_config({**raw, "dp_sgd": {"enabled": False}})  # LoRA without DP-SGD trains them
