@@ -49,12 +49,23 @@ def token_log_probs(
     return [s.logprob.numpy() for s in scores]
 
 
-def record_scores(final: Sequence[np.ndarray], base: Sequence[np.ndarray] | None) -> np.ndarray:
+def record_scores(
+    final: Sequence[np.ndarray],
+    base: Sequence[np.ndarray] | None,
+    secret: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
     """Higher = more likely trained on. With `base`: the log-likelihood ratio of each record,
-    fine-tuned vs before fine-tuning (summed over its tokens); without: its log-likelihood."""
+    fine-tuned vs before fine-tuning (summed over its tokens); without: its log-likelihood.
+    With `secret` (per record, a boolean mask over its next-token positions, as
+    `token_log_probs` gives them): summed over the masked positions only, the secret (the
+    new-token canaries of Panda et al., ICLR 2025, are scored on their new token alone)."""
+    if secret is None:
+        secret = [np.ones(len(f), dtype=bool) for f in final]
     if base is None:
-        return np.array([f.sum() for f in final])
-    return np.array([f.sum() - b.sum() for f, b in zip(final, base, strict=True)])
+        return np.array([f[m].sum() for f, m in zip(final, secret, strict=True)])
+    return np.array(
+        [f[m].sum() - b[m].sum() for f, b, m in zip(final, base, secret, strict=True)]
+    )
 
 
 @dataclass(frozen=True)

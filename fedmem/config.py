@@ -205,8 +205,8 @@ class TrainingConfig:
     max_seq_len: int = field(default=160, metadata=_range(8))
     grad_clip: float = field(default=1.0, metadata=_range(0.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
-    # QA samples carry loss on their answer only (prompt labels masked); canaries keep the
-    # whole record in the loss.
+    # QA samples carry loss on their answer only (prompt labels masked), new-token DP audit
+    # records on their new token (and EOS) only; canaries keep the whole record in the loss.
     answer_only_loss: bool = False
 
 
@@ -405,6 +405,7 @@ class NEFTuneConfig:
 
 DP_FAULTS = ("none", "no-clipping", "noise-tenth")
 DP_AUDIT_INJECT = ("auto", "always", "never")
+DP_AUDIT_RECORD_DESIGNS = ("random", "new_token")
 
 
 @dataclass(frozen=True)
@@ -419,6 +420,12 @@ class DPAuditConfig:
     # baseline trains on the same rows as the DP runs it is compared with; "never" = none
     # (no record-level audit). summary.json records the count (audit_records_in_training).
     inject: str = field(default="auto", metadata=_choices(*DP_AUDIT_INJECT))
+    # What an audit record is: "random" = a short random letter-and-digit string, scored on
+    # all its tokens; "new_token" = new-token canaries (Panda et al., ICLR 2025): an
+    # in-distribution prefix followed by a token added to the tokenizer for that record
+    # alone (never in any data; the model gains an embedding row for it), scored on that
+    # secret token only.
+    record_design: str = field(default="random", metadata=_choices(*DP_AUDIT_RECORD_DESIGNS))
     # Audit-record score: "llr" = log-likelihood ratio of the record, final vs base model;
     # "loss" = log-likelihood under the final model only.
     score: str = field(default="llr", metadata=_choices("llr", "loss"))
@@ -685,6 +692,18 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError(
             "dp_sgd.grad_sample_mode = 'bookkeeping': clips nn.Linear layers only, so it needs "
             f"model.finetuning = 'lora' (not {config.model.finetuning!r})"
+        )
+    if (
+        config.dp_audit.record_design == "new_token"
+        and config.dp_sgd.enabled
+        and config.model.finetuning == "lora"
+    ):
+        # LoRA trains the new tokens' rows through peft's trainable-tokens layer, which has
+        # no per-sample gradient in opacus: DP-SGD would stop at the first step.
+        raise ConfigError(
+            "dp_audit.record_design = 'new_token': not with DP-SGD under model.finetuning = "
+            "'lora' (opacus has no per-sample gradients for the new tokens' trainable rows); "
+            "use full fine-tuning or record_design = 'random'"
         )
     if config.data.source == "datasets":
         _check_datasets(config)

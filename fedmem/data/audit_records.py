@@ -5,6 +5,14 @@ from the memorization canaries. It goes into the training data with probability 
 independently of every other record, as exactly one row of one client (no replicas: one row is
 the unit DP-SGD protects). Which records went in (the inclusion bits) is written to the run
 folder for the auditor; training never reads it. Everything is a pure function of the config.
+
+With `dp_audit.record_design = "new_token"` the records are instead the new-token canaries
+of Panda, Tang, Nasr, Choquette-Choo and Mittal ("Privacy Auditing of Large Language
+Models", ICLR 2025): an in-distribution prefix (words of ICD-10-CM descriptions, the
+vocabulary of the medical data) followed by a secret that is one token of its own, added to
+the tokenizer for this record alone (`new_tokens`). No data holds that token, so the model
+has never seen it and only an included record can raise its probability; the audit scores
+the secret token alone.
 """
 
 from __future__ import annotations
@@ -13,11 +21,16 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fedmem.config import Config
 
 GROUPS, GROUP_CHARS = 8, 5  # "audit 1f3k9: x7q2m b0zrt ..." about 30 tokens on the tiny BPE
 _ALPHABET = string.ascii_lowercase + string.digits
+# New-token canaries: the words of the prefix, and the text of record i's own token (a
+# special token: the tokenizer matches it whole, before BPE; no generated text contains "<|").
+PREFIX_WORDS = 8
+NEW_TOKEN_TEXT = "<|audit_{:04d}|>"
 
 
 @dataclass(frozen=True)
@@ -46,8 +59,47 @@ def records_injected(config: Config) -> bool:
     return config.dp_audit.records > 0 and dp_on
 
 
-def make_audit_records(n: int, num_clients: int, seed: int) -> list[AuditRecord]:
-    """`n` distinct audit records; each included with probability 1/2, independently."""
+def new_tokens(config: Config) -> tuple[str, ...]:
+    """The tokens the tokenizer gains for new-token audit records, one per record (record i
+    ends with the i-th); none unless the run trains on new-token records."""
+    if config.dp_audit.record_design != "new_token" or not records_injected(config):
+        return ()
+    return tuple(NEW_TOKEN_TEXT.format(i) for i in range(config.dp_audit.records))
+
+
+@lru_cache(maxsize=1)
+def prefix_vocabulary() -> tuple[str, ...]:
+    """Distinct lower-case words of the ICD-10-CM descriptions, sorted: the in-distribution
+    words new-token prefixes are drawn from."""
+    from fedmem.data.resources.icd10 import load_icd10_codes
+
+    words = {w.lower() for c in load_icd10_codes() for w in c.description.split()}
+    return tuple(sorted(w for w in words if w.isalpha()))
+
+
+def make_new_token_records(n: int, num_clients: int, seed: int) -> list[AuditRecord]:
+    """`n` new-token records: PREFIX_WORDS random in-distribution words, then record i's
+    own new token; each included with probability 1/2, independently."""
+    rng = random.Random(seed)
+    vocabulary = prefix_vocabulary()
+    records: list[AuditRecord] = []
+    for i in range(n):
+        prefix = " ".join(rng.choices(vocabulary, k=PREFIX_WORDS))
+        included = rng.random() < 0.5
+        client = rng.randrange(num_clients)
+        records.append(
+            AuditRecord(f"a{i:04d}", f"{prefix} {NEW_TOKEN_TEXT.format(i)}", included, client)
+        )
+    return records
+
+
+def make_audit_records(
+    n: int, num_clients: int, seed: int, design: str = "random"
+) -> list[AuditRecord]:
+    """`n` distinct audit records of `design` (`dp_audit.record_design`); each included with
+    probability 1/2, independently."""
+    if design == "new_token":
+        return make_new_token_records(n, num_clients, seed)
     rng = random.Random(seed)
     seen: set[str] = set()
     records: list[AuditRecord] = []
@@ -67,7 +119,18 @@ def audit_records(config: Config, seed: int) -> tuple[AuditRecord, ...]:
     """The run's audit records (none when the run does not train on them)."""
     if not records_injected(config):
         return ()
-    return tuple(make_audit_records(config.dp_audit.records, config.federation.num_clients, seed))
+    cfg = config.dp_audit
+    return tuple(
+        make_audit_records(cfg.records, config.federation.num_clients, seed, cfg.record_design)
+    )
+
+
+def record_prompt_chars(records: Sequence[AuditRecord]) -> dict[str, int]:
+    """Per new-token record text, the characters before its new token: its prompt under
+    `training.answer_only_loss`, so that training, like the paper's fine-tuning, takes the
+    loss on the secret (and the EOS) only. Random records have no prompt (none listed)."""
+    marker = NEW_TOKEN_TEXT.split("{")[0]
+    return {r.text: r.text.rindex(marker) for r in records if marker in r.text}
 
 
 def inject_audit_records(

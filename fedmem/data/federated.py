@@ -24,6 +24,7 @@ from fedmem.data.audit_records import (
     audit_records,
     inject_audit_records,
     inject_audit_records_into,
+    record_prompt_chars,
 )
 from fedmem.data.canaries import (
     Canary,
@@ -308,7 +309,7 @@ def build_federated_data(config: Config, load_tokenizer: TokenizerLoader) -> Fed
     index = federation_index(config, load_tokenizer)
     render = renderer(config, load_tokenizer)
     rendered = [render(pair) for pair in index.train]
-    prompt_chars = dict(rendered)
+    prompt_chars = dict(rendered) | record_prompt_chars(index.audit_records)
     client_texts = [[rendered[i][0] for i in idx] for idx in index.parts]
     injected = inject(client_texts, index.canaries, seed=_seed(config, _INJECT_STREAM))
     injected = inject(
@@ -340,7 +341,7 @@ def client_data(
     index = federation_index(config, load_tokenizer)
     render = renderer(config, load_tokenizer)
     rendered = [render(index.train[i]) for i in index.parts[client]]
-    prompt_chars = dict(rendered)
+    prompt_chars = dict(rendered) | record_prompt_chars(index.audit_records)
     sizes = [len(idx) for idx in index.parts]
     texts = [text for text, _ in rendered]
     texts, sizes = inject_into(

@@ -5,6 +5,12 @@ Clients and server exchange only the *trainable state*: the LoRA adapter under
 `finetuning = "lora"`, every weight under `"full"`. It travels as fp32 numpy arrays in the
 order of `trainable_names`, because Flower's records convert through `.numpy()` (which fails
 on bf16); `set_trainable_state` casts back to the model's own dtype and device.
+
+New-token audit records (`dp_audit.record_design = "new_token"`) need tokens no data holds:
+`load_tokenizer` adds them, `load_base_model` gives the model rows for them, drawn from the
+run seed (`new_token_rows`), so every process (server, Ray client actors, the LLR reference,
+re-audits) loads the same model; under LoRA those rows are trainable (peft's
+`trainable_token_indices`), or a canary could not be learned. Other runs are unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from transformers.utils import logging as hf_logging
 
 from fedmem.cache import cache_root
 from fedmem.config import LLAMA_PROJECTIONS, Config, ConfigError
+from fedmem.data.audit_records import new_tokens
+from fedmem.seeding import derive_seed
 
 TINY_LLAMA = "tiny-llama"
 SMOLLM2 = "smollm2-135m"
@@ -41,6 +49,8 @@ LORA_PRESETS: dict[str, tuple[str, ...]] = {
 }
 # Families whose linear layers are transposed Conv1D modules (peft's fan_in_fan_out).
 CONV1D_FAMILIES = ("gpt2",)
+# Seed stream of the embedding rows of new-token audit records.
+NEW_TOKEN_ROWS = "new-token-rows"
 # Seconds to wait for the hub before declaring the machine offline.
 HUB_PROBE_TIMEOUT = 3.0
 
@@ -110,6 +120,14 @@ def load_tokenizer(config: Config) -> PreTrainedTokenizerBase:
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    added = new_tokens(config)
+    if added:
+        if any(t in tokenizer.get_vocab() for t in added):
+            raise ConfigError(
+                f"dp_audit.record_design = 'new_token': the tokenizer of {config.model.name!r} "
+                "already has a token named like the audit's new tokens"
+            )
+        tokenizer.add_tokens(list(added), special_tokens=True)
     if config.model.chat_template and not tokenizer.chat_template:
         raise ConfigError(
             f"model.chat_template = true: the tokenizer of {config.model.name!r} has no chat "
@@ -147,7 +165,43 @@ def load_base_model(config: Config) -> torch.nn.Module:
         raise ConfigError(
             f"model.name = {config.model.name!r}: cannot load model: {str(err).splitlines()[0]}"
         ) from None
+    add_new_token_rows(model, config)
     return model.to(device)
+
+
+def new_token_ids(config: Config) -> list[int]:
+    """Token ids of the new-token audit records' tokens (empty when there are none)."""
+    added = new_tokens(config)
+    return load_tokenizer(config).convert_tokens_to_ids(list(added)) if added else []
+
+
+def add_new_token_rows(model: torch.nn.Module, config: Config) -> None:
+    """Give `model` embedding rows for the new tokens, identical in every process: the
+    matrix grows to the tokenizer's length if it is shorter (transformers' own new rows are
+    then overwritten), and each new token's row is the mean of the other rows plus Gaussian
+    noise of their per-coordinate spread, drawn from the run seed (the distribution of
+    transformers' mean resizing, made deterministic). An untied output matrix gets rows
+    drawn the same way from its own rows; a tied one shares the input rows."""
+    ids = new_token_ids(config)
+    if not ids:
+        return
+    size = len(load_tokenizer(config))
+    if model.get_input_embeddings().weight.shape[0] < size:
+        model.resize_token_embeddings(size, mean_resizing=False)
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, NEW_TOKEN_ROWS))
+    index = torch.tensor(ids)
+    keep = torch.ones(model.get_input_embeddings().weight.shape[0], dtype=torch.bool)
+    keep[index] = False
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    with torch.no_grad():
+        for weight in matrices:
+            old = weight[keep].to(torch.float32)  # [kept tokens, hidden]
+            noise = torch.randn(len(ids), weight.shape[1], generator=generator)
+            rows = old.mean(0) + noise * old.std(0)  # [new tokens, hidden]
+            weight[index] = rows.to(weight.dtype)
 
 
 def lora_target_modules(config: Config, model: torch.nn.Module) -> tuple[str, ...]:
@@ -174,6 +228,8 @@ def build_model(config: Config, seed: int = 0) -> torch.nn.Module:
 
         lora = config.lora
         targets = lora_target_modules(config, model)
+        # New-token rows must train, or a new-token record could not be learned.
+        trainable_tokens = new_token_ids(config) or None
         # LoRA's A matrices are drawn from torch's RNG; seed so every process agrees.
         torch.manual_seed(seed)
         with warnings.catch_warnings():
@@ -189,6 +245,7 @@ def build_model(config: Config, seed: int = 0) -> torch.nn.Module:
                     target_modules=list(targets),
                     fan_in_fan_out=model.config.model_type in CONV1D_FAMILIES,
                     task_type="CAUSAL_LM",
+                    trainable_token_indices=trainable_tokens,
                 ),
             )
     return model

@@ -64,6 +64,19 @@ def test_record_score_is_the_log_likelihood_ratio_or_the_log_likelihood_without_
     np.testing.assert_allclose(record_scores(final, None), [math.log(0.25), math.log(0.72)])
 
 
+def test_with_a_secret_mask_the_score_reads_the_secret_positions_only():
+    final = [np.log([0.5, 0.5, 0.9]), np.log([0.1, 0.8, 0.2])]
+    base = [np.log([0.5, 0.25, 0.3]), np.log([0.9, 0.8, 0.1])]
+    secret = [np.array([False, False, True]), np.array([False, False, True])]
+    np.testing.assert_allclose(record_scores(final, base, secret), [math.log(3), math.log(2)])
+    np.testing.assert_allclose(record_scores(final, None, secret), [math.log(0.9), math.log(0.2)])
+    # Whatever happens to the prefix's tokens leaves the score alone.
+    changed = [np.log([0.01, 0.99, 0.9]), np.log([0.99, 0.01, 0.2])]
+    np.testing.assert_array_equal(
+        record_scores(changed, base, secret), record_scores(final, base, secret)
+    )
+
+
 def test_token_log_probs_are_the_models_next_token_loss(tiny_raw):
     from fedmem.config import build_config
     from fedmem.models.loading import build_model, load_tokenizer

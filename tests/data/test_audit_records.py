@@ -141,3 +141,58 @@ def test_the_run_header_names_the_audit_records_among_the_training_samples():
 
     assert _audit_records_note(0) == ""  # the quickstart's header is unchanged
     assert _audit_records_note(97) == ", 97 DP audit records among the training samples"
+
+
+# ------------------------------------ new-token records: dp_audit.record_design = "new_token"
+
+
+def test_new_token_records_are_seeded_each_ending_with_its_own_token_included_half_the_time():
+    from fedmem.data.audit_records import NEW_TOKEN_TEXT, PREFIX_WORDS
+
+    records = make_audit_records(2000, num_clients=3, seed=0, design="new_token")
+    assert make_audit_records(2000, 3, seed=0, design="new_token") == records
+    assert make_audit_records(2000, 3, seed=1, design="new_token") != records
+    assert 0.46 < sum(r.included for r in records) / 2000 < 0.54
+    assert set(Counter(r.client for r in records)) == {0, 1, 2}
+    for i, record in enumerate(records):
+        prefix, secret = record.text.rsplit(" ", 1)
+        assert secret == NEW_TOKEN_TEXT.format(i) and len(prefix.split()) == PREFIX_WORDS
+
+
+def test_the_new_tokens_occur_in_no_data_and_once_in_their_own_record_only(tiny_raw):
+    from fedmem.models.loading import new_token_ids
+
+    config = build_config({**tiny_raw, "dp_sgd": {"enabled": True},
+                           "dp_audit": {"records": 40, "record_design": "new_token"}})
+    tokenizer = load_tokenizer(config)
+    new_ids = new_token_ids(config)
+    assert len(new_ids) == 40
+    data = build_federated_data(config, load_tokenizer)
+    own = {r.text: new_ids[i] for i, r in enumerate(data.audit_records)}
+    texts = [t for texts in data.client_texts for t in texts] + list(data.heldout_texts)
+    texts += [c.text for c in data.canaries] + [c.text for c in data.exposure_canaries]
+    texts += list(own)  # the excluded records too
+    for text, ids in zip(texts, tokenizer(texts)["input_ids"], strict=True):
+        found = [i for i in ids if i in set(new_ids)]
+        assert found == ([own[text]] if text in own else []), text
+
+
+def test_under_answer_only_loss_a_new_token_record_trains_on_its_new_token_only(tiny_raw):
+    from fedmem.training import encode_answer_rows
+
+    raw = {**tiny_raw, "dp_sgd": {"enabled": True},
+           "training": {**tiny_raw["training"], "answer_only_loss": True},
+           "dp_audit": {"records": 20, "record_design": "new_token"}}
+    config = build_config(raw)
+    data = build_federated_data(config, load_tokenizer)
+    chars = dict(zip(data.pooled_texts, data.pooled_prompt_chars, strict=True))
+    included = [r.text for r in data.audit_records if r.included]
+    rows, prompts = encode_answer_rows(
+        load_tokenizer(config), included, [chars[t] for t in included], 128
+    )
+    # Prompt: every token before the new token; trained: the new token and the EOS.
+    assert [len(row) - p for row, p in zip(rows, prompts, strict=True)] == [2] * len(included)
+    random = build_federated_data(build_config({**raw, "dp_audit": {"records": 20}}),
+                                  load_tokenizer)
+    assert {c for t, c in zip(random.pooled_texts, random.pooled_prompt_chars, strict=True)
+            if t.startswith("audit ")} == {0}

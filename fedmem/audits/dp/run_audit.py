@@ -55,9 +55,20 @@ from fedmem.config import Config
 from fedmem.data.audit_records import audit_enabled
 from fedmem.data.federated import planted
 from fedmem.mitigations.dp_sgd import canary_trainers
-from fedmem.models.loading import get_trainable_state, load_tokenizer
+from fedmem.models.loading import get_trainable_state, load_tokenizer, new_token_ids
 from fedmem.seeding import DP_CANARY_DIRECTIONS, GRADIENT_CANARIES, derive_seed
 from fedmem.training import encode_samples
+
+
+def secret_masks(rows: list[list[int]], secret_ids: list[int]) -> list[np.ndarray] | None:
+    """Per row, which next-token positions predict one of `secret_ids` (None when there are
+    no secret ids: every token is scored). A row whose secret was cut off is an error."""
+    if not secret_ids:
+        return None
+    masks = [np.isin(np.asarray(row[1:]), secret_ids) for row in rows]
+    if not all(m.sum() == 1 for m in masks):
+        raise ValueError("every new-token audit record must hold exactly one new token")
+    return masks
 
 
 def client_canaries_enabled(config: Config) -> bool:
@@ -118,6 +129,8 @@ class RunDPAudit:
             tokenizer = load_tokenizer(config)
             texts = [r.text for r in self.records]
             self.rows = encode_samples(tokenizer, texts, config.training.max_seq_len)
+        # New-token records are scored on their secret, the new token, alone.
+        self.secret = secret_masks(self.rows, new_token_ids(config)) if self.rows else None
         self.base_log_probs: list[np.ndarray] | None = None
         self.canaries = ClientCanaryAudit(config) if client_canaries_enabled(config) else None
         self.gradient = GradientCanaryAudit(config) if gradient_canaries_enabled(config) else None
@@ -184,12 +197,15 @@ class RunDPAudit:
         cfg = self.config.dp_audit
         claimed, delta, claimed_by = record_claim(self.config, server_round, dp_epsilon_max)
         use_base = cfg.score == "llr" and self.base_log_probs is not None
-        scores = record_scores(log_probs, self.base_log_probs if use_base else None)
+        scores = record_scores(
+            log_probs, self.base_log_probs if use_base else None, self.secret
+        )
         in_scores, out_scores = scores[self.included], scores[~self.included]
         facts: dict = {
             "records": len(self.records),
             "included": int(self.included.sum()),
             "score": "llr" if use_base else "loss",
+            "record_design": cfg.record_design,
             "epsilon_claimed": claimed,
             "claimed_by": claimed_by,
             "delta": delta,
