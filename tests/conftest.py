@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -166,11 +167,26 @@ MACHINE_SERVICES = ("test_ray_cluster.py", "test_sweep_parallel.py", "test_deplo
                     "test_flwr_run.py")
 
 
+# The groups that take longest (end-to-end runs, Ray, Flower, notebooks, the browser),
+# longest first: scheduled first, so that two workers finish together instead of one
+# waiting on a long group handed out last. Every other group follows, largest first.
+LONG_GROUPS = (
+    "machine-services", "finished_sweep", "tests/examples/test_notebook.py",
+    "tests/drivers/test_gpu_script.py", "tests/runs/test_determinism.py",
+    "tests/examples/test_docs.py", "tracked_run", "tests/audits/test_dp_audit_runs.py",
+    "tests/runs/test_resume.py", "tests/runs/test_report_browser.py",
+    "tests/mitigations/test_combinations.py", "tests/drivers/test_per_source_run.py",
+    "tests/apps/test_federation.py", "tests/runs/test_external_audit.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) keep each module on
-    one worker, so its module-scoped fixtures are built once; every user of a session
-    fixture that runs a sweep or a tracked run on one worker, so each runs once; and the
-    tests that start machine-wide services one after another."""
+    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup
+    --no-loadscope-reorder`) keep each module on one worker, so its module-scoped fixtures
+    are built once; every user of a session fixture that runs a sweep or a tracked run on
+    one worker, so each runs once; the tests that start machine-wide services one after
+    another; and the long groups first (`LONG_GROUPS`)."""
+    groups = {}
     for item in items:
         names = getattr(item, "fixturenames", ())
         module = item.nodeid.split("::")[0]
@@ -184,3 +200,12 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = module
         item.add_marker(pytest.mark.xdist_group(group))
+        groups[item.nodeid] = group
+    sizes = Counter(groups.values())
+
+    def rank(item):
+        group = groups[item.nodeid]
+        long = LONG_GROUPS.index(group) if group in LONG_GROUPS else len(LONG_GROUPS)
+        return long, -sizes[group], group
+
+    items.sort(key=rank)  # stable: each group keeps its tests' order
