@@ -182,10 +182,12 @@ def add_new_token_rows(model: torch.nn.Module, config: Config) -> None:
     noise of their per-coordinate spread, drawn from the run seed (the distribution of
     transformers' mean resizing, made deterministic). An untied output matrix gets rows
     drawn the same way from its own rows; a tied one shares the input rows."""
-    ids = new_token_ids(config)
-    if not ids:
+    added = new_tokens(config)
+    if not added:
         return
-    size = len(load_tokenizer(config))
+    tokenizer = load_tokenizer(config)  # once: ids and size from the same tokenizer
+    ids = tokenizer.convert_tokens_to_ids(list(added))
+    size = len(tokenizer)
     if model.get_input_embeddings().weight.shape[0] < size:
         model.resize_token_embeddings(size, mean_resizing=False)
     generator = torch.Generator().manual_seed(derive_seed(config.seed, NEW_TOKEN_ROWS))
