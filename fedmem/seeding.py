@@ -29,6 +29,7 @@ DP_CANARY_DIRECTIONS, WEIGHT_NOISE = "dp-canary-directions", "weight-noise"
 # DP-SGD gradient canaries: which (coordinates, signs, inclusion bits), and when inserted
 GRADIENT_CANARIES, GRADIENT_CANARY_DRAWS = "dp-gradient-canaries", "dp-gradient-canary-draws"
 AUC_BOOTSTRAP, EXPOSURE_BOOTSTRAP = "auc-bootstrap", "exposure-bootstrap"  # audit intervals
+EXTRACTION_BOOTSTRAP, LOSS_GAP_BOOTSTRAP = "extraction-bootstrap", "loss-gap-bootstrap"
 HELDOUT_SAMPLE = "heldout-sample"  # the held-out samples the per-round audits score
 
 # The data and the local training draw from `seed * 1_000_003 + offset`, as they always

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fedmem.audits.declaration import Audit, AuditPart, Column, ReplicaColumn, ReportColumn, dig
+from fedmem.audits.intervals import ci_bound, formatted, mean_ci
 from fedmem.audits.populations import canaries_by_id, canary_targets
+from fedmem.seeding import LOSS_GAP_BOOTSTRAP, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -35,11 +37,14 @@ def audit_loss_gap(config: Config, model: torch.nn.Module) -> AuditPart:
         config.training.batch_size,
     )
     loss = {t.canary_id: value for t, value in zip(targets, losses, strict=True)}
-    return AuditPart({"canary_loss_gap": gap_metrics(loss, canaries_by_id(config))})
+    seed = derive_seed(config.seed, LOSS_GAP_BOOTSTRAP)
+    return AuditPart({"canary_loss_gap": gap_metrics(loss, canaries_by_id(config), seed)})
 
 
-def gap_metrics(loss: Mapping[str, float], canaries: Mapping[str, Any]) -> dict:
-    """The gap over all injected canaries and their twins, and per replica count."""
+def gap_metrics(loss: Mapping[str, float], canaries: Mapping[str, Any], seed: int = 0) -> dict:
+    """The gap over all injected canaries and their twins, and per replica count, each with
+    `gap_ci`: a percentile bootstrap interval over the (canary, twin) pairs, seeded (None
+    below two pairs)."""
     from attacks.loss_gap import loss_gap
 
     pairs: dict[int, list[tuple[float, float]]] = defaultdict(list)  # replicas -> (in, twin)
@@ -54,6 +59,7 @@ def gap_metrics(loss: Mapping[str, float], canaries: Mapping[str, Any]) -> dict:
             "injected_loss": sum(injected) / len(injected) if injected else None,
             "twin_loss": sum(twins) / len(twins) if twins else None,
             "gap": loss_gap(injected, twins),
+            "gap_ci": mean_ci([t - i for i, t in group], seed),
         }
 
     every = [p for r in sorted(pairs) for p in pairs[r]]
@@ -61,7 +67,12 @@ def gap_metrics(loss: Mapping[str, float], canaries: Mapping[str, Any]) -> dict:
 
 
 def _gap_by_replicas(row: Mapping, replicas: str) -> Any:
-    return dig(row, "canary_loss_gap", "by_replicas", replicas, "gap")
+    """'4.35 [4.01, 4.70]': the group's gap (nats) with its bootstrap interval."""
+    return formatted(dig(row, "canary_loss_gap", "by_replicas", replicas), "gap", digits=2)
+
+
+def _gap_ci(side: int):
+    return lambda row: ci_bound(dig(row, "canary_loss_gap"), "gap", side)
 
 
 AUDIT = Audit(
@@ -78,6 +89,10 @@ AUDIT = Audit(
                    "secrets minus the injected canaries' (nats; above 0: the injected secrets "
                    "became likelier)",
                    absent="canary loss gap (no `canary_loss_gap` in the runs' metrics.jsonl)")),
+        Column("canary_loss_gap_low", _gap_ci(0),
+               doc="95 % bootstrap interval (over canary-twin pairs) of canary_loss_gap: low"),
+        Column("canary_loss_gap_high", _gap_ci(1),
+               doc="95 % bootstrap interval (over canary-twin pairs) of canary_loss_gap: high"),
     ),
-    by_replicas=(ReplicaColumn("loss gap (nats)", _gap_by_replicas, "{:+.2f}"),),
+    by_replicas=(ReplicaColumn("loss gap, nats [95% CI]", _gap_by_replicas),),
 )

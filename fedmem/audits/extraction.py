@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,9 @@ from fedmem.audits.declaration import (
     StoreTable,
     dig,
 )
-from fedmem.audits.intervals import ci_bound, formatted, rate_ci
+from fedmem.audits.intervals import ci_bound, formatted, mean_ci, rate_ci
 from fedmem.audits.populations import canaries_by_id, canary_targets
+from fedmem.seeding import EXTRACTION_BOOTSTRAP, derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +79,7 @@ def audit_extraction(config: Config, model: torch.nn.Module) -> AuditPart:
     canaries = canaries_by_id(config)
     lengths = config.attack.prefix_lengths()
     threshold = config.attack.bleu_threshold
+    seed = derive_seed(config.seed, EXTRACTION_BOOTSTRAP)
 
     def decode(ids: Sequence[int]) -> str:
         return tokenizer.decode(list(ids))
@@ -104,10 +107,10 @@ def audit_extraction(config: Config, model: torch.nn.Module) -> AuditPart:
         if not headline:
             headline = per_length[0]
         variants[name] = prefix_metrics(
-            dict(zip(lengths, per_length, strict=True)), canaries, threshold
+            dict(zip(lengths, per_length, strict=True)), canaries, threshold, seed
         )
     metrics = {
-        **extraction_metrics(headline, canaries, bleu_threshold=threshold),
+        **extraction_metrics(headline, canaries, bleu_threshold=threshold, seed=seed),
         "decoding": config.attack.decoding[0],
         "prefix_tokens": lengths[0],
         "bleu_threshold": threshold,
@@ -120,6 +123,7 @@ def prefix_metrics(
     per_length: Mapping[int, Sequence[ExtractionResult]],
     canaries: dict,
     bleu_threshold: float | None = None,
+    seed: int = 0,
 ) -> dict:
     """One decoding's metrics at each prefix length (`prefix`), and with several lengths
     `over_prefixes`: the `mean` over lengths of every number (no intervals: a mean of
@@ -129,7 +133,8 @@ def prefix_metrics(
     from attacks.extraction import worst_case
 
     by_length = {
-        str(n): extraction_metrics(rs, canaries, by_client=False, bleu_threshold=bleu_threshold)
+        str(n): extraction_metrics(rs, canaries, by_client=False,
+                                   bleu_threshold=bleu_threshold, seed=seed)
         for n, rs in per_length.items()
     }
     out: dict = {"prefix": by_length}
@@ -138,7 +143,7 @@ def prefix_metrics(
         out["over_prefixes"] = {
             "mean": _mean_tree(list(by_length.values())),
             "worst": extraction_metrics(worst, canaries, by_client=False,
-                                        bleu_threshold=bleu_threshold),
+                                        bleu_threshold=bleu_threshold, seed=seed),
         }
     return out
 
@@ -164,18 +169,25 @@ def extraction_metrics(
     canaries: dict,
     by_client: bool = True,
     bleu_threshold: float | None = None,
+    seed: int = 0,
 ) -> dict:
     """Rates over injected canaries, by replica count (0 = never-injected twins), by client;
     approximate memorization counts BLEU strictly above `bleu_threshold` (None: the study's
-    0.75)."""
+    0.75). `seed` seeds the bootstrap intervals of the mean token accuracy."""
     from attacks.approximate import APPROXIMATE_THRESHOLD
-    from attacks.extraction import summarize, summarize_by
+    from attacks.extraction import summarize
 
     if bleu_threshold is None:
         bleu_threshold = APPROXIMATE_THRESHOLD
 
     def summary(group: Sequence[ExtractionResult]) -> dict:
-        return _with_ci(summarize(group, bleu_threshold))
+        return _with_ci(summarize(group, bleu_threshold), group, seed)
+
+    def by(key: Callable[[str], Any], group: Sequence[ExtractionResult]) -> dict:
+        groups: dict[Any, list[ExtractionResult]] = defaultdict(list)
+        for r in group:
+            groups[key(r.canary_id)].append(r)
+        return {str(k): summary(v) for k, v in sorted(groups.items())}
 
     injected = [r for r in results if canaries[r.canary_id].replicas > 0]
 
@@ -183,31 +195,33 @@ def extraction_metrics(
         clients = canaries[cid].clients
         return str(max(set(clients), key=clients.count)) if clients else "none"
 
-    replica_groups = summarize_by(results, lambda cid: canaries[cid].replicas, bleu_threshold)
     out = {
         "injected": summary(injected),
-        "by_replicas": {str(k): _with_ci(s) for k, s in replica_groups.items()},
+        "by_replicas": by(lambda cid: canaries[cid].replicas, results),
     }
     if by_client:
-        out["by_client"] = {
-            k: _with_ci(s) for k, s in summarize_by(injected, owner, bleu_threshold).items()
-        }
+        out["by_client"] = by(owner, injected)
     return out
 
 
 RATES = ("exact_rate", "approx_char_rate", "approx_token_rate")
 
 
-def _with_ci(summary: ExtractionSummary) -> dict:
+def _with_ci(
+    summary: ExtractionSummary, group: Sequence[ExtractionResult], seed: int
+) -> dict:
     """The summary's numbers, plus `<rate>_ci` for each of its rates (exact, approximate by
     characters and by tokens): the 95 % Clopper-Pearson interval (successes = canaries
-    counted, n = canaries in the group)."""
+    counted, n = canaries in the group); and `token_accuracy_ci`, a percentile bootstrap
+    interval of the mean over the group's canaries (a canary's tokens are not independent
+    trials, so the canary is the unit resampled; None below two canaries)."""
     numbers = summary.as_dict()
     intervals = {
         f"{rate}_ci": rate_ci(round(numbers[rate] * summary.n), summary.n)
         for rate in RATES
         if rate in numbers
     }
+    intervals["token_accuracy_ci"] = mean_ci([r.token_accuracy for r in group], seed)
     return {**numbers, **intervals}
 
 
@@ -220,7 +234,7 @@ def _mean_tree(trees: list[dict]) -> dict:
         if isinstance(first[k], dict)
         else sum(t[k] for t in trees) / len(trees)
         for k in first
-        if not isinstance(first[k], list)
+        if not k.endswith("_ci") and not isinstance(first[k], list)
     }
 
 
@@ -285,6 +299,11 @@ def _approx_with_ci(row: Mapping, replicas: str) -> str | None:
     """The group's approximate-memorization rate (character BLEU above the threshold) with
     its Clopper-Pearson interval."""
     return formatted(dig(row, "extraction", "by_replicas", replicas), "approx_char_rate", "%")
+
+
+def _token_accuracy_with_ci(row: Mapping, replicas: str) -> str | None:
+    """The group's mean secret token accuracy with its bootstrap interval over canaries."""
+    return formatted(dig(row, "extraction", "by_replicas", replicas), "token_accuracy", "%")
 
 
 def _approx_header(unit: str):
@@ -535,6 +554,10 @@ AUDIT = Audit(
                    "partial: token acc (%)", PCT, 1, bounds=(0.0, 1.0),
                    note="*partial*: fraction of secret tokens reproduced at the right "
                    "position")),
+        Column("token_accuracy_low", _injected_ci(0, "token_accuracy"),
+               doc="95 % bootstrap interval (over canaries) of token_accuracy: low"),
+        Column("token_accuracy_high", _injected_ci(1, "token_accuracy"),
+               doc="95 % bootstrap interval (over canaries) of token_accuracy: high"),
         Column("longest_match", _injected("longest_match"),
                report=ReportColumn(
                    "longest run (tokens)", 1.0, 1,
@@ -566,7 +589,7 @@ AUDIT = Audit(
         ReplicaColumn("exact (before), % [95% CI]", _rate_with_ci, before=True),
         ReplicaColumn("exact, % [95% CI]", _rate_with_ci),
         ReplicaColumn(_approx_header(", % [95% CI]"), _approx_with_ci),
-        ReplicaColumn("token acc", _by_replicas("token_accuracy"), "{:.1%}"),
+        ReplicaColumn("token acc, % [95% CI]", _token_accuracy_with_ci),
         ReplicaColumn("edit sim", _by_replicas("edit_similarity"), "{:.1%}"),
         ReplicaColumn("longest run", _by_replicas("longest_match"), "{:.1f}"),
     ),

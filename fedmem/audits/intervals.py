@@ -13,6 +13,9 @@ from typing import Any
 
 CONFIDENCE = 0.95
 RESAMPLES = 1000  # bootstrap resamples per interval: cheap next to a round's audits
+# What the brackets of the report's tables and error bars are.
+INTERVAL_NOTE = ("95 % t-interval over seeds; one seed: the run's own 95 % interval where its "
+                 "audit records one (Clopper-Pearson or bootstrap over canaries and samples)")
 
 
 def rate_ci(successes: int, n: int) -> list[float]:

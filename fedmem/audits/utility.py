@@ -20,6 +20,7 @@ from fedmem.audits.declaration import (
     ReportView,
     dig,
 )
+from fedmem.audits.intervals import ci_bound, formatted, rate_ci
 
 if TYPE_CHECKING:
     import torch
@@ -91,8 +92,11 @@ def audit_utility(config: Config, model: torch.nn.Module) -> AuditPart:
             "heldout_perplexity": math.exp(min(loss, 50.0)),
             "utility": {
                 "qa_accuracy": sum(r.exact for r in answers) / max(len(answers), 1),
+                "qa_accuracy_ci": rate_ci(sum(r.exact for r in answers), len(answers)),
+                "qa_n": len(answers),
                 "qa_by_source": {k: sum(v) / len(v) for k, v in sorted(by_source.items())},
                 "mcq_accuracy": sum(mcq) / len(mcq) if mcq else None,
+                "mcq_accuracy_ci": rate_ci(sum(mcq), len(mcq)) if mcq else None,
                 "mcq_n": len(mcq),
             },
         }
@@ -117,11 +121,13 @@ def details(summary: Mapping) -> list[str]:
     u = final.get("utility")
     if "heldout_loss" not in final or not u:
         return []
-    mcq = f"{u['mcq_accuracy']:.1%} of {u['mcq_n']}" if u["mcq_n"] else "no MCQ held out"
+    mcq = (f"{formatted(u, 'mcq_accuracy', '%')} of {u['mcq_n']}" if u["mcq_n"]
+           else "no MCQ held out")
+    qa = formatted(u, "qa_accuracy", "%") + (f" of {u['qa_n']}" if "qa_n" in u else "")
     return [
         f"held-out loss {before['heldout_loss']:.3f} -> {final['heldout_loss']:.3f} "
         f"(perplexity {final['heldout_perplexity']:.2f}); held-out QA answer match "
-        f"{u['qa_accuracy']:.1%}; multiple choice {mcq}"
+        f"{qa}; multiple choice {mcq}"
     ]
 
 
@@ -143,7 +149,7 @@ def pareto_front(points: Any, x: str, y: str) -> Any:
 
 def frontier_table(view: ReportView) -> Any:
     """Per combination, held-out perplexity and each privacy axis (scaled): mean, std and the
-    95 % t-interval over seeds (low, high)."""
+    95 % interval (low, high) of `view.combinations` (over seeds; one seed: the run's own)."""
     table = view.combinations
     if not view.frontier or "heldout_perplexity_mean" not in table:
         return []
@@ -153,8 +159,7 @@ def frontier_table(view: ReportView) -> Any:
 
 
 def _spread(row: Any, key: str) -> list[list[float]]:
-    """Error bar lengths [[below], [above]] of the t-interval around the mean; 0 without one
-    (one seed)."""
+    """Error bar lengths [[below], [above]] of the interval around the mean; 0 without one."""
     mean, low, high = (row.get(f"{key}_{stat}") for stat in ("mean", "low", "high"))
     if low is None or high is None or low != low or high != high:
         return [[0.0], [0.0]]
@@ -163,7 +168,7 @@ def _spread(row: Any, key: str) -> list[list[float]]:
 
 def draw_frontier(table: Any, view: ReportView) -> Any:
     """Privacy (lower is better) against held-out perplexity (lower is better), one point per
-    combination (mean over seeds, bars: 95 % t-interval over seeds, none for one seed);
+    combination (mean over seeds, bars: the 95 % interval of `view.combinations`);
     Pareto-optimal combinations are starred,
     one panel per privacy axis (`view.frontier`)."""
     import matplotlib.pyplot as plt
@@ -196,6 +201,10 @@ def _utility(key: str):
     return lambda row: dig(row, "utility", key)
 
 
+def _utility_ci(side: int, key: str):
+    return lambda row: ci_bound(dig(row, "utility"), key, side)
+
+
 AUDIT = Audit(
     name="utility",
     order=20,
@@ -216,18 +225,27 @@ AUDIT = Audit(
                    note="*QA / MCQ accuracy*: held-out answer match and multiple-choice "
                    "accuracy",
                    absent="QA accuracy (no `utility` in the runs' metrics.jsonl)")),
+        Column("qa_accuracy_low", _utility_ci(0, "qa_accuracy"),
+               doc="95 % Clopper-Pearson interval of qa_accuracy: low"),
+        Column("qa_accuracy_high", _utility_ci(1, "qa_accuracy"),
+               doc="95 % Clopper-Pearson interval of qa_accuracy: high"),
         Column("mcq_accuracy", _utility("mcq_accuracy"),
                doc="held-out multiple choice; NULL when none held out",
                report=ReportColumn(
                    "MCQ accuracy (%)", PCT, 1, bounds=(0.0, 1.0),
                    absent="MCQ accuracy (no multiple-choice question held out)")),
+        Column("mcq_accuracy_low", _utility_ci(0, "mcq_accuracy"),
+               doc="95 % Clopper-Pearson interval of mcq_accuracy: low"),
+        Column("mcq_accuracy_high", _utility_ci(1, "mcq_accuracy"),
+               doc="95 % Clopper-Pearson interval of mcq_accuracy: high"),
     ),
     round_line="held-out ppl {heldout_perplexity:.2f}",
     details=details,
     figures=(
         Figure("privacy_utility",
                "Privacy-utility frontier: lower-left is better; stars are Pareto-optimal "
-               "combinations; bars: 95 % t-interval over seeds.",
+               "combinations; bars: 95 % t-interval over seeds (one seed: the run's own "
+               "interval, where its audit records one).",
                frontier_table, draw_frontier),
     ),
 )

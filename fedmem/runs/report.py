@@ -22,6 +22,7 @@ from rich.table import Table
 from fedmem import progress
 from fedmem.audits import registry
 from fedmem.audits.declaration import ReplicaColumn, header_text
+from fedmem.audits.intervals import INTERVAL_NOTE
 from fedmem.config import config_differences
 from fedmem.runs.store import SUMMARY_FILE, StoreError, flatten, mitigations_label
 
@@ -223,7 +224,7 @@ def print_summary(summary: dict, run_dir) -> None:
 
 
 def print_report(report) -> None:
-    table = Table(title=f"{report.folder}: final round, mean [95 % t-interval] over seeds")
+    table = Table(title=f"{report.folder}: final round, mean over seeds [{INTERVAL_NOTE}]")
     for i, col in enumerate(report.table[0]):
         table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row in report.table[1:]:

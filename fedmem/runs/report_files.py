@@ -4,7 +4,9 @@ a sweep, every number read from the results store (fedmem.runs.store).
 The folder is (re)ingested first, so the report always matches the run folders. A
 *combination* is a sweep cell's axis values except the seed (a run outside a sweep is its own
 combination); tables give the mean over its seeds at each run's final round with a 95 %
-Student t-interval over seeds (attacks.statistics.aggregate_seeds) and the number of seeds.
+Student t-interval over seeds (attacks.statistics.aggregate_seeds) and the number of seeds; a
+combination of one seed shows the run's own 95 % interval instead, where its audit records
+one (Clopper-Pearson over canaries, bootstrap over canaries or member/non-member samples).
 What the report shows of each audit is declared by the audit (fedmem.audits.registry): its
 headline columns in the table (`Column.report`), its own tables (`Audit.sections`) and its
 figures (`Audit.figures`). Columns and figures fill when the runs carry them; an audit the
@@ -26,6 +28,7 @@ import pandas as pd
 from attacks.statistics import Interval, aggregate_seeds
 from fedmem.audits import registry
 from fedmem.audits.declaration import Column, Header, header_text
+from fedmem.audits.intervals import INTERVAL_NOTE
 from fedmem.files import atomic_write_text
 from fedmem.runs import figures, store
 from fedmem.runs.verdict import RULE, Verdict, verdicts
@@ -74,8 +77,8 @@ def seed_interval(
 
 
 def _fmt(mean: float, low: float, high: float, scale: float = 1.0, digits: int = 1) -> str:
-    """'12.5 [3.1, 21.9]' (the mean with its t-interval over seeds); the mean alone for one
-    seed; 'n/a' for none."""
+    """'12.5 [3.1, 21.9]' (the mean with its interval); the mean alone without one; 'n/a'
+    for none."""
     return Interval(mean * scale, low * scale, high * scale, 0.95, "").format(digits=digits)
 
 
@@ -91,8 +94,8 @@ def _shown(data: ReportData, column: Column) -> bool:
 
 
 def _cell(column: Column, t: pd.Series) -> str:
-    """A combination's mean [95 % t-interval over seeds] of `column`, or what it needs where
-    its runs had too few."""
+    """A combination's mean [95 % interval] of `column` (over seeds; one seed: the run's own),
+    or what it needs where its runs had too few."""
     report = column.report
     mean = t[f"{column.name}_mean"]
     needs = report.needs
@@ -194,16 +197,21 @@ def _final_round_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def combination_table(data: ReportData) -> pd.DataFrame:
-    """Per combination: seeds, then `<column>_mean` / `<column>_std` and the 95 % t-interval
-    over seeds `<column>_low` / `<column>_high` (nan bounds for one seed) for every report
-    column shown (`_shown`), the wall time (fractions, unscaled), and `<count>_min` for each
-    count a shown column needs."""
+    """Per combination: seeds, then `<column>_mean` / `<column>_std` and the 95 % interval
+    `<column>_low` / `<column>_high` for every report column shown (`_shown`), the wall time
+    (fractions, unscaled), and `<count>_min` for each count a shown column needs. The
+    interval is the t-interval over seeds; a combination of one seed has none over seeds, so
+    it takes the run's own 95 % interval where its audit records one (`<column>_low` /
+    `_high` in `runs`: Clopper-Pearson over canaries, bootstrap AUC, ...), else nan."""
     shown = [c for c in _report_columns() if _shown(data, c)]
     columns = ["combination", "seed", *[c.name for c in shown], "wall_time_s"]
     counts = list(dict.fromkeys(c.report.needs.column for c in shown
                                 if c.report.needs and c.report.needs.column in data.runs))
-    per_run = data.runs.set_index("run_id")[columns + counts].astype(
-        {c: float for c in columns[2:] + counts})
+    within = [c.name for c in shown if within_run_interval(data.runs, c.name)]
+    bounds_columns = [f"{name}_{side}" for name in within for side in ("low", "high")]
+    extra = [c for c in counts + bounds_columns if c not in columns]
+    per_run = data.runs.set_index("run_id")[columns + extra].astype(
+        {c: float for c in columns[2:] + extra})
     bounds = {c.name: c.report.bounds for c in shown}  # wall time: the default, >= 0
     rows = {}
     for combination, group in per_run.groupby("combination", sort=False):
@@ -212,18 +220,26 @@ def combination_table(data: ReportData) -> pd.DataFrame:
             row[f"{column}_mean"], row[f"{column}_std"] = _mean_std(group[column])
             ci = seed_interval(group[column], bounds.get(column, (0.0, math.inf)))
             row[f"{column}_low"], row[f"{column}_high"] = ci.low, ci.high
+            if len(group) == 1 and column in within:
+                row[f"{column}_low"] = float(group[f"{column}_low"].iloc[0])
+                row[f"{column}_high"] = float(group[f"{column}_high"].iloc[0])
         for column in counts:
             row[f"{column}_min"] = float(group[column].min())
         rows[combination] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def within_run_interval(runs: pd.DataFrame, column: str) -> bool:
+    """Whether the store holds a run's own 95 % interval of `column` (`<column>_low`/`_high`)."""
+    return f"{column}_low" in runs and f"{column}_high" in runs
+
+
 # ------------------------------------------------------------------------------- writing
 
 
 def _table_rows(data: ReportData) -> list[list[str]]:
-    """The main table: per combination, seeds, each report column (mean [95 % t-interval
-    over seeds]), wall time."""
+    """The main table: per combination, seeds, each report column (mean [95 % interval]),
+    wall time."""
     table = data.combinations
     shown = [c for c in _report_columns() if f"{c.name}_mean" in table]
     header = ["combination", "seeds", *[data.header(c.report.header) for c in shown]]
@@ -321,7 +337,7 @@ def write_report(path: str | Path) -> Report:
     title = f"fedmem report: {folder.resolve().name}"
     facts = (
         f"{len(data.runs)} runs, {len(data.style)} combinations; final round of each run; "
-        f"mean over seeds [95 % t-interval over seeds; none with one seed]. Store: `{db}`."
+        f"mean over seeds [{INTERVAL_NOTE}]. Store: `{db}`."
     )
     notes = _notes(data)
     found = verdicts(data)

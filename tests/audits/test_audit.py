@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedmem.audits.intervals import rate_ci
 from fedmem.audits.model_audit import audit_model, client_vantage
 from fedmem.config import ConfigError, build_config
 from fedmem.files import read_jsonl
@@ -24,6 +25,9 @@ def test_audit_reports_utility_extraction_exposure_and_membership_for_its_vantag
     m = audit.metrics
     assert m["vantage"] == "client-1"
     assert m["heldout_perplexity"] > 1 and 0 <= m["utility"]["qa_accuracy"] <= 1
+    u = m["utility"]
+    assert u["qa_accuracy_ci"] == rate_ci(round(u["qa_accuracy"] * u["qa_n"]), u["qa_n"])
+    assert u["qa_n"] > 0
     assert m["extraction"]["decoding"] == "greedy" and m["extraction"]["prefix_tokens"] == 16
     assert set(m["extraction"]["by_replicas"]) == {"0", "1", "4"}
     assert (m["exposure"]["space"], m["exposure"]["method"]) == (100, "exact")

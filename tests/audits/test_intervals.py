@@ -203,3 +203,45 @@ def test_a_tiny_run_records_intervals_and_a_rerun_repeats_them(tmp_path):
         low, high = entry["all"]["auc_ci"]
         assert low <= entry["all"]["auc"] <= high
     assert " [" in round_line(final, 1).split("exact ", 1)[1].split("  ")[0]
+
+
+def test_token_accuracy_carries_a_bootstrap_interval_over_canaries():
+    metrics = extraction_metrics(*_results(5, 8), seed=3)
+    group = metrics["injected"]
+    assert group["token_accuracy"] == pytest.approx((5 * 1.0 + 3 * 0.5) / 8)
+    low, high = group["token_accuracy_ci"]
+    assert 0.5 <= low < group["token_accuracy"] < high <= 1.0
+    assert extraction_metrics(*_results(5, 8), seed=3)["injected"]["token_accuracy_ci"] == [
+        low, high]  # seeded: a rerun gives the same interval
+    assert extraction_metrics(*_results(8, 8))["injected"]["token_accuracy_ci"] == [1.0, 1.0]
+    assert extraction_metrics(*_results(1, 1))["injected"]["token_accuracy_ci"] is None
+    assert registry.get("extraction").values({"extraction": metrics})[
+        "token_accuracy_low"] == low
+
+
+def test_the_terminal_table_shows_token_accuracy_with_its_interval():
+    final = {"extraction": {**extraction_metrics(*_results(8, 8)), "decoding": "greedy",
+                            "prefix_tokens": 8}}
+    summary = {"name": "t", "mode": "simulation", "finetuning": "lora", "rounds": 1,
+               "final": final, "before": final}
+    console = Console(width=400, record=True)
+    console.print(summary_table(summary))
+    text = console.export_text()
+    assert "token acc, % [95% CI]" in text and "100.0 % [100.0, 100.0]" in text
+
+
+def test_the_canary_loss_gap_carries_a_bootstrap_interval_over_pairs():
+    from fedmem.audits.canary_loss_gap import gap_metrics
+
+    canaries = {f"c{i}": SimpleNamespace(replicas=4, twin_id=f"t{i}") for i in range(6)}
+    canaries |= {f"t{i}": SimpleNamespace(replicas=0, twin_id=None) for i in range(6)}
+    loss = {f"c{i}": 0.5 + 0.1 * i for i in range(6)} | {f"t{i}": 3.0 for i in range(6)}
+    gap = gap_metrics(loss, canaries, seed=1)
+    low, high = gap["gap_ci"]
+    assert low < gap["gap"] < high
+    assert (low, high) == pytest.approx((3.0 - 0.5 - 0.1 * 5, 3.0 - 0.5), abs=0.26)
+    assert gap["by_replicas"]["4"]["gap_ci"] == [low, high]
+    one = gap_metrics({"c0": 1.0, "t0": 2.0}, {k: canaries[k] for k in ("c0", "t0")})
+    assert one["gap"] == 1.0 and one["gap_ci"] is None  # one pair: no interval
+    values = registry.get("canary_loss_gap").values({"canary_loss_gap": gap})
+    assert (values["canary_loss_gap_low"], values["canary_loss_gap_high"]) == (low, high)

@@ -311,3 +311,29 @@ def test_full_and_lora_cells_are_compared_canary_by_canary(sweep_report, finishe
         assert re.search(r"LoRA [<>=] full, p [=<] [\d.]+ \(McNemar exact, \d+ discordant of "
                          rf"{2 * injected}\)", row["exact extraction"])
         assert "Wilcoxon signed-rank" in row["token accuracy"]
+
+
+def test_a_one_seed_combination_shows_its_runs_own_interval():
+    """One seed has no interval over seeds; the cell shows the run's own (here exact
+    extraction's Clopper-Pearson and the AUC's bootstrap), while two seeds keep the
+    t-interval over seeds and a column with no interval of its own stays bare."""
+    run = {"finetuning": "full", "wall_time_s": 1.0, "longest_match": 3.0}
+    rows = _table_rows(_data([
+        {**run, "run_id": "a-0", "combination": "a", "seed": 0, "exact_rate": 0.625,
+         "exact_rate_low": 0.245, "exact_rate_high": 0.915, "mia_auc": 0.9,
+         "mia_auc_low": 0.8, "mia_auc_high": 0.97, "mia_score": "loss"},
+        {**run, "run_id": "b-0", "combination": "b", "seed": 0, "exact_rate": 0.5,
+         "exact_rate_low": 0.1, "exact_rate_high": 0.9, "mia_auc": 0.6,
+         "mia_auc_low": 0.5, "mia_auc_high": 0.7, "mia_score": "loss"},
+        {**run, "run_id": "b-1", "combination": "b", "seed": 1, "exact_rate": 0.25,
+         "exact_rate_low": 0.0, "exact_rate_high": 0.6, "mia_auc": 0.7,
+         "mia_auc_low": 0.6, "mia_auc_high": 0.8, "mia_score": "loss"},
+    ]))
+    header = rows[0]
+    cells = {r[0]: dict(zip(header, r, strict=True)) for r in rows[1:]}
+    assert cells["a"]["exact (%)"] == "62.5 [24.5, 91.5]"
+    assert _mean_ci(cells["a"]["MIA AUC (loss)"]) == pytest.approx((0.9, 0.8, 0.97))
+    assert cells["a"]["longest run (tokens)"] == "3.0"  # no interval recorded: none shown
+    mean, low, high = _mean_ci(cells["b"]["exact (%)"])
+    assert mean == pytest.approx(37.5)
+    assert (low, high) == pytest.approx(_t_interval([50.0, 25.0], (0, 100)), abs=0.05)
