@@ -150,7 +150,9 @@ def audit_membership(config: Config, model: torch.nn.Module) -> AuditPart:
     }
     curves: dict = {}
     for name, v in values.items():
-        metrics["scores"][name], curves[name] = _score_entry(config, samples, v)
+        # RMIA scores are fractions of the population beaten: a member can score at most 1
+        top = 1.0 if name == "rmia" else None
+        metrics["scores"][name], curves[name] = _score_entry(config, samples, v, top)
     rows = [
         {
             "sample_id": s.sample_id,
@@ -196,9 +198,17 @@ def _rmia(
 
 
 def _score_entry(
-    config: Config, samples: tuple[MembershipSample, ...], v: list[float]
+    config: Config, samples: tuple[MembershipSample, ...], v: list[float],
+    top: float | None = None,
 ) -> tuple[dict, dict]:
-    """One score's summary (per population, AUC per replica count) and its ROC points."""
+    """One score's summary (per population, AUC per replica count) and its ROC points.
+
+    `top`: the highest score a sample can get, for a score bounded on the members' side.
+    Then each population also carries `auc_max`, its AUC if every member scored `top`. For
+    RMIA with the non-members as their own leave-one-out population, the best non-member
+    of each kind beats all the others and scores 1 too, so a perfect attack ties with it:
+    the AUC tops out below 1 (1 - 1/(2n) with n non-members of one kind), and an AUC at
+    `auc_max` means every member beat every non-member, not that the attack is weaker."""
     from attacks.membership import roc
 
     populations = {
@@ -214,6 +224,11 @@ def _score_entry(
             continue
         curve = roc([v[i] for i in idx], [samples[i].member for i in idx])
         entry[pop] = {**curve.summary(), "auc_ci": _auc_ci(config, samples, v, idx)}
+        if top is not None:
+            entry[pop]["auc_max"] = roc(
+                [top if samples[i].member else v[i] for i in idx],
+                [samples[i].member for i in idx],
+            ).auc
         curves[pop] = {"fpr": curve.fpr, "tpr": curve.tpr}
     entry["by_replicas"] = {}
     for r in config.canaries.replica_counts:
@@ -331,13 +346,22 @@ def membership_table(row: Mapping) -> Any:
     for name, entry in m["scores"].items():
         table.add_row(
             name,
-            formatted(entry["all"], "auc", digits=3),  # with its 95 % bootstrap interval
+            _auc_text(entry["all"]),
             _tpr_text(entry["all"]["tpr_at_fpr_0.01"], 0.01),
             _tpr_text(entry["all"]["tpr_at_fpr_0.001"], 0.001),
             f"{entry['canaries']['auc']:.3f}" if "canaries" in entry else "-",
             f"{entry['qa']['auc']:.3f}" if "qa" in entry else "-",
         )
     return table
+
+
+def _auc_text(entry: Mapping) -> str | None:
+    """The AUC with its 95 % bootstrap interval, and the most its score allows where that
+    is below 1 (RMIA: '0.975 [0.93, 1.00] (max 0.975)')."""
+    text = formatted(entry, "auc", digits=3)
+    if entry.get("auc_max") is not None and entry["auc_max"] < 1.0:
+        text += f" (max {entry['auc_max']:.3f})"
+    return text
 
 
 def details(summary: Mapping) -> list[Any]:

@@ -245,3 +245,31 @@ def test_the_canary_loss_gap_carries_a_bootstrap_interval_over_pairs():
     assert one["gap"] == 1.0 and one["gap_ci"] is None  # one pair: no interval
     values = registry.get("canary_loss_gap").values({"canary_loss_gap": gap})
     assert (values["canary_loss_gap_low"], values["canary_loss_gap_high"]) == (low, high)
+
+
+def test_a_perfect_rmia_attack_reaches_its_stated_maximum_below_one():
+    """RMIA's non-members are their own leave-one-out population, so the best non-member of
+    each kind scores 1 like a member that beats them all: the entry states that maximum, and
+    the terminal shows it beside an AUC that reaches it."""
+    import numpy as np
+
+    from fedmem.audits.membership import _rmia, _score_entry, membership_table
+
+    samples = _samples(10)  # per kind: 5 members, 5 non-members
+    inputs = [SimpleNamespace(scores=SimpleNamespace(logprob=np.array([(1.0 if s.member else
+                                                                        -1.0) - 0.01 * i])),
+                              reference=SimpleNamespace(logprob=np.array([-1.0])))
+              for i, s in enumerate(samples)]
+    mia = SimpleNamespace(rmia_offline_a=1.0, rmia_gamma=1.0)
+    config = SimpleNamespace(seed=0, attack=SimpleNamespace(membership=mia),
+                             canaries=SimpleNamespace(replica_counts=(4,)))
+    values = _rmia(config, samples, inputs)
+    entry, _ = _score_entry(config, samples, values, top=1.0)
+    assert entry["canaries"]["auc"] == entry["canaries"]["auc_max"] == 1 - 1 / (2 * 5)
+    assert entry["all"]["auc"] == entry["all"]["auc_max"] == 1 - 2 / (2 * 10)
+    assert "auc_max" not in _score_entry(config, samples, values)[0]["all"]
+    row = {"round": 1, "membership": {"members": 10, "nonmembers": 10,
+                                      "scores": {"rmia": entry}}}
+    console = Console(width=300, record=True)
+    console.print(membership_table(row))
+    assert "(max 0.900)" in console.export_text()
