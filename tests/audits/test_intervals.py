@@ -273,3 +273,16 @@ def test_a_perfect_rmia_attack_reaches_its_stated_maximum_below_one():
     console = Console(width=300, record=True)
     console.print(membership_table(row))
     assert "(max 0.900)" in console.export_text()
+
+
+def test_the_dp_audit_records_auroc_carries_a_bootstrap_interval():
+    import numpy as np
+
+    from fedmem.audits.dp.run_audit import one_run_statistic
+
+    rng = np.random.default_rng(0)
+    included, excluded = rng.normal(1.0, 1.0, 100), rng.normal(0.0, 1.0, 100)
+    facts = one_run_statistic(included, excluded, 1e-5, 0.05)
+    low, high = facts["auroc_ci"]
+    assert low < facts["auroc"] < high and low > 0.5 and high < 1.0
+    assert one_run_statistic(included, excluded, 1e-5, 0.05)["auroc_ci"] == [low, high]

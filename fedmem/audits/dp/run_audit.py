@@ -51,6 +51,7 @@ from attacks.dp_audit import (
     token_log_probs,
     verdict,
 )
+from fedmem.audits.intervals import auc_ci
 from fedmem.config import Config
 from fedmem.data.audit_records import audit_enabled
 from fedmem.data.federated import planted
@@ -240,7 +241,7 @@ def one_run_statistic(
     in_scores: np.ndarray, out_scores: np.ndarray, delta: float, significance: float
 ) -> dict:
     """One statistic's one-run bounds by both methods (each at `significance`), with the
-    guesses each rests on, their ceilings and the AUROC."""
+    guesses each rests on, their ceilings and the AUROC with its 95 % bootstrap interval."""
     bounds = one_run_bounds(in_scores, out_scores, delta, significance)
     ceilings = one_run_ceilings(len(in_scores), len(out_scores), delta, significance)
     facts: dict = {}
@@ -250,6 +251,8 @@ def one_run_statistic(
         facts[f"correct_{name}"] = bound.correct
         facts[f"epsilon_ceiling_{name}"] = ceilings[name]
     facts["auroc"] = attack_auroc(in_scores, out_scores)
+    # Descriptive, beside the bounds: the included records' scores above the excluded ones'.
+    facts["auroc_ci"] = auc_ci(in_scores.tolist(), out_scores.tolist(), seed=0)
     return facts
 
 
