@@ -252,7 +252,7 @@ def one_run_statistic(
         facts[f"epsilon_ceiling_{name}"] = ceilings[name]
     facts["auroc"] = attack_auroc(in_scores, out_scores)
     # Descriptive, beside the bounds: the included records' scores above the excluded ones'.
-    facts["auroc_ci"] = auc_ci(in_scores.tolist(), out_scores.tolist(), seed=0)
+    facts["auroc_ci"] = auc_ci(in_scores, out_scores, seed=0)
     return facts
 
 
