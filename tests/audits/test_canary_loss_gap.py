@@ -58,8 +58,11 @@ def test_each_replica_count_compares_its_canaries_with_their_own_twins():
     canaries |= {twin: SimpleNamespace(replicas=0, twin_id=own) for own, _, twin in pairs}
     loss = {"c1": 2.0, "c2": 2.5, "c3": 0.5, "c4": 3.0, "c5": 1.5, "c6": 2.0}
     m = gap_metrics(loss, canaries)
-    assert m["by_replicas"]["1"] == {"n": 1, "injected_loss": 2.0, "twin_loss": 2.5, "gap": 0.5}
-    assert m["by_replicas"]["4"] == {"n": 2, "injected_loss": 1.0, "twin_loss": 2.5, "gap": 1.5}
+    assert m["by_replicas"]["1"] == {"n": 1, "injected_loss": 2.0, "twin_loss": 2.5, "gap": 0.5,
+                                     "gap_ci": None}  # one pair: no interval
+    four = {k: v for k, v in m["by_replicas"]["4"].items() if k != "gap_ci"}
+    assert four == {"n": 2, "injected_loss": 1.0, "twin_loss": 2.5, "gap": 1.5}
+    assert m["by_replicas"]["4"]["gap_ci"] == [0.5, 2.5]  # the two pairs' own gaps
     assert (m["n"], m["gap"]) == (3, pytest.approx(2.5 - 4.0 / 3))
 
 
