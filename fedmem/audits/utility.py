@@ -126,9 +126,14 @@ def details(summary: Mapping) -> list[str]:
     qa = formatted(u, "qa_accuracy", "%") + (f" of {u['qa_n']}" if "qa_n" in u else "")
     return [
         f"held-out loss {before['heldout_loss']:.3f} -> {final['heldout_loss']:.3f} "
-        f"(perplexity {final['heldout_perplexity']:.2f}); held-out QA answer match "
+        f"(perplexity {_perplexity(final['heldout_perplexity'])}); held-out QA answer match "
         f"{qa}; multiple choice {mcq}"
     ]
+
+
+def _perplexity(value: float) -> str:
+    """'25.08'; '5.18e+21' for a model destroyed by noise, rather than 22 digits."""
+    return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"
 
 
 # ------------------------------------------------------------------------ the report

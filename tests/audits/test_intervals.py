@@ -286,3 +286,16 @@ def test_the_dp_audit_records_auroc_carries_a_bootstrap_interval():
     low, high = facts["auroc_ci"]
     assert low < facts["auroc"] < high and low > 0.5 and high < 1.0
     assert one_run_statistic(included, excluded, 1e-5, 0.05)["auroc_ci"] == [low, high]
+
+
+def test_the_utility_line_gives_qa_accuracy_with_its_interval_and_a_readable_perplexity():
+    from fedmem.audits.intervals import rate_ci
+    from fedmem.audits.utility import details
+
+    utility = {"qa_accuracy": 8 / 30, "qa_accuracy_ci": rate_ci(8, 30), "qa_n": 30,
+               "mcq_accuracy": None, "mcq_accuracy_ci": None, "mcq_n": 0}
+    summary = {"before": {"heldout_loss": 3.662},
+               "final": {"heldout_loss": 49.0, "heldout_perplexity": 1.9e21, "utility": utility}}
+    (line,) = details(summary)
+    assert "QA answer match 26.7 % [12.3, 45.9] of 30" in line
+    assert "(perplexity 1.9e+21)" in line and "no MCQ held out" in line
