@@ -284,8 +284,22 @@ def test_the_dp_audit_records_auroc_carries_a_bootstrap_interval():
     included, excluded = rng.normal(1.0, 1.0, 100), rng.normal(0.0, 1.0, 100)
     facts = one_run_statistic(included, excluded, 1e-5, 0.05)
     low, high = facts["auroc_ci"]
-    assert low < facts["auroc"] < high and low > 0.5 and high < 1.0
+    assert low < facts["auroc"] < high and 0.5 < low and high < 1.0
     assert one_run_statistic(included, excluded, 1e-5, 0.05)["auroc_ci"] == [low, high]
+
+
+def test_the_dp_audit_auroc_of_alike_scores_is_at_chance_where_the_hull_is_not():
+    """jax-privacy's AUROC is the area under the ROC's upper hull, above 0.5 for scores drawn
+    alike; the AUROC the audit reports is Mann-Whitney's, whose interval holds 0.5."""
+    import numpy as np
+
+    from fedmem.audits.dp.run_audit import one_run_statistic
+
+    rng = np.random.default_rng(0)
+    facts = one_run_statistic(rng.normal(0, 1, 100), rng.normal(0, 1, 100), 1e-5, 0.05)
+    low, high = facts["auroc_ci"]
+    assert low < 0.5 < high and abs(facts["auroc"] - 0.5) < 0.06
+    assert facts["auroc_hull"] > facts["auroc"] + 0.03
 
 
 def test_the_utility_line_gives_qa_accuracy_with_its_interval_and_a_readable_perplexity():
