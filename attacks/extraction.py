@@ -348,7 +348,15 @@ def summarize_by(
     bleu_threshold: float = APPROXIMATE_THRESHOLD,
 ) -> dict[Hashable, ExtractionSummary]:
     """Summaries per group, where `key` maps a canary id to its group (e.g. replica count)."""
+    return {k: summarize(v, bleu_threshold) for k, v in group_by(results, key).items()}
+
+
+def group_by(
+    results: Sequence[ExtractionResult], key: Callable[[str], Hashable]
+) -> dict[Hashable, list[ExtractionResult]]:
+    """The results per group, groups in sorted order, where `key` maps a canary id to its
+    group."""
     groups: dict[Hashable, list[ExtractionResult]] = defaultdict(list)
     for r in results:
         groups[key(r.canary_id)].append(r)
-    return {k: summarize(v, bleu_threshold) for k, v in sorted(groups.items())}
+    return dict(sorted(groups.items()))

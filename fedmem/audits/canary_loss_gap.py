@@ -12,8 +12,16 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fedmem.audits.declaration import Audit, AuditPart, Column, ReplicaColumn, ReportColumn, dig
-from fedmem.audits.intervals import ci_bound, formatted, mean_ci
+from fedmem.audits.declaration import (
+    Audit,
+    AuditPart,
+    Column,
+    ReplicaColumn,
+    ReportColumn,
+    dig,
+    interval_columns,
+)
+from fedmem.audits.intervals import formatted, mean_ci
 from fedmem.audits.populations import canaries_by_id, canary_targets
 from fedmem.seeding import LOSS_GAP_BOOTSTRAP, derive_seed
 
@@ -71,8 +79,6 @@ def _gap_by_replicas(row: Mapping, replicas: str) -> Any:
     return formatted(dig(row, "canary_loss_gap", "by_replicas", replicas), "gap", digits=2)
 
 
-def _gap_ci(side: int):
-    return lambda row: ci_bound(dig(row, "canary_loss_gap"), "gap", side)
 
 
 AUDIT = Audit(
@@ -89,10 +95,8 @@ AUDIT = Audit(
                    "secrets minus the injected canaries' (nats; above 0: the injected secrets "
                    "became likelier)",
                    absent="canary loss gap (no `canary_loss_gap` in the runs' metrics.jsonl)")),
-        Column("canary_loss_gap_low", _gap_ci(0),
-               doc="95 % bootstrap interval (over canary-twin pairs) of canary_loss_gap: low"),
-        Column("canary_loss_gap_high", _gap_ci(1),
-               doc="95 % bootstrap interval (over canary-twin pairs) of canary_loss_gap: high"),
+        *interval_columns("canary_loss_gap", lambda row: dig(row, "canary_loss_gap"), "gap",
+                          "bootstrap interval (over canary-twin pairs)"),
     ),
     by_replicas=(ReplicaColumn("loss gap, nats [95% CI]", _gap_by_replicas),),
 )

@@ -102,6 +102,21 @@ class Column:
     frontier: Header | None = None  # a privacy axis (lower = more private) of the frontier
 
 
+def interval_columns(
+    name: str, entry: Callable[[Mapping], Any], key: str, method: str
+) -> tuple[Column, Column]:
+    """The store columns `<name>_low` / `<name>_high` of the 95 % interval that the metrics
+    row keeps as `entry(row)[key + "_ci"]` (None where absent); `method` names it in the
+    schema comment, e.g. "Clopper-Pearson interval"."""
+    from fedmem.audits.intervals import ci_bound
+
+    def side(i: int) -> Callable[[Mapping], Any]:
+        return lambda row: ci_bound(entry(row), key, i)
+
+    return (Column(f"{name}_low", side(0), doc=f"95 % {method} of {name}: low"),
+            Column(f"{name}_high", side(1), doc=f"95 % {method} of {name}: high"))
+
+
 @dataclass(frozen=True)
 class ReplicaColumn:
     """A column of the terminal's final table, which has one row per replica count."""

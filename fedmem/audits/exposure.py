@@ -23,8 +23,9 @@ from fedmem.audits.declaration import (
     ReportView,
     StoreTable,
     dig,
+    interval_columns,
 )
-from fedmem.audits.intervals import ci_bound, formatted, mean_ci
+from fedmem.audits.intervals import formatted, mean_ci
 from fedmem.seeding import EXPOSURE_BOOTSTRAP, EXPOSURE_CANDIDATES, derive_seed
 
 if TYPE_CHECKING:
@@ -168,12 +169,8 @@ AUDIT = Audit(
                report=ReportColumn(
                    "exposure (bits)", 1.0, 2,
                    note="*exposure*: mean exposure of injected exposure canaries")),
-        Column("exposure_mean_low", lambda row: ci_bound(dig(row, "exposure", "injected"),
-                                                         "mean", 0),
-               doc="95 % bootstrap interval (over canaries) of exposure_mean: low"),
-        Column("exposure_mean_high", lambda row: ci_bound(dig(row, "exposure", "injected"),
-                                                          "mean", 1),
-               doc="95 % bootstrap interval (over canaries) of exposure_mean: high"),
+        *interval_columns("exposure_mean", lambda row: dig(row, "exposure", "injected"),
+                          "mean", "bootstrap interval (over canaries)"),
     ),
     round_line="exposure {exposure_mean:.1f} bits",
     by_replicas=(ReplicaColumn("exposure, bits [95% CI]", _mean_by_replicas),),

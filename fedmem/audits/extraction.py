@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +35,9 @@ from fedmem.audits.declaration import (
     Section,
     StoreTable,
     dig,
+    interval_columns,
 )
-from fedmem.audits.intervals import ci_bound, formatted, mean_ci, rate_ci
+from fedmem.audits.intervals import formatted, mean_ci, rate_ci
 from fedmem.audits.populations import canaries_by_id, canary_targets
 from fedmem.seeding import EXTRACTION_BOOTSTRAP, derive_seed
 
@@ -175,7 +175,7 @@ def extraction_metrics(
     approximate memorization counts BLEU strictly above `bleu_threshold` (None: the study's
     0.75). `seed` seeds the bootstrap intervals of the mean token accuracy."""
     from attacks.approximate import APPROXIMATE_THRESHOLD
-    from attacks.extraction import summarize
+    from attacks.extraction import group_by, summarize
 
     if bleu_threshold is None:
         bleu_threshold = APPROXIMATE_THRESHOLD
@@ -184,10 +184,7 @@ def extraction_metrics(
         return _with_ci(summarize(group, bleu_threshold), group, seed)
 
     def by(key: Callable[[str], Any], group: Sequence[ExtractionResult]) -> dict:
-        groups: dict[Any, list[ExtractionResult]] = defaultdict(list)
-        for r in group:
-            groups[key(r.canary_id)].append(r)
-        return {str(k): summary(v) for k, v in sorted(groups.items())}
+        return {str(k): summary(v) for k, v in group_by(group, key).items()}
 
     injected = [r for r in results if canaries[r.canary_id].replicas > 0]
 
@@ -526,8 +523,8 @@ def _injected(key: str):
     return lambda row: dig(row, "extraction", "injected", key)
 
 
-def _injected_ci(side: int, key: str = "exact_rate"):
-    return lambda row: ci_bound(dig(row, "extraction", "injected"), key, side)
+def _injected_entry(row: Mapping) -> Any:
+    return dig(row, "extraction", "injected")
 
 
 AUDIT = Audit(
@@ -545,19 +542,14 @@ AUDIT = Audit(
                    note="*exact*: injected canaries whose secret continuation the global "
                    "model reproduces token for token (greedy)"),
                frontier="exact extraction, final round (%)"),
-        Column("exact_rate_low", _injected_ci(0),
-               doc="95 % Clopper-Pearson interval of exact_rate: low"),
-        Column("exact_rate_high", _injected_ci(1),
-               doc="95 % Clopper-Pearson interval of exact_rate: high"),
+        *interval_columns("exact_rate", _injected_entry, "exact_rate", "Clopper-Pearson interval"),
         Column("token_accuracy", _injected("token_accuracy"),
                report=ReportColumn(
                    "partial: token acc (%)", PCT, 1, bounds=(0.0, 1.0),
                    note="*partial*: fraction of secret tokens reproduced at the right "
                    "position")),
-        Column("token_accuracy_low", _injected_ci(0, "token_accuracy"),
-               doc="95 % bootstrap interval (over canaries) of token_accuracy: low"),
-        Column("token_accuracy_high", _injected_ci(1, "token_accuracy"),
-               doc="95 % bootstrap interval (over canaries) of token_accuracy: high"),
+        *interval_columns("token_accuracy", _injected_entry, "token_accuracy",
+                          "bootstrap interval (over canaries)"),
         Column("longest_match", _injected("longest_match"),
                report=ReportColumn(
                    "longest run (tokens)", 1.0, 1,
@@ -571,16 +563,12 @@ AUDIT = Audit(
                    note="*approx*: injected canaries whose guess has character-level "
                    "sentence BLEU (sacrebleu) against the secret above the threshold, the "
                    "study's approximate memorization")),
-        Column("approx_char_rate_low", _injected_ci(0, "approx_char_rate"),
-               doc="95 % Clopper-Pearson interval of approx_char_rate: low"),
-        Column("approx_char_rate_high", _injected_ci(1, "approx_char_rate"),
-               doc="95 % Clopper-Pearson interval of approx_char_rate: high"),
+        *interval_columns("approx_char_rate", _injected_entry, "approx_char_rate",
+                          "Clopper-Pearson interval"),
         Column("approx_token_rate", _injected("approx_token_rate"),
                doc="injected canaries with token-level BLEU > bleu_threshold, final round"),
-        Column("approx_token_rate_low", _injected_ci(0, "approx_token_rate"),
-               doc="95 % Clopper-Pearson interval of approx_token_rate: low"),
-        Column("approx_token_rate_high", _injected_ci(1, "approx_token_rate"),
-               doc="95 % Clopper-Pearson interval of approx_token_rate: high"),
+        *interval_columns("approx_token_rate", _injected_entry, "approx_token_rate",
+                          "Clopper-Pearson interval"),
     ),
     round_line="exact {exact_rate:.1%} [{exact_rate_low:.1%}, {exact_rate_high:.1%}]  "
                "token acc {token_accuracy:.1%}",

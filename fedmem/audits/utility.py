@@ -19,8 +19,9 @@ from fedmem.audits.declaration import (
     ReportColumn,
     ReportView,
     dig,
+    interval_columns,
 )
-from fedmem.audits.intervals import ci_bound, formatted, rate_ci
+from fedmem.audits.intervals import formatted, rate_ci
 
 if TYPE_CHECKING:
     import torch
@@ -81,6 +82,7 @@ def audit_utility(config: Config, model: torch.nn.Module) -> AuditPart:
     by_source: dict[str, list[bool]] = defaultdict(list)
     for pair, result in zip(heldout, answers, strict=True):
         by_source[pair.source].append(result.exact)
+    correct = sum(r.exact for r in answers)
     mcq = [
         _option_pick(model, tokenizer, text[:start], len(p.options)) == p.answer
         for p, (text, start) in zip(heldout, qa_prompts(config), strict=True)
@@ -91,8 +93,8 @@ def audit_utility(config: Config, model: torch.nn.Module) -> AuditPart:
             "heldout_loss": loss,
             "heldout_perplexity": math.exp(min(loss, 50.0)),
             "utility": {
-                "qa_accuracy": sum(r.exact for r in answers) / max(len(answers), 1),
-                "qa_accuracy_ci": rate_ci(sum(r.exact for r in answers), len(answers)),
+                "qa_accuracy": correct / max(len(answers), 1),
+                "qa_accuracy_ci": rate_ci(correct, len(answers)),
                 "qa_n": len(answers),
                 "qa_by_source": {k: sum(v) / len(v) for k, v in sorted(by_source.items())},
                 "mcq_accuracy": sum(mcq) / len(mcq) if mcq else None,
@@ -206,8 +208,8 @@ def _utility(key: str):
     return lambda row: dig(row, "utility", key)
 
 
-def _utility_ci(side: int, key: str):
-    return lambda row: ci_bound(dig(row, "utility"), key, side)
+def _utility_entry(row: Mapping) -> Any:
+    return dig(row, "utility")
 
 
 AUDIT = Audit(
@@ -230,19 +232,15 @@ AUDIT = Audit(
                    note="*QA / MCQ accuracy*: held-out answer match and multiple-choice "
                    "accuracy",
                    absent="QA accuracy (no `utility` in the runs' metrics.jsonl)")),
-        Column("qa_accuracy_low", _utility_ci(0, "qa_accuracy"),
-               doc="95 % Clopper-Pearson interval of qa_accuracy: low"),
-        Column("qa_accuracy_high", _utility_ci(1, "qa_accuracy"),
-               doc="95 % Clopper-Pearson interval of qa_accuracy: high"),
+        *interval_columns("qa_accuracy", _utility_entry, "qa_accuracy",
+                          "Clopper-Pearson interval"),
         Column("mcq_accuracy", _utility("mcq_accuracy"),
                doc="held-out multiple choice; NULL when none held out",
                report=ReportColumn(
                    "MCQ accuracy (%)", PCT, 1, bounds=(0.0, 1.0),
                    absent="MCQ accuracy (no multiple-choice question held out)")),
-        Column("mcq_accuracy_low", _utility_ci(0, "mcq_accuracy"),
-               doc="95 % Clopper-Pearson interval of mcq_accuracy: low"),
-        Column("mcq_accuracy_high", _utility_ci(1, "mcq_accuracy"),
-               doc="95 % Clopper-Pearson interval of mcq_accuracy: high"),
+        *interval_columns("mcq_accuracy", _utility_entry, "mcq_accuracy",
+                          "Clopper-Pearson interval"),
     ),
     round_line="held-out ppl {heldout_perplexity:.2f}",
     details=details,
